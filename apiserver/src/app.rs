@@ -1,0 +1,159 @@
+//! Wiring of one apiserver replica: claim the store, load the view, serve
+//! gRPC (mTLS) and health until told to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clustermesh_proto::v1::{
+    ClusterInfo, admin_server::AdminServer, cluster_mesh_server::ClusterMeshServer,
+};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::server::{ApiServer, ReplicaInfo, Runtime, tls};
+use crate::store::{EtcdOptions, Store, StoreError};
+use crate::view::{View, ViewConfig, feed};
+
+/// Everything one replica needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: ClusterInfo,
+    pub etcd: EtcdOptions,
+    pub listen: SocketAddr,
+    pub health_listen: SocketAddr,
+    pub tls_dir: PathBuf,
+    pub replica_id: String,
+    pub heartbeat: Duration,
+    pub view: ViewConfig,
+}
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("invalid cluster settings: {0}")]
+    Invalid(#[from] clustermesh_proto::ValidationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] clustermesh_certs::CertError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl AppError {
+    /// Exit code: 3 when the store belongs to another cluster, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Store(StoreError::Ownership(_)) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Connects to etcd, retrying until it answers or `stop` flips.
+async fn connect_store(
+    opts: &EtcdOptions,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Store>, StoreError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Store::connect(opts).await {
+            Ok(s) => match s.revision().await {
+                Ok(_) => return Ok(Some(s)),
+                Err(e) => warn!(error = %e, "etcd not answering yet"),
+            },
+            Err(e @ StoreError::TlsFile { .. }) => return Err(e),
+            Err(e) => warn!(error = %e, "cannot reach etcd yet"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Runs one replica until `stop` flips to true.
+pub async fn run(
+    cfg: Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), AppError> {
+    clustermesh_proto::validate::cluster_info(&cfg.cluster)?;
+    let server_cfg = clustermesh_certs::server_config(&cfg.tls_dir, &[])?;
+    let ca_path = cfg.tls_dir.join(clustermesh_certs::CA_CERT_FILE);
+    let own_ca_pem: Arc<str> = std::fs::read_to_string(&ca_path)
+        .map_err(|source| AppError::Read {
+            path: ca_path.display().to_string(),
+            source,
+        })?
+        .into();
+    let Some(store) = connect_store(&cfg.etcd, &mut stop).await? else {
+        return Ok(());
+    };
+    // Refuse a store that belongs to another cluster before serving anything.
+    store.ensure_cluster(&cfg.cluster).await?;
+    let epoch = store.ensure_epoch().await?;
+    info!(cluster = %cfg.cluster.name, id = cfg.cluster.id, %epoch, etcd = store.endpoints(), "store claimed");
+
+    let view = View::new(&cfg.cluster.name, cfg.view);
+    tokio::spawn(feed::run(
+        store.clone(),
+        view.clone(),
+        cfg.cluster.clone(),
+        stop.clone(),
+    ));
+
+    let api = ApiServer {
+        view: view.clone(),
+        cluster: cfg.cluster.clone(),
+        replica: ReplicaInfo {
+            id: cfg.replica_id.clone(),
+        },
+        runtime: Arc::new(Runtime::default()),
+        heartbeat: cfg.heartbeat,
+        own_ca_pem,
+    };
+
+    let health = TcpListener::bind(cfg.health_listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: cfg.health_listen,
+            source,
+        })?;
+    let health_task = tokio::spawn(crate::health::serve(health, api.clone()));
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    info!(listen = %cfg.listen, health = %cfg.health_listen, replica = %cfg.replica_id, "serving");
+    let shared: tls::SharedConfig = Arc::new(RwLock::new(server_cfg));
+    let incoming = tls::incoming(listener, shared);
+    let mut stop2 = stop.clone();
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(ClusterMeshServer::new(api.clone()))
+        .add_service(AdminServer::new(api))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop2.changed().await;
+        })
+        .await;
+    health_task.abort();
+    result?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! clustermesh-apiserver: sources → etcd store → in-memory view → mTLS gRPC.
+
+pub mod app;
+pub mod health;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod view;

@@ -1,0 +1,220 @@
+//! The gRPC services: ClusterMesh (Watch, GetCluster, LookupService,
+//! ListServices, Status) and Admin, every call role-checked (see `auth`).
+
+pub mod auth;
+pub mod lookup;
+pub mod tls;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermesh_certs::Role;
+use clustermesh_proto::v1::{
+    self, ClusterInfo, Kind, Scope, StatusResponse, WatchBatch, admin_server::Admin,
+    cluster_mesh_server::ClusterMesh,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::view::View;
+
+/// Per-replica facts shown in Status.
+#[derive(Debug, Clone)]
+pub struct ReplicaInfo {
+    pub id: String,
+}
+
+/// Live state of this replica that other parts update (leadership, source errors).
+#[derive(Default)]
+pub struct Runtime {
+    pub leader: std::sync::atomic::AtomicBool,
+    pub leader_replica: std::sync::Mutex<String>,
+    pub source_errors: std::sync::Mutex<Vec<v1::SourceError>>,
+}
+
+#[derive(Clone)]
+pub struct ApiServer {
+    pub view: Arc<View>,
+    pub cluster: ClusterInfo,
+    pub replica: ReplicaInfo,
+    pub runtime: Arc<Runtime>,
+    pub heartbeat: Duration,
+    /// This cluster's CA (PEM): admin and agent certificates must chain to it.
+    pub own_ca_pem: Arc<str>,
+}
+
+impl ApiServer {
+    fn caller<T>(&self, req: &Request<T>) -> Result<auth::Caller, Status> {
+        auth::caller(req, &self.cluster.name, &self.own_ca_pem)
+    }
+
+    fn peer_addr<T>(req: &Request<T>) -> String {
+        req.remote_addr().map(|a| a.to_string()).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        let rt = &self.runtime;
+        StatusResponse {
+            cluster: Some(self.cluster.clone()),
+            epoch: self.view.epoch(),
+            revision: self.view.revision(),
+            replica: self.replica.id.clone(),
+            leader: rt.leader.load(std::sync::atomic::Ordering::Relaxed),
+            leader_replica: rt
+                .leader_replica
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+            counts: self.view.counts(),
+            peers: Vec::new(),
+            watchers: self.view.watchers() as u32,
+            synced: self
+                .view
+                .synced_kinds(&self.cluster.name)
+                .into_iter()
+                .map(|k| k as i32)
+                .collect(),
+            source_errors: rt
+                .source_errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+            ready: self.view.ready() && self.view.feed_error().is_none(),
+        }
+    }
+}
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} arrives with mesh sync between clusters (not in this build yet)"
+    ))
+}
+
+#[tonic::async_trait]
+impl ClusterMesh for ApiServer {
+    type WatchStream = ReceiverStream<Result<WatchBatch, Status>>;
+
+    async fn watch(
+        &self,
+        req: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.caller(&req)?;
+        let peer = format!("{caller} at {}", Self::peer_addr(&req));
+        let r = req.into_inner();
+        let scope = Scope::try_from(r.scope).unwrap_or(Scope::Unspecified);
+        match scope {
+            Scope::Exported => auth::require(
+                &caller,
+                &[Role::Admin, Role::Remote, Role::Agent],
+                "watch scope exported",
+            )?,
+            Scope::Merged => {
+                auth::require(&caller, &[Role::Admin, Role::Agent], "watch scope merged")?
+            }
+            Scope::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "watch scope must be SCOPE_EXPORTED or SCOPE_MERGED",
+                ));
+            }
+        }
+        let mut kinds = Vec::with_capacity(r.kinds.len());
+        for k in r.kinds {
+            match Kind::try_from(k) {
+                Ok(kind) if kind != Kind::Unspecified => kinds.push(kind),
+                _ => return Err(Status::invalid_argument(format!("unknown record kind {k}"))),
+            }
+        }
+        if !self.view.ready() {
+            return Err(Status::unavailable(
+                "the apiserver has not loaded its store yet; retry",
+            ));
+        }
+        let resume = r.resume.as_ref().map(|p| (p.epoch.as_str(), p.revision));
+        let sub = self.view.subscribe(scope, &kinds, resume);
+        let (tx, rx) = mpsc::channel(16);
+        let pump = watch::Pump {
+            view: self.view.clone(),
+            sub,
+            scope,
+            kinds,
+            cluster: self.cluster.clone(),
+            heartbeat: self.heartbeat,
+            peer,
+        };
+        tokio::spawn(pump.run(tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_cluster(
+        &self,
+        req: Request<v1::GetClusterRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        self.caller(&req)?;
+        Ok(Response::new(self.cluster.clone()))
+    }
+
+    async fn lookup_service(
+        &self,
+        req: Request<v1::LookupServiceRequest>,
+    ) -> Result<Response<v1::LookupServiceResponse>, Status> {
+        let caller = self.caller(&req)?;
+        auth::require(&caller, &[Role::Admin, Role::Agent], "look up services")?;
+        let r = req.into_inner();
+        lookup::lookup(&self.view, &r.namespace, &r.name)
+            .map(Response::new)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "service {}/{} is not known in this cluster or its peers",
+                    r.namespace, r.name
+                ))
+            })
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<v1::ListServicesRequest>,
+    ) -> Result<Response<v1::ListServicesResponse>, Status> {
+        let caller = self.caller(&req)?;
+        auth::require(&caller, &[Role::Admin, Role::Agent], "list services")?;
+        let services = lookup::list(&self.view, req.get_ref().global_only);
+        Ok(Response::new(v1::ListServicesResponse { services }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let caller = self.caller(&req)?;
+        auth::require(&caller, &[Role::Admin, Role::Agent], "read status")?;
+        Ok(Response::new(self.status()))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for ApiServer {
+    async fn connect_peer(
+        &self,
+        req: Request<v1::ConnectPeerRequest>,
+    ) -> Result<Response<v1::ConnectPeerResponse>, Status> {
+        auth::require(&self.caller(&req)?, &[Role::Admin], "connect peers")?;
+        Err(not_yet("ConnectPeer"))
+    }
+
+    async fn disconnect_peer(
+        &self,
+        req: Request<v1::DisconnectPeerRequest>,
+    ) -> Result<Response<v1::DisconnectPeerResponse>, Status> {
+        auth::require(&self.caller(&req)?, &[Role::Admin], "disconnect peers")?;
+        Err(not_yet("DisconnectPeer"))
+    }
+
+    async fn list_peers(
+        &self,
+        req: Request<v1::ListPeersRequest>,
+    ) -> Result<Response<v1::ListPeersResponse>, Status> {
+        auth::require(&self.caller(&req)?, &[Role::Admin], "list peers")?;
+        Err(not_yet("ListPeers"))
+    }
+}

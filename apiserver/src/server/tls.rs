@@ -1,0 +1,59 @@
+//! The TLS accept loop: every accepted TCP connection is handshaken with the
+//! current rustls config (mandatory client certificate) in its own task;
+//! refusals are logged with the peer address and the reason.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{debug, warn};
+
+/// The server config in force; replace it to trust new peer CAs.
+pub type SharedConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream of established TLS connections for `serve_with_incoming`.
+pub fn incoming(
+    listener: TcpListener,
+    config: SharedConfig,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let cfg = config
+                .read()
+                .map(|c| c.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                let acceptor = TlsAcceptor::from(cfg);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        debug!(peer = %addr, "TLS connection established");
+                        let _ = conn_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => warn!(peer = %addr, error = %e, "TLS handshake refused"),
+                    Err(_) => warn!(peer = %addr, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}

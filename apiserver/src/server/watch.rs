@@ -1,0 +1,159 @@
+//! One Watch stream: snapshot or replay, then live batches filtered for the
+//! subscriber's scope and kinds, with heartbeats. If the subscriber falls
+//! behind the view's broadcast buffer it gets RESYNC and the stream ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clustermesh_proto::v1::{BatchType, ClusterInfo, Kind, Scope, WatchBatch};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tonic::Status;
+use tracing::{debug, info};
+
+use crate::view::{Start, Subscription, View};
+
+/// Events per SNAPSHOT message.
+const SNAPSHOT_CHUNK: usize = 512;
+
+pub struct Pump {
+    pub view: Arc<View>,
+    pub sub: Subscription,
+    pub scope: Scope,
+    pub kinds: Vec<Kind>,
+    pub cluster: ClusterInfo,
+    pub heartbeat: Duration,
+    pub peer: String,
+}
+
+type Tx = mpsc::Sender<Result<WatchBatch, Status>>;
+
+fn batch(t: BatchType, epoch: &str, revision: i64) -> WatchBatch {
+    WatchBatch {
+        r#type: t as i32,
+        epoch: epoch.to_owned(),
+        revision,
+        ..Default::default()
+    }
+}
+
+impl Pump {
+    /// Runs until the client goes away or is cut off.
+    pub async fn run(self, tx: Tx) {
+        let _guard = self.view.watcher_guard();
+        let Pump {
+            sub,
+            scope,
+            kinds,
+            cluster,
+            heartbeat,
+            peer,
+            ..
+        } = self;
+        let Subscription {
+            epoch,
+            revision: mut rev,
+            start,
+            mut rx,
+        } = sub;
+        let send = |b: WatchBatch| {
+            let tx = tx.clone();
+            async move { tx.send(Ok(b)).await.is_ok() }
+        };
+        match start {
+            Start::Snapshot {
+                events,
+                reset,
+                reason,
+            } => {
+                let mut begin = batch(BatchType::SnapshotBegin, &epoch, rev);
+                begin.reset = reset;
+                begin.reason = reason;
+                begin.cluster = Some(cluster.clone());
+                if !send(begin).await {
+                    return;
+                }
+                for chunk in events.chunks(SNAPSHOT_CHUNK) {
+                    let mut b = batch(BatchType::Snapshot, &epoch, rev);
+                    b.events = chunk.to_vec();
+                    if !send(b).await {
+                        return;
+                    }
+                }
+                if !send(batch(BatchType::SnapshotEnd, &epoch, rev)).await {
+                    return;
+                }
+            }
+            Start::Replay(batches) => {
+                for b in batches {
+                    let events: Vec<_> = b
+                        .events
+                        .iter()
+                        .filter_map(|e| e.to_wire(scope, &kinds))
+                        .collect();
+                    if !events.is_empty() {
+                        let mut out = batch(BatchType::Events, &epoch, b.revision);
+                        out.events = events;
+                        if !send(out).await {
+                            return;
+                        }
+                    }
+                }
+                // Tells the client the resume worked and where it stands.
+                let mut hb = batch(BatchType::Heartbeat, &epoch, rev);
+                hb.cluster = Some(cluster.clone());
+                if !send(hb).await {
+                    return;
+                }
+            }
+        }
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(b) if b.reset => {
+                        let mut out = batch(BatchType::Resync, &epoch, rev);
+                        out.reason = "the store was replaced (new epoch); watch again".into();
+                        let _ = send(out).await;
+                        info!(%peer, "watch cut: store epoch changed");
+                        return;
+                    }
+                    Ok(b) => {
+                        if b.revision <= rev {
+                            continue;
+                        }
+                        rev = b.revision;
+                        let events: Vec<_> = b.events.iter().filter_map(|e| e.to_wire(scope, &kinds)).collect();
+                        if events.is_empty() {
+                            continue;
+                        }
+                        let mut out = batch(BatchType::Events, &epoch, rev);
+                        out.events = events;
+                        if !send(out).await {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        let mut out = batch(BatchType::Resync, &epoch, rev);
+                        out.reason = format!(
+                            "watcher fell {n} batches behind the server's buffer; resume from revision {rev}"
+                        );
+                        info!(%peer, behind = n, revision = rev, "watch cut: subscriber too slow");
+                        let _ = send(out).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    if !send(batch(BatchType::Heartbeat, &epoch, rev)).await {
+                        return;
+                    }
+                }
+                _ = tx.closed() => {
+                    debug!(%peer, "watch client went away");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! The in-memory view of the store that every Watch, Lookup and Status is
+//! served from. One etcd prefix watch feeds it (see `feed`); subscribers get a
+//! snapshot or a replay from the history buffer, then live batches through a
+//! bounded broadcast channel. A subscriber that falls more than the channel's
+//! capacity behind is cut off with a resync instruction; it never slows the
+//! feed or the other subscribers.
+
+mod event;
+pub mod feed;
+
+pub use event::{Class, Target, ViewEvent, exported_flag};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use clustermesh_proto::keys;
+use clustermesh_proto::v1::{Event, Kind, RecordCount, Scope};
+use tokio::sync::broadcast;
+
+use crate::store::Kv;
+
+/// A group of changes that share one etcd watch response, in revision order.
+#[derive(Debug)]
+pub struct Batch {
+    /// The highest revision in the batch.
+    pub revision: i64,
+    pub events: Vec<ViewEvent>,
+    /// The store was replaced (new epoch): every subscriber must resync.
+    pub reset: bool,
+}
+
+/// One key as the view holds it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub value: Bytes,
+    pub mod_revision: i64,
+    pub exported: bool,
+}
+
+/// Tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewConfig {
+    /// Events kept for resume.
+    pub history_events: usize,
+    /// Batches a subscriber may fall behind before it is cut off.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for ViewConfig {
+    fn default() -> Self {
+        ViewConfig {
+            history_events: 50_000,
+            subscriber_buffer: 4096,
+        }
+    }
+}
+
+struct State {
+    epoch: String,
+    revision: i64,
+    entries: BTreeMap<String, Entry>,
+    history: VecDeque<Arc<Batch>>,
+    history_events: usize,
+    /// Resume is possible from any revision >= this (all later batches are in `history`).
+    resumable_from: i64,
+    ready: bool,
+}
+
+/// How a new subscription starts.
+pub enum Start {
+    /// A full snapshot at `revision`; `reset` when the client asked to resume and could not.
+    Snapshot {
+        events: Vec<Event>,
+        reset: bool,
+        reason: String,
+    },
+    /// The batches after the client's resume revision.
+    Replay(Vec<Arc<Batch>>),
+}
+
+pub struct Subscription {
+    pub epoch: String,
+    pub revision: i64,
+    pub start: Start,
+    pub rx: broadcast::Receiver<Arc<Batch>>,
+}
+
+pub struct View {
+    local: String,
+    config: ViewConfig,
+    state: Mutex<State>,
+    tx: broadcast::Sender<Arc<Batch>>,
+    watchers: AtomicUsize,
+    feed_error: Mutex<Option<String>>,
+}
+
+impl View {
+    pub fn new(local_cluster: &str, config: ViewConfig) -> Arc<View> {
+        let (tx, _) = broadcast::channel(config.subscriber_buffer.max(1));
+        Arc::new(View {
+            local: local_cluster.to_owned(),
+            config,
+            state: Mutex::new(State {
+                epoch: String::new(),
+                revision: 0,
+                entries: BTreeMap::new(),
+                history: VecDeque::new(),
+                history_events: 0,
+                resumable_from: i64::MAX,
+                ready: false,
+            }),
+            tx,
+            watchers: AtomicUsize::new(0),
+            feed_error: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every
+        // mutation below is completed before unlocking), so recover.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn local_cluster(&self) -> &str {
+        &self.local
+    }
+
+    /// Loads a full listing. The first load (or one with a new epoch) replaces
+    /// everything and tells subscribers to resync; a relist of the same epoch
+    /// (after a compaction) is turned into one batch of the differences.
+    pub fn load(&self, epoch: &str, revision: i64, kvs: Vec<Kv>) {
+        let mut st = self.lock();
+        if !st.ready || st.epoch != epoch {
+            let had_subscribers = st.ready;
+            st.entries = kvs
+                .into_iter()
+                .map(|kv| {
+                    let target = Target::of(&kv.key, &self.local);
+                    let exported = exported_flag(&target, &kv.value);
+                    (
+                        kv.key,
+                        Entry {
+                            value: kv.value,
+                            mod_revision: kv.mod_revision,
+                            exported,
+                        },
+                    )
+                })
+                .collect();
+            st.epoch = epoch.to_owned();
+            st.revision = revision;
+            st.history.clear();
+            st.history_events = 0;
+            st.resumable_from = revision;
+            st.ready = true;
+            if had_subscribers {
+                let _ = self.tx.send(Arc::new(Batch {
+                    revision,
+                    events: Vec::new(),
+                    reset: true,
+                }));
+            }
+            return;
+        }
+        // Same epoch: diff.
+        let mut changes: Vec<(String, Option<(Bytes, i64)>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for kv in kvs {
+            seen.insert(kv.key.clone());
+            let same = st.entries.get(&kv.key).is_some_and(|e| e.value == kv.value);
+            if !same {
+                changes.push((kv.key, Some((kv.value, kv.mod_revision))));
+            }
+        }
+        for k in st.entries.keys() {
+            if !seen.contains(k) {
+                changes.push((k.clone(), None));
+            }
+        }
+        self.apply_locked(&mut st, revision, changes);
+    }
+
+    /// Applies one watch response's changes (key, Some((value, mod_revision)) or None for delete).
+    pub fn apply(&self, revision: i64, changes: Vec<(String, Option<(Bytes, i64)>)>) {
+        let mut st = self.lock();
+        self.apply_locked(&mut st, revision, changes);
+    }
+
+    fn apply_locked(
+        &self,
+        st: &mut State,
+        revision: i64,
+        changes: Vec<(String, Option<(Bytes, i64)>)>,
+    ) {
+        if revision <= st.revision {
+            return; // already applied (a watch resumed from an older revision)
+        }
+        let mut events = Vec::with_capacity(changes.len());
+        for (key, change) in changes {
+            let target = Target::of(&key, &self.local);
+            let exported_before = st.entries.get(&key).is_some_and(|e| e.exported);
+            let (value, rev) = match change {
+                Some((value, mod_rev)) => {
+                    let exported = exported_flag(&target, &value);
+                    st.entries.insert(
+                        key,
+                        Entry {
+                            value: value.clone(),
+                            mod_revision: mod_rev,
+                            exported,
+                        },
+                    );
+                    (Some(value), mod_rev)
+                }
+                None => {
+                    if st.entries.remove(&key).is_none() {
+                        continue;
+                    }
+                    (None, revision)
+                }
+            };
+            let exported_now = value.as_ref().is_some_and(|v| exported_flag(&target, v));
+            events.push(ViewEvent {
+                target,
+                value,
+                revision: rev,
+                exported_before,
+                exported_now,
+            });
+        }
+        st.revision = revision;
+        let batch = Arc::new(Batch {
+            revision,
+            events,
+            reset: false,
+        });
+        st.history_events += batch.events.len();
+        st.history.push_back(batch.clone());
+        while st.history_events > self.config.history_events {
+            match st.history.pop_front() {
+                Some(old) => {
+                    st.history_events -= old.events.len();
+                    st.resumable_from = old.revision;
+                }
+                None => break,
+            }
+        }
+        // No receivers is fine.
+        let _ = self.tx.send(batch);
+    }
+
+    /// Starts a subscription: snapshot or replay, and a receiver for what
+    /// follows, taken atomically so nothing is missed or duplicated.
+    pub fn subscribe(
+        &self,
+        scope: Scope,
+        kinds: &[Kind],
+        resume: Option<(&str, i64)>,
+    ) -> Subscription {
+        let st = self.lock();
+        let rx = self.tx.subscribe();
+        let mut reason = String::new();
+        if let Some((epoch, rev)) = resume {
+            if epoch == st.epoch && rev >= st.resumable_from && rev <= st.revision {
+                let replay = st
+                    .history
+                    .iter()
+                    .filter(|b| b.revision > rev)
+                    .cloned()
+                    .collect();
+                return Subscription {
+                    epoch: st.epoch.clone(),
+                    revision: st.revision,
+                    start: Start::Replay(replay),
+                    rx,
+                };
+            }
+            reason = if epoch != st.epoch {
+                format!("store epoch changed ({epoch} -> {})", st.epoch)
+            } else if rev > st.revision {
+                format!("revision {rev} is ahead of this replica ({})", st.revision)
+            } else {
+                format!(
+                    "revision {rev} is older than the resume buffer (from {})",
+                    st.resumable_from
+                )
+            };
+        }
+        let events = st
+            .entries
+            .iter()
+            .filter_map(|(k, e)| {
+                let ev = ViewEvent {
+                    target: Target::of(k, &self.local),
+                    value: Some(e.value.clone()),
+                    revision: e.mod_revision,
+                    exported_before: false,
+                    exported_now: e.exported,
+                };
+                ev.to_wire(scope, kinds)
+            })
+            .collect();
+        Subscription {
+            epoch: st.epoch.clone(),
+            revision: st.revision,
+            start: Start::Snapshot {
+                events,
+                reset: resume.is_some(),
+                reason,
+            },
+            rx,
+        }
+    }
+
+    pub fn epoch(&self) -> String {
+        self.lock().epoch.clone()
+    }
+    pub fn revision(&self) -> i64 {
+        self.lock().revision
+    }
+    pub fn ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    /// Every entry under a full-key prefix.
+    pub fn entries(&self, prefix: &str) -> Vec<(String, Entry)> {
+        let st = self.lock();
+        st.entries
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        self.lock().entries.get(key).cloned()
+    }
+
+    /// Record counts per (cluster, kind), local and cached.
+    pub fn counts(&self) -> Vec<RecordCount> {
+        let st = self.lock();
+        let mut counts: BTreeMap<(String, i32), u64> = BTreeMap::new();
+        for prefix in [
+            format!("{}state/", keys::PREFIX),
+            format!("{}cache/", keys::PREFIX),
+        ] {
+            for (k, _) in st
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+            {
+                let t = Target::of(k, &self.local);
+                if t.is_record() {
+                    *counts.entry((t.cluster, t.kind as i32)).or_default() += 1;
+                }
+            }
+        }
+        counts
+            .into_iter()
+            .map(|((cluster, kind), count)| RecordCount {
+                cluster,
+                kind,
+                count,
+            })
+            .collect()
+    }
+
+    /// Kinds this cluster has marked synced.
+    pub fn synced_kinds(&self, cluster: &str) -> Vec<Kind> {
+        let prefix = keys::synced_prefix(cluster);
+        self.entries(&prefix)
+            .into_iter()
+            .filter_map(|(k, _)| match keys::parse(&k) {
+                keys::StoreKey::Synced { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn watcher_guard(self: &Arc<Self>) -> WatcherGuard {
+        self.watchers.fetch_add(1, Ordering::Relaxed);
+        WatcherGuard(self.clone())
+    }
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::Relaxed)
+    }
+
+    pub fn set_feed_error(&self, err: Option<String>) {
+        *self.feed_error.lock().unwrap_or_else(|p| p.into_inner()) = err;
+    }
+    pub fn feed_error(&self) -> Option<String> {
+        self.feed_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Counts a live Watch stream while held.
+pub struct WatcherGuard(Arc<View>);
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clustermesh_proto::v1::Node;
+    use prost::Message;
+
+    fn node(name: &str, exported: bool) -> Bytes {
+        Node {
+            name: name.into(),
+            cluster: "a".into(),
+            exported,
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    fn kv(key: String, value: Bytes, rev: i64) -> Kv {
+        Kv {
+            key,
+            value,
+            mod_revision: rev,
+        }
+    }
+
+    #[test]
+    fn snapshot_then_resume() {
+        let v = View::new(
+            "a",
+            ViewConfig {
+                history_events: 3,
+                subscriber_buffer: 16,
+            },
+        );
+        v.load(
+            "e1",
+            10,
+            vec![kv(keys::state(Kind::Node, "a", "n1"), node("n1", true), 5)],
+        );
+        let s = v.subscribe(Scope::Merged, &[], None);
+        assert!(
+            matches!(s.start, Start::Snapshot { ref events, reset: false, .. } if events.len() == 1)
+        );
+        v.apply(
+            11,
+            vec![(
+                keys::state(Kind::Node, "a", "n2"),
+                Some((node("n2", false), 11)),
+            )],
+        );
+        v.apply(12, vec![(keys::state(Kind::Node, "a", "n1"), None)]);
+        // resume from 10: replay both
+        let s = v.subscribe(Scope::Merged, &[], Some(("e1", 10)));
+        assert!(matches!(s.start, Start::Replay(ref b) if b.len() == 2));
+        // foreign epoch: reset snapshot
+        let s = v.subscribe(Scope::Exported, &[], Some(("other", 10)));
+        match s.start {
+            Start::Snapshot { events, reset, .. } => {
+                assert!(reset);
+                assert!(events.is_empty(), "n2 is not exported, n1 deleted");
+            }
+            _ => panic!("expected snapshot"),
+        }
+        // history trimmed past 10
+        for r in 13..20 {
+            v.apply(
+                r,
+                vec![(
+                    keys::state(Kind::Node, "a", &format!("x{r}")),
+                    Some((node("x", true), r)),
+                )],
+            );
+        }
+        let s = v.subscribe(Scope::Merged, &[], Some(("e1", 10)));
+        assert!(matches!(s.start, Start::Snapshot { reset: true, .. }));
+        // stale duplicate revision ignored
+        v.apply(
+            15,
+            vec![(
+                keys::state(Kind::Node, "a", "zz"),
+                Some((node("zz", true), 15)),
+            )],
+        );
+        assert!(v.get(&keys::state(Kind::Node, "a", "zz")).is_none());
+    }
+
+    #[test]
+    fn relist_same_epoch_yields_diff() {
+        let v = View::new("a", ViewConfig::default());
+        let k1 = keys::state(Kind::Node, "a", "n1");
+        let k2 = keys::state(Kind::Node, "a", "n2");
+        v.load(
+            "e",
+            5,
+            vec![
+                kv(k1.clone(), node("n1", true), 3),
+                kv(k2.clone(), node("n2", true), 4),
+            ],
+        );
+        let mut s = v.subscribe(Scope::Merged, &[], None);
+        v.load(
+            "e",
+            9,
+            vec![
+                kv(k1.clone(), node("n1", true), 3),
+                kv(k2, node("n2-changed", true), 8),
+            ],
+        );
+        let b = s.rx.try_recv().unwrap();
+        assert_eq!(b.events.len(), 1, "only the changed record");
+        assert!(!b.reset);
+        v.load("e2", 3, vec![kv(k1, node("n1", true), 2)]);
+        assert!(
+            s.rx.try_recv().unwrap().reset,
+            "new epoch resets subscribers"
+        );
+        assert_eq!(v.epoch(), "e2");
+    }
+}

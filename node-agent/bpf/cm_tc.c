@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * clustermesh datapath: the TC programs.
+ *
+ *   from_pod    ingress of each local pod's host-side veth (= packets leaving the pod)
+ *   from_tunnel ingress of the collect-metadata VXLAN/Geneve device
+ *
+ * See docs/datapath.md for the packet walk.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "cm_maps.h"
+#include "cm_policy.h"
+
+#define CM_TUNNEL_TTL 64
+
+static __always_inline int cm_drop(__u32 reason, struct __sk_buff *skb)
+{
+	cm_count(reason, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline struct cm_ipcache_value *cm_ipcache_lookup(__u32 addr)
+{
+	struct cm_ipcache_key k = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&cm_ipcache, &k);
+}
+
+/* Rewrites the MACs for the pod behind `ifindex` and hands the frame to it. */
+static __always_inline int cm_deliver_local(struct __sk_buff *skb, __u32 ifindex,
+					    const struct cm_config_value *cfg)
+{
+	struct cm_endpoint_value *ep = bpf_map_lookup_elem(&cm_endpoints, &ifindex);
+
+	if (!ep)
+		return cm_drop(CM_REASON_DROP_NO_ENDPOINT, skb);
+	if (bpf_skb_store_bytes(skb, 0, ep->pod_mac, CM_ETH_ALEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, CM_ETH_ALEN, ep->host_mac, CM_ETH_ALEN, 0) < 0)
+		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+	cm_count(CM_REASON_FORWARDED, skb->len);
+	if (cfg && (cfg->flags & CM_CFG_F_REDIRECT_PEER))
+		return bpf_redirect_peer(ifindex, 0);
+	return bpf_redirect(ifindex, 0);
+}
+
+static __always_inline int cm_valid_wire_identity(__u32 id)
+{
+	return id > CM_RESERVED_IDENTITY_MAX && id <= CM_IDENTITY_MAX;
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct cm_flow f;
+	int rc = cm_parse(skb, &f);
+
+	if (rc == CM_PARSE_NOT_IPV4) {
+		/* ARP, IPv6 ND, ...: the host answers (proxy ARP / neighbour entries). */
+		cm_count(CM_REASON_TO_STACK, skb->len);
+		return TC_ACT_OK;
+	}
+	if (rc != CM_PARSE_OK)
+		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+
+	struct cm_ipcache_value *src = cm_ipcache_lookup(f.saddr);
+
+	if (!src)
+		return cm_drop(CM_REASON_DROP_UNKNOWN_SOURCE, skb);
+	/* A pod may only send from its own address(es). */
+	if (!(src->flags & CM_IPCACHE_F_LOCAL) || src->ifindex != skb->ifindex)
+		return cm_drop(CM_REASON_DROP_SOURCE_SPOOF, skb);
+	__u32 src_id = src->identity;
+
+	struct cm_ipcache_value *dst = cm_ipcache_lookup(f.daddr);
+	int reply = cm_ct_is_reply(&f);
+
+	if (reply)
+		cm_count(CM_REASON_CT_REPLY, skb->len);
+
+	if (!dst) {
+		/* Not a mesh address: the node's own routing takes it. */
+		if (!reply && !cm_policy_allows(src_id, CM_IDENTITY_WORLD, &f, CM_DIR_EGRESS, skb->len))
+			return cm_drop(CM_REASON_DROP_POLICY_DENY, skb);
+		cm_count(CM_REASON_TO_STACK, skb->len);
+		return TC_ACT_OK;
+	}
+	__u32 dst_id = dst->identity;
+	__u32 dst_flags = dst->flags;
+	__u32 dst_ifindex = dst->ifindex;
+	__u32 endpoint = dst->tunnel_endpoint;
+
+	if (!reply && !cm_policy_allows(src_id, dst_id, &f, CM_DIR_EGRESS, skb->len))
+		return cm_drop(CM_REASON_DROP_POLICY_DENY, skb);
+
+	struct cm_config_value *cfg = cm_config_get();
+
+	if ((dst_flags & CM_IPCACHE_F_LOCAL) && dst_ifindex) {
+		/* Pod to pod on this node: the destination's ingress policy too. */
+		if (!reply && !cm_policy_allows(dst_id, src_id, &f, CM_DIR_INGRESS, skb->len))
+			return cm_drop(CM_REASON_DROP_POLICY_DENY, skb);
+		if (!reply)
+			cm_ct_track(&f, CM_CT_F_EGRESS);
+		return cm_deliver_local(skb, dst_ifindex, cfg);
+	}
+
+	if (!endpoint || !cfg || !cfg->tunnel_ifindex)
+		return cm_drop(CM_REASON_DROP_NO_ROUTE, skb);
+	if (!cm_valid_wire_identity(src_id))
+		return cm_drop(CM_REASON_DROP_INVALID_IDENTITY, skb);
+	if (!reply)
+		cm_ct_track(&f, CM_CT_F_EGRESS);
+
+	struct bpf_tunnel_key key = {};
+
+	key.tunnel_id = src_id; /* VNI = source security identity */
+	key.remote_ipv4 = bpf_ntohl(endpoint);
+	key.tunnel_ttl = CM_TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return cm_drop(CM_REASON_DROP_TUNNEL_KEY, skb);
+	cm_count(CM_REASON_FORWARDED, skb->len);
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+SEC("classifier")
+int from_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return cm_drop(CM_REASON_DROP_TUNNEL_KEY, skb);
+	__u32 src_id = key.tunnel_id;
+
+	/* 0, the reserved identities (host, world, ...) and anything wider than
+	 * 24 bits never come from a peer gateway: a spoof or a misconfiguration. */
+	if (!cm_valid_wire_identity(src_id))
+		return cm_drop(CM_REASON_DROP_INVALID_IDENTITY, skb);
+
+	struct cm_flow f;
+	int rc = cm_parse(skb, &f);
+
+	if (rc == CM_PARSE_NOT_IPV4)
+		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+	if (rc != CM_PARSE_OK)
+		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+
+	struct cm_config_value *cfg = cm_config_get();
+
+	if (cfg && (cfg->flags & CM_CFG_F_STRICT_SOURCE)) {
+		struct cm_ipcache_value *src = cm_ipcache_lookup(f.saddr);
+
+		if (!src || src->identity != src_id)
+			return cm_drop(CM_REASON_DROP_INVALID_IDENTITY, skb);
+	}
+
+	struct cm_ipcache_value *dst = cm_ipcache_lookup(f.daddr);
+
+	if (!dst || !(dst->flags & CM_IPCACHE_F_LOCAL) || !dst->ifindex)
+		return cm_drop(CM_REASON_DROP_UNKNOWN_DEST, skb);
+	__u32 dst_id = dst->identity;
+	__u32 dst_ifindex = dst->ifindex;
+
+	if (cm_ct_is_reply(&f)) {
+		cm_count(CM_REASON_CT_REPLY, skb->len);
+	} else {
+		if (!cm_policy_allows(dst_id, src_id, &f, CM_DIR_INGRESS, skb->len))
+			return cm_drop(CM_REASON_DROP_POLICY_DENY, skb);
+		cm_ct_track(&f, CM_CT_F_INGRESS);
+	}
+	return cm_deliver_local(skb, dst_ifindex, cfg);
+}
+
+/* Kernel-loaded code is dual licensed so it may use GPL-only helpers. */
+char _license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,527 @@
+//! The datapath's desired state in domain terms, and its translation into the
+//! raw map entries of [`super::types`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use super::error::{DatapathError, Result};
+use super::reconcile::RawState;
+use super::types::{
+    self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendKey,
+    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, be16, be32, ip_from_be32, port_from_be16,
+};
+
+/// IP protocol numbers used in policy and LB keys.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// An IPv4 prefix with the host bits cleared (LPM key of the ipcache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Prefix {
+    addr: Ipv4Addr,
+    len: u8,
+}
+
+impl Ipv4Prefix {
+    /// `addr/len`; host bits are cleared. Fails if `len > 32`.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Self> {
+        if len > 32 {
+            return Err(DatapathError::invalid(
+                "prefix length",
+                format!("{addr}/{len}"),
+            ));
+        }
+        let mask = if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        };
+        Ok(Ipv4Prefix {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            len,
+        })
+    }
+
+    /// A single address (`/32`).
+    pub fn host(addr: Ipv4Addr) -> Self {
+        Ipv4Prefix { addr, len: 32 }
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for `0.0.0.0/0`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn key(&self) -> IpcacheKey {
+        IpcacheKey {
+            prefixlen: u32::from(self.len),
+            addr: be32(self.addr),
+        }
+    }
+
+    pub(crate) fn from_key(k: IpcacheKey) -> Result<Self> {
+        let len = u8::try_from(k.prefixlen)
+            .map_err(|_| DatapathError::invalid("prefix length", k.prefixlen.to_string()))?;
+        Ipv4Prefix::new(ip_from_be32(k.addr), len)
+    }
+}
+
+impl fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv4Prefix {
+    type Err = DatapathError;
+    /// `a.b.c.d/len` or a bare address (`/32`).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || DatapathError::invalid("IPv4 prefix", s);
+        match s.split_once('/') {
+            Some((a, l)) => {
+                Ipv4Prefix::new(a.parse().map_err(|_| bad())?, l.parse().map_err(|_| bad())?)
+            }
+            None => Ok(Ipv4Prefix::host(s.parse().map_err(|_| bad())?)),
+        }
+    }
+}
+
+/// Where an ipcache prefix lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Location {
+    /// A pod on this node behind the host-side veth `ifindex`.
+    Local { ifindex: u32 },
+    /// Behind the peer gateway `tunnel_endpoint`.
+    Remote { tunnel_endpoint: Ipv4Addr },
+}
+
+/// One ipcache entry: the identity of a prefix and where it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpcacheEntry {
+    pub identity: u32,
+    pub location: Location,
+}
+
+impl IpcacheEntry {
+    pub(crate) fn value(&self) -> IpcacheValue {
+        match self.location {
+            Location::Local { ifindex } => IpcacheValue {
+                identity: self.identity,
+                tunnel_endpoint: 0,
+                ifindex,
+                flags: types::IPCACHE_F_LOCAL,
+                pad: [0; 3],
+            },
+            Location::Remote { tunnel_endpoint } => IpcacheValue {
+                identity: self.identity,
+                tunnel_endpoint: be32(tunnel_endpoint),
+                ifindex: 0,
+                flags: types::IPCACHE_F_REMOTE,
+                pad: [0; 3],
+            },
+        }
+    }
+
+    /// Reads a raw value back; `None` if it is neither local nor remote.
+    pub fn from_value(v: &IpcacheValue) -> Option<Self> {
+        let location = if v.flags & types::IPCACHE_F_LOCAL != 0 && v.ifindex != 0 {
+            Location::Local { ifindex: v.ifindex }
+        } else if v.tunnel_endpoint != 0 {
+            Location::Remote {
+                tunnel_endpoint: ip_from_be32(v.tunnel_endpoint),
+            }
+        } else {
+            return None;
+        };
+        Some(IpcacheEntry {
+            identity: v.identity,
+            location,
+        })
+    }
+}
+
+/// A local pod's veth pair, keyed by the host-side ifindex in [`DesiredState::endpoints`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// MAC of the pod's interface (destination MAC when delivering to it).
+    pub pod_mac: [u8; 6],
+    /// MAC of the host-side veth (source MAC when delivering).
+    pub host_mac: [u8; 6],
+    pub identity: u32,
+}
+
+impl Endpoint {
+    pub(crate) fn value(&self) -> EndpointValue {
+        EndpointValue {
+            pod_mac: self.pod_mac,
+            host_mac: self.host_mac,
+            identity: self.identity,
+        }
+    }
+}
+
+/// Policy direction, seen from the identity the rule is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub(crate) fn raw(self) -> u8 {
+        match self {
+            Direction::Ingress => types::DIR_INGRESS,
+            Direction::Egress => types::DIR_EGRESS,
+        }
+    }
+
+    pub(crate) fn from_raw(d: u8) -> Option<Self> {
+        match d {
+            types::DIR_INGRESS => Some(Direction::Ingress),
+            types::DIR_EGRESS => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// What a matching policy entry does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+impl Verdict {
+    pub(crate) fn raw(self) -> u8 {
+        match self {
+            Verdict::Allow => types::POLICY_ALLOW,
+            Verdict::Deny => types::POLICY_DENY,
+        }
+    }
+
+    pub(crate) fn from_raw(a: u8) -> Option<Self> {
+        match a {
+            types::POLICY_ALLOW => Some(Verdict::Allow),
+            types::POLICY_DENY => Some(Verdict::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// One policy entry's key. Zero means "any" for `peer_identity`, `proto` and `port`.
+/// ICMP is `proto = 1, port = 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyRule {
+    pub local_identity: u32,
+    pub peer_identity: u32,
+    pub proto: u8,
+    /// Destination port in host order.
+    pub port: u16,
+    pub direction: Direction,
+}
+
+impl PolicyRule {
+    pub(crate) fn key(&self) -> PolicyKey {
+        PolicyKey {
+            local_identity: self.local_identity,
+            peer_identity: self.peer_identity,
+            dport: be16(self.port),
+            proto: self.proto,
+            direction: self.direction.raw(),
+        }
+    }
+
+    pub(crate) fn from_key(k: &PolicyKey) -> Option<Self> {
+        Some(PolicyRule {
+            local_identity: k.local_identity,
+            peer_identity: k.peer_identity,
+            proto: k.proto,
+            port: port_from_be16(k.dport),
+            direction: Direction::from_raw(k.direction)?,
+        })
+    }
+}
+
+/// A service frontend (what clients connect to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub proto: u8,
+}
+
+impl Frontend {
+    pub(crate) fn key(&self) -> FrontendKey {
+        FrontendKey {
+            ip: be32(self.ip),
+            port: be16(self.port),
+            proto: self.proto,
+            pad: 0,
+        }
+    }
+}
+
+/// Which backends the desired-state layer put in the slots (informational for BPF).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Affinity {
+    #[default]
+    None,
+    Local,
+    Remote,
+}
+
+impl Affinity {
+    pub(crate) fn raw(self) -> u8 {
+        match self {
+            Affinity::None => 0,
+            Affinity::Local => 1,
+            Affinity::Remote => 2,
+        }
+    }
+}
+
+/// A backend address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A load-balanced service: the backends to pick from (affinity already applied).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Service {
+    /// Unique per frontend; keys the backend slots.
+    pub service_id: u32,
+    pub affinity: Affinity,
+    pub backends: Vec<Backend>,
+}
+
+/// The single `cm_config` entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Informational; reserved identity 1 by convention.
+    pub host_identity: u32,
+    /// ifindex of the collect-metadata tunnel device (0 = none: remote traffic is dropped).
+    pub tunnel_ifindex: u32,
+    /// Deliver to local pods with `bpf_redirect_peer` instead of `bpf_redirect`.
+    pub redirect_peer: bool,
+    /// from_tunnel: require the VNI to equal the ipcache identity of the inner source.
+    pub strict_source: bool,
+}
+
+impl DatapathConfig {
+    pub(crate) fn value(&self) -> ConfigValue {
+        let mut flags = 0;
+        if self.redirect_peer {
+            flags |= types::CFG_F_REDIRECT_PEER;
+        }
+        if self.strict_source {
+            flags |= types::CFG_F_STRICT_SOURCE;
+        }
+        ConfigValue {
+            host_identity: self.host_identity,
+            tunnel_ifindex: self.tunnel_ifindex,
+            flags,
+            pad: 0,
+        }
+    }
+
+    pub(crate) fn from_value(v: &ConfigValue) -> Self {
+        DatapathConfig {
+            host_identity: v.host_identity,
+            tunnel_ifindex: v.tunnel_ifindex,
+            redirect_peer: v.flags & types::CFG_F_REDIRECT_PEER != 0,
+            strict_source: v.flags & types::CFG_F_STRICT_SOURCE != 0,
+        }
+    }
+}
+
+/// Everything the agent wants in the maps (except config, counters and CT).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub ipcache: BTreeMap<Ipv4Prefix, IpcacheEntry>,
+    /// Host-side veth ifindex -> the pod's MACs.
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    pub policy: BTreeMap<PolicyRule, Verdict>,
+    /// Identities selected by a policy in a direction: default deny there.
+    pub enforced: BTreeSet<(u32, Direction)>,
+    pub services: BTreeMap<Frontend, Service>,
+}
+
+impl DesiredState {
+    /// Translates into raw map entries, validating what BPF relies on.
+    pub fn to_raw(&self) -> Result<RawState> {
+        let mut raw = RawState::default();
+        for (prefix, entry) in &self.ipcache {
+            if entry.identity == 0 || entry.identity > types::IDENTITY_MAX {
+                return Err(DatapathError::invalid(
+                    "identity",
+                    format!("{} for {prefix}", entry.identity),
+                ));
+            }
+            raw.ipcache.insert(prefix.key(), entry.value());
+        }
+        for (ifindex, ep) in &self.endpoints {
+            raw.endpoints.insert(*ifindex, ep.value());
+        }
+        for (rule, verdict) in &self.policy {
+            raw.policy.insert(rule.key(), verdict.raw());
+        }
+        for (identity, dir) in &self.enforced {
+            raw.enforced.insert(EnforcedKey {
+                identity: *identity,
+                direction: dir.raw(),
+                pad: [0; 3],
+            });
+        }
+        let mut ids = BTreeSet::new();
+        for (fe, svc) in &self.services {
+            if !ids.insert(svc.service_id) {
+                return Err(DatapathError::invalid(
+                    "service",
+                    format!("service_id {} used twice", svc.service_id),
+                ));
+            }
+            let count = u16::try_from(svc.backends.len()).map_err(|_| {
+                DatapathError::invalid(
+                    "service",
+                    format!("{} backends for {fe:?}", svc.backends.len()),
+                )
+            })?;
+            raw.frontends.insert(
+                fe.key(),
+                FrontendValue {
+                    service_id: svc.service_id,
+                    count,
+                    affinity: svc.affinity.raw(),
+                    pad: 0,
+                },
+            );
+            for (slot, b) in (0u32..).zip(&svc.backends) {
+                raw.backends.insert(
+                    BackendKey {
+                        service_id: svc.service_id,
+                        slot,
+                    },
+                    BackendValue {
+                        ip: be32(b.ip),
+                        port: be16(b.port),
+                        flags: 0,
+                        pad: 0,
+                    },
+                );
+            }
+        }
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_parsing_masks_host_bits() {
+        let p: Ipv4Prefix = "10.1.2.3/16".parse().unwrap();
+        assert_eq!(p.to_string(), "10.1.0.0/16");
+        assert_eq!("10.2.0.2".parse::<Ipv4Prefix>().unwrap().len(), 32);
+        assert!("10.0.0.0/33".parse::<Ipv4Prefix>().is_err());
+        assert_eq!(Ipv4Prefix::from_key(p.key()).unwrap(), p);
+    }
+
+    #[test]
+    fn ipcache_entry_round_trips() {
+        for e in [
+            IpcacheEntry {
+                identity: 65792,
+                location: Location::Local { ifindex: 7 },
+            },
+            IpcacheEntry {
+                identity: 131328,
+                location: Location::Remote {
+                    tunnel_endpoint: Ipv4Addr::new(172, 31, 255, 2),
+                },
+            },
+        ] {
+            assert_eq!(IpcacheEntry::from_value(&e.value()), Some(e));
+        }
+    }
+
+    #[test]
+    fn policy_rule_port_is_network_order() {
+        let r = PolicyRule {
+            local_identity: 1,
+            peer_identity: 0,
+            proto: PROTO_TCP,
+            port: 8080,
+            direction: Direction::Ingress,
+        };
+        assert_eq!(r.key().dport.to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(PolicyRule::from_key(&r.key()), Some(r));
+    }
+
+    #[test]
+    fn services_become_frontend_and_slots() {
+        let mut d = DesiredState::default();
+        let fe = Frontend {
+            ip: Ipv4Addr::new(10, 96, 0, 10),
+            port: 80,
+            proto: PROTO_TCP,
+        };
+        let b = |last| Backend {
+            ip: Ipv4Addr::new(10, 2, 0, last),
+            port: 8080,
+        };
+        d.services.insert(
+            fe,
+            Service {
+                service_id: 7,
+                affinity: Affinity::Local,
+                backends: vec![b(2), b(3)],
+            },
+        );
+        let raw = d.to_raw().unwrap();
+        assert_eq!(raw.frontends[&fe.key()].count, 2);
+        assert_eq!(raw.backends.len(), 2);
+        assert!(raw.backends.contains_key(&BackendKey {
+            service_id: 7,
+            slot: 1
+        }));
+
+        let fe2 = Frontend { port: 81, ..fe };
+        d.services.insert(
+            fe2,
+            Service {
+                service_id: 7,
+                affinity: Affinity::None,
+                backends: vec![],
+            },
+        );
+        assert!(d.to_raw().is_err(), "duplicate service ids are rejected");
+    }
+
+    #[test]
+    fn identities_are_validated() {
+        let mut d = DesiredState::default();
+        d.ipcache.insert(
+            Ipv4Prefix::host(Ipv4Addr::new(10, 1, 0, 2)),
+            IpcacheEntry {
+                identity: 1 << 24,
+                location: Location::Local { ifindex: 3 },
+            },
+        );
+        assert!(d.to_raw().is_err());
+    }
+}

@@ -1,0 +1,60 @@
+//! The clustermesh wire contract (`clustermesh.v1`) and the small domain
+//! helpers every side needs: the 24-bit identity layout, store key names and
+//! validation of cluster names and IDs.
+
+pub mod duration;
+pub mod identity;
+pub mod keys;
+pub mod validate;
+
+/// Generated protobuf and gRPC code for `clustermesh.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("clustermesh.v1");
+}
+
+pub use identity::{ClusterMode, IdentityError, IdentityKind};
+pub use validate::ValidationError;
+
+use v1::Kind;
+
+/// All record kinds, in the order a consumer should apply a snapshot
+/// (identities before the endpoints that reference them).
+pub const RECORD_KINDS: [Kind; 5] = [
+    Kind::Identity,
+    Kind::Node,
+    Kind::Endpoint,
+    Kind::Service,
+    Kind::Policy,
+];
+
+impl Kind {
+    /// The store path segment of a kind (`state/<segment>/...`).
+    pub fn segment(self) -> &'static str {
+        match self {
+            Kind::Unspecified => "unspecified",
+            Kind::Node => "nodes",
+            Kind::Endpoint => "endpoints",
+            Kind::Identity => "identities",
+            Kind::Service => "services",
+            Kind::Policy => "policies",
+        }
+    }
+
+    /// The kind named by a store path segment.
+    pub fn from_segment(segment: &str) -> Option<Kind> {
+        RECORD_KINDS.into_iter().find(|k| k.segment() == segment)
+    }
+
+    /// A short human name ("nodes", "endpoints", ...), as used by the CLI.
+    pub fn display_name(self) -> &'static str {
+        self.segment()
+    }
+}
+
+impl v1::RecordHeader {
+    /// Reads `cluster` and `exported` from the bytes of any record kind.
+    pub fn peek(record: &[u8]) -> Result<Self, prost::DecodeError> {
+        prost::Message::decode(record)
+    }
+}
