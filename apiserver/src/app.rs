@@ -117,6 +117,7 @@ pub async fn run(
 
     let api = ApiServer {
         view: view.clone(),
+        store: store.clone(),
         cluster: cfg.cluster.clone(),
         replica: ReplicaInfo {
             id: cfg.replica_id.clone(),

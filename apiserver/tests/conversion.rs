@@ -13,44 +13,9 @@ mod sources;
 #[path = "fixtures/examples.rs"]
 mod examples;
 
-use clustermesh_apiserver::source::{LabelSet, labels_digest};
+use clustermesh_apiserver::source::labels_digest;
 use clustermesh_proto::v1::Affinity;
-use harness::{CLUSTER, both};
-
-pub fn pod(ns: &str, name: &str, labels: &str, ip: &str, extra_status: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels: {labels}
-spec:
-  nodeName: n1
-  containers:
-  - name: main
-    ports:
-    - name: http
-      containerPort: 8080
-    - containerPort: 9090
-    - name: dns
-      containerPort: 53
-      protocol: UDP
-status:
-  phase: Running
-  hostIP: 192.168.0.1
-  podIP: {ip}
-{extra_status}---
-"
-    )
-}
-
-fn labels(pairs: &[(&str, &str)]) -> LabelSet {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use harness::{CLUSTER, both, labels, pod, service};
 
 #[tokio::test]
 async fn identity_labels() {
@@ -177,24 +142,6 @@ status:
     let w = &d.nodes["worker"];
     assert!(!w.gateway && w.exported);
     assert_eq!(w.pod_cidrs, vec!["10.1.1.0/24"]);
-}
-
-fn service(ns: &str, name: &str, annotations: &str, cluster_ip: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: {ns}
-  annotations: {annotations}
-spec:
-  clusterIP: {cluster_ip}
-  ports:
-  - {{name: http, port: 80, targetPort: 8080}}
-  - {{name: dns, port: 53, protocol: UDP}}
----
-"
-    )
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod apiserver;
 pub mod etcd;
 pub mod ports;
 pub mod process;
+pub mod watcher;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 pub mod duration;
 pub mod identity;
 pub mod keys;
+pub mod mirror;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for `clustermesh.v1`.

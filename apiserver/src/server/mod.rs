@@ -1,6 +1,7 @@
 //! The gRPC services: ClusterMesh (Watch, GetCluster, LookupService,
 //! ListServices, Status) and Admin, every call role-checked (see `auth`).
 
+pub mod admin;
 pub mod auth;
 pub mod lookup;
 pub mod tls;
@@ -18,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::store::Store;
 use crate::view::View;
 
 /// Per-replica facts shown in Status.
@@ -37,6 +39,7 @@ pub struct Runtime {
 #[derive(Clone)]
 pub struct ApiServer {
     pub view: Arc<View>,
+    pub store: Store,
     pub cluster: ClusterInfo,
     pub replica: ReplicaInfo,
     pub runtime: Arc<Runtime>,
@@ -84,12 +87,6 @@ impl ApiServer {
             ready: self.view.ready() && self.view.feed_error().is_none(),
         }
     }
-}
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} arrives with mesh sync between clusters (not in this build yet)"
-    ))
 }
 
 #[tonic::async_trait]
@@ -199,7 +196,14 @@ impl Admin for ApiServer {
         req: Request<v1::ConnectPeerRequest>,
     ) -> Result<Response<v1::ConnectPeerResponse>, Status> {
         auth::require(&self.caller(&req)?, &[Role::Admin], "connect peers")?;
-        Err(not_yet("ConnectPeer"))
+        let peer = req
+            .into_inner()
+            .peer
+            .ok_or_else(|| Status::invalid_argument("ConnectPeer needs a peer"))?;
+        admin::connect(&self.store, &self.view, &self.cluster, peer).await?;
+        Ok(Response::new(v1::ConnectPeerResponse {
+            cluster: Some(self.cluster.clone()),
+        }))
     }
 
     async fn disconnect_peer(
@@ -207,7 +211,8 @@ impl Admin for ApiServer {
         req: Request<v1::DisconnectPeerRequest>,
     ) -> Result<Response<v1::DisconnectPeerResponse>, Status> {
         auth::require(&self.caller(&req)?, &[Role::Admin], "disconnect peers")?;
-        Err(not_yet("DisconnectPeer"))
+        let existed = admin::disconnect(&self.store, &self.view, &req.get_ref().name).await?;
+        Ok(Response::new(v1::DisconnectPeerResponse { existed }))
     }
 
     async fn list_peers(
@@ -215,6 +220,8 @@ impl Admin for ApiServer {
         req: Request<v1::ListPeersRequest>,
     ) -> Result<Response<v1::ListPeersResponse>, Status> {
         auth::require(&self.caller(&req)?, &[Role::Admin], "list peers")?;
-        Err(not_yet("ListPeers"))
+        Ok(Response::new(v1::ListPeersResponse {
+            peers: admin::list(&self.view),
+        }))
     }
 }

@@ -17,6 +17,25 @@ pub type SharedConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// After a refused handshake the alert has been written; with TLS 1.3 the
+/// client may already be sending. Closing now would turn its unread bytes
+/// into a RST that destroys the alert, and the client would see only "broken
+/// pipe". Draining for a moment lets it read why it was refused.
+async fn linger(mut tcp: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+const LINGER: Duration = Duration::from_millis(500);
+
 /// A stream of established TLS connections for `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
@@ -41,12 +60,17 @@ pub fn incoming(
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 let acceptor = TlsAcceptor::from(cfg);
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp).into_fallible())
+                    .await
+                {
                     Ok(Ok(tls)) => {
                         debug!(peer = %addr, "TLS connection established");
                         let _ = conn_tx.send(Ok(tls)).await;
                     }
-                    Ok(Err(e)) => warn!(peer = %addr, error = %e, "TLS handshake refused"),
+                    Ok(Err((e, tcp))) => {
+                        warn!(peer = %addr, error = %e, "TLS handshake refused");
+                        linger(tcp).await;
+                    }
                     Err(_) => warn!(peer = %addr, "TLS handshake timed out"),
                 }
             });

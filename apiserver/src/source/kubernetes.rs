@@ -235,3 +235,65 @@ impl Source for KubernetesSource {
         "kubernetes".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    fn ns(name: &str) -> core::Namespace {
+        core::Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn r(name: &str) -> ObjectRef {
+        ObjectRef::new(ObjectKind::Namespace, "", name)
+    }
+
+    #[test]
+    fn relist_deletes_only_objects_not_seen_again() {
+        let mut m = KubeEventMapper::<core::Namespace>::new();
+        assert!(m.map(watcher::Event::Init).is_empty());
+        for n in ["a", "b", "c"] {
+            let ups = m.map(watcher::Event::InitApply(ns(n)));
+            let [SourceUpdate::Apply(obj)] = ups.as_slice() else {
+                panic!("{ups:?}");
+            };
+            assert_eq!(obj.metadata().managed_fields, None, "managedFields dropped");
+        }
+        assert_eq!(
+            m.map(watcher::Event::InitDone),
+            vec![SourceUpdate::Synced(ObjectKind::Namespace)]
+        );
+        assert_eq!(
+            m.map(watcher::Event::Delete(ns("c"))),
+            vec![SourceUpdate::Delete(r("c"))]
+        );
+        // the watch restarts; during the list, "d" appears and "a" is deleted
+        m.map(watcher::Event::Init);
+        m.map(watcher::Event::InitApply(ns("d")));
+        m.map(watcher::Event::Delete(ns("a")));
+        // a second restart before the first list finished starts over
+        m.map(watcher::Event::Init);
+        m.map(watcher::Event::InitApply(ns("d")));
+        assert_eq!(
+            m.map(watcher::Event::InitDone),
+            vec![
+                SourceUpdate::Delete(r("b")),
+                SourceUpdate::Synced(ObjectKind::Namespace)
+            ]
+        );
+        assert_eq!(m.known(), 1);
+        // InitDone without Init deletes nothing
+        assert_eq!(
+            m.map(watcher::Event::InitDone),
+            vec![SourceUpdate::Synced(ObjectKind::Namespace)]
+        );
+    }
+}

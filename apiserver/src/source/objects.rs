@@ -119,6 +119,10 @@ impl fmt::Display for ObjectRef {
 }
 
 /// One Kubernetes object of a kind the conversion reads.
+// Not boxed: an object is moved once, from the source into the inventory
+// (whose per-kind maps hold the bare type), so boxing would only add an
+// allocation per object.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum K8sObject {
     Namespace(core::Namespace),

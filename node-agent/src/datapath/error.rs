@@ -52,6 +52,8 @@ pub enum DatapathError {
     Command { command: String, detail: String },
     #[error("network interface {name:?} not found in this network namespace")]
     NoSuchInterface { name: String },
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     #[error("invalid {what}: {detail}")]
     Invalid { what: &'static str, detail: String },
 }

@@ -172,8 +172,10 @@ impl Loader {
 
     /// Attaches the socket load balancer (connect4, sendmsg4, recvmsg4) to the
     /// cgroup v2 directory `cgroup` (e.g. the root of the unified hierarchy).
-    /// Multi-attach mode, so a restarted agent attaches its programs before
-    /// removing its predecessor's: there is no window without translation.
+    /// Attached as bpf_links (kernel ≥ 5.7), which always coexist with other
+    /// programs on the cgroup (the kernel rejects explicit attach flags for
+    /// links), so a restarted agent attaches its programs before removing its
+    /// predecessor's: there is no window without translation.
     pub fn attach_lb(&mut self, cgroup: &Path) -> Result<()> {
         let file = fs::File::open(cgroup)
             .map_err(|e| DatapathError::io(format!("opening cgroup {}", cgroup.display()), e))?;
@@ -182,7 +184,7 @@ impl Loader {
             let pin = self.link_pin(name, &target);
             let prog = sock_addr(&mut self.lb, name)?;
             let id = prog
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .map_err(|e| DatapathError::program(name, e))?;
             let link = prog
                 .take_link(id)

@@ -16,10 +16,8 @@ use super::pins::{
     MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_ENFORCED, MAP_IPCACHE, MAP_LB_BACKENDS,
     MAP_LB_FRONTENDS, MAP_METRICS, MAP_POLICY,
 };
-use super::state::{
-    DatapathConfig, Direction, Endpoint, Frontend, IpcacheEntry, Ipv4Prefix, PolicyRule, Service,
-    Verdict,
-};
+use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
+use super::state::{DatapathConfig, Endpoint, IpcacheEntry, Ipv4Prefix};
 use super::types::{
     BackendKey, BackendValue, ConfigValue, CtKey, CtValue, EndpointValue, EnforcedKey, FrontendKey,
     FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyKey, PolicyValue,

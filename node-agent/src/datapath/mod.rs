@@ -18,6 +18,7 @@ pub mod netdev;
 pub mod netns;
 pub mod pins;
 pub mod reconcile;
+pub mod rules;
 pub mod state;
 pub mod types;
 
@@ -28,7 +29,8 @@ pub use metrics::{Counter, Metrics, Reason};
 pub use netdev::TunnelKind;
 pub use pins::default_pin_dir;
 pub use reconcile::{ApplyReport, RawState};
-pub use state::{
-    Affinity, Backend, DatapathConfig, DesiredState, Direction, Endpoint, Frontend, IpcacheEntry,
-    Ipv4Prefix, Location, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PolicyRule, Service, Verdict,
+pub use rules::{
+    Affinity, Backend, Direction, Frontend, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PolicyRule, Service,
+    Verdict,
 };
+pub use state::{DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location};

@@ -165,7 +165,16 @@ pub fn ensure_tunnel_device(kind: TunnelKind, name: &str, mtu: Option<u32>) -> R
         if let Some(m) = mtu_s.as_deref() {
             args.extend(["mtu", m]);
         }
-        ip(&args)?;
+        ip(&args).map_err(|e| match e {
+            DatapathError::Command { detail, .. } if detail.contains("Unknown device type") => {
+                DatapathError::Unsupported(format!(
+                    "this kernel has no {} devices (CONFIG_{})",
+                    kind.link_type(),
+                    kind.link_type().to_uppercase()
+                ))
+            }
+            other => other,
+        })?;
         info!(name, kind = kind.link_type(), port = %port, "created tunnel device");
     }
     ip(&["link", "set", "dev", name, "up"])?;

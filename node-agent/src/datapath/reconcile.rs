@@ -222,10 +222,10 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::state::{
-        Backend, Direction, Endpoint, Frontend, IpcacheEntry, Ipv4Prefix, Location, PROTO_TCP,
-        PolicyRule, Service, Verdict,
+    use crate::datapath::rules::{
+        Backend, Direction, Frontend, PROTO_TCP, PolicyRule, Service, Verdict,
     };
+    use crate::datapath::state::{Endpoint, IpcacheEntry, Ipv4Prefix, Location};
     use std::net::Ipv4Addr;
 
     fn desired() -> DesiredState {

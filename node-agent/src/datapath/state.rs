@@ -8,15 +8,11 @@ use std::str::FromStr;
 
 use super::error::{DatapathError, Result};
 use super::reconcile::RawState;
+use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
 use super::types::{
-    self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendKey,
-    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, be16, be32, ip_from_be32, port_from_be16,
+    self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendValue,
+    IpcacheKey, IpcacheValue, be16, be32, ip_from_be32,
 };
-
-/// IP protocol numbers used in policy and LB keys.
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
 
 /// An IPv4 prefix with the host bits cleared (LPM key of the ipcache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -171,143 +167,6 @@ impl Endpoint {
     }
 }
 
-/// Policy direction, seen from the identity the rule is attached to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    pub(crate) fn raw(self) -> u8 {
-        match self {
-            Direction::Ingress => types::DIR_INGRESS,
-            Direction::Egress => types::DIR_EGRESS,
-        }
-    }
-
-    pub(crate) fn from_raw(d: u8) -> Option<Self> {
-        match d {
-            types::DIR_INGRESS => Some(Direction::Ingress),
-            types::DIR_EGRESS => Some(Direction::Egress),
-            _ => None,
-        }
-    }
-}
-
-/// What a matching policy entry does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Verdict {
-    Allow,
-    Deny,
-}
-
-impl Verdict {
-    pub(crate) fn raw(self) -> u8 {
-        match self {
-            Verdict::Allow => types::POLICY_ALLOW,
-            Verdict::Deny => types::POLICY_DENY,
-        }
-    }
-
-    pub(crate) fn from_raw(a: u8) -> Option<Self> {
-        match a {
-            types::POLICY_ALLOW => Some(Verdict::Allow),
-            types::POLICY_DENY => Some(Verdict::Deny),
-            _ => None,
-        }
-    }
-}
-
-/// One policy entry's key. Zero means "any" for `peer_identity`, `proto` and `port`.
-/// ICMP is `proto = 1, port = 0`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyRule {
-    pub local_identity: u32,
-    pub peer_identity: u32,
-    pub proto: u8,
-    /// Destination port in host order.
-    pub port: u16,
-    pub direction: Direction,
-}
-
-impl PolicyRule {
-    pub(crate) fn key(&self) -> PolicyKey {
-        PolicyKey {
-            local_identity: self.local_identity,
-            peer_identity: self.peer_identity,
-            dport: be16(self.port),
-            proto: self.proto,
-            direction: self.direction.raw(),
-        }
-    }
-
-    pub(crate) fn from_key(k: &PolicyKey) -> Option<Self> {
-        Some(PolicyRule {
-            local_identity: k.local_identity,
-            peer_identity: k.peer_identity,
-            proto: k.proto,
-            port: port_from_be16(k.dport),
-            direction: Direction::from_raw(k.direction)?,
-        })
-    }
-}
-
-/// A service frontend (what clients connect to).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Frontend {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-    /// [`PROTO_TCP`] or [`PROTO_UDP`].
-    pub proto: u8,
-}
-
-impl Frontend {
-    pub(crate) fn key(&self) -> FrontendKey {
-        FrontendKey {
-            ip: be32(self.ip),
-            port: be16(self.port),
-            proto: self.proto,
-            pad: 0,
-        }
-    }
-}
-
-/// Which backends the desired-state layer put in the slots (informational for BPF).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Affinity {
-    #[default]
-    None,
-    Local,
-    Remote,
-}
-
-impl Affinity {
-    pub(crate) fn raw(self) -> u8 {
-        match self {
-            Affinity::None => 0,
-            Affinity::Local => 1,
-            Affinity::Remote => 2,
-        }
-    }
-}
-
-/// A backend address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    pub ip: Ipv4Addr,
-    pub port: u16,
-}
-
-/// A load-balanced service: the backends to pick from (affinity already applied).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Service {
-    /// Unique per frontend; keys the backend slots.
-    pub service_id: u32,
-    pub affinity: Affinity,
-    pub backends: Vec<Backend>,
-}
-
 /// The single `cm_config` entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathConfig {
@@ -431,6 +290,7 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::rules::{Affinity, Backend, PROTO_TCP};
 
     #[test]
     fn prefix_parsing_masks_host_bits() {
@@ -457,19 +317,6 @@ mod tests {
         ] {
             assert_eq!(IpcacheEntry::from_value(&e.value()), Some(e));
         }
-    }
-
-    #[test]
-    fn policy_rule_port_is_network_order() {
-        let r = PolicyRule {
-            local_identity: 1,
-            peer_identity: 0,
-            proto: PROTO_TCP,
-            port: 8080,
-            direction: Direction::Ingress,
-        };
-        assert_eq!(r.key().dport.to_ne_bytes(), [0x1f, 0x90]);
-        assert_eq!(PolicyRule::from_key(&r.key()), Some(r));
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub fn ns_cmd(ns: &str, args: &[&str]) -> Output {
 pub fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> bool {
     let c = count.to_string();
     let d = dst.to_string();
-    let out = ns_cmd(ns, &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "2", &d]);
+    let out = ns_cmd(
+        ns,
+        &["ping", "-n", "-q", "-c", &c, "-i", "0.2", "-W", "2", &d],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let want = format!("{count} received");
     out.status.success() && text.contains(&want)
@@ -49,7 +52,10 @@ pub fn ping(ns: &str, dst: Ipv4Addr, count: u32) -> bool {
 /// Pings `dst` from `ns` and returns true if *no* echo was answered.
 pub fn ping_fails(ns: &str, dst: Ipv4Addr) -> bool {
     let d = dst.to_string();
-    let out = ns_cmd(ns, &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", &d]);
+    let out = ns_cmd(
+        ns,
+        &["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", &d],
+    );
     !out.status.success()
 }
 
@@ -77,15 +83,19 @@ pub fn start_echo_server(ns: &str, addr: SocketAddr) -> std::io::Result<()> {
 /// Connects from netns `ns` to `addr`, sends `msg` and returns what came back.
 pub fn tcp_echo(ns: &str, addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let msg = msg.to_vec();
-    run_in_netns(&named_netns_path(ns), move || -> std::io::Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(&msg)?;
-        let mut got = vec![0u8; msg.len()];
-        s.read_exact(&mut got)?;
-        Ok(got)
-    })
-    .map_err(std::io::Error::other)?
+    run_in_netns(&named_netns_path(ns), move || tcp_echo_here(addr, &msg))
+        .map_err(std::io::Error::other)?
+}
+
+/// Connects (from the current network namespace) to `addr`, sends `msg` and
+/// returns what came back.
+pub fn tcp_echo_here(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(msg)?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got)?;
+    Ok(got)
 }
 
 /// The cgroup v2 mount point, from /proc/mounts.
@@ -95,4 +105,23 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.len() > 2 && f[2] == "cgroup2").then(|| Path::new(f[1]).to_path_buf())
     })
+}
+
+/// True if this kernel can create links of `kind` (e.g. "geneve"), tried in a
+/// scratch network namespace.
+pub fn kernel_has_link_type(kind: &str) -> bool {
+    let ns = format!("cm{}-probe-{kind}", std::process::id());
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !run(&["netns", "add", &ns]) {
+        return false;
+    }
+    let ok = run(&["-n", &ns, "link", "add", "probe0", "type", kind, "external"]);
+    run(&["netns", "del", &ns]);
+    ok
 }

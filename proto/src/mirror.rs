@@ -1,0 +1,268 @@
+//! The client side of Watch: applies batches to a local copy, with
+//! mark-and-sweep on snapshots, and reports the resulting changes so a
+//! consumer (the mesh syncer, the node agent) can act on exactly the
+//! differences. A re-snapshot of unchanged data yields no change at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::v1::{BatchType, Event, EventType, Kind, ResumePoint, WatchBatch};
+
+/// (kind, cluster, key) of one record.
+pub type RecordId = (Kind, String, String);
+
+/// Records and sync markers staged while a snapshot arrives.
+type Staging = (BTreeMap<RecordId, Bytes>, BTreeSet<(String, Kind)>);
+
+/// A change to the mirrored set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Upsert { id: RecordId, value: Bytes },
+    Delete { id: RecordId },
+    Synced { cluster: String, kind: Kind },
+    Unsynced { cluster: String, kind: Kind },
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub changes: Vec<Change>,
+    /// A snapshot completed (its mark-and-sweep is in `changes`).
+    pub snapshot_done: bool,
+    /// The server asked for a resync (the stream ends after this).
+    pub resync: Option<String>,
+}
+
+/// A mirrored copy of what a Watch stream delivered.
+#[derive(Debug, Default, Clone)]
+pub struct Mirror {
+    pub epoch: String,
+    pub revision: i64,
+    pub records: BTreeMap<RecordId, Bytes>,
+    pub synced: BTreeSet<(String, Kind)>,
+    staging: Option<Staging>,
+    /// Snapshots received (for tests and metrics).
+    pub snapshots: u64,
+    /// Snapshots that were resets (a resume that could not continue).
+    pub resets: u64,
+}
+
+fn id_of(e: &Event) -> RecordId {
+    (
+        Kind::try_from(e.kind).unwrap_or(Kind::Unspecified),
+        e.cluster.clone(),
+        e.key.clone(),
+    )
+}
+
+impl Mirror {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where to resume from, once something has been received.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        (!self.epoch.is_empty() && self.staging.is_none()).then(|| ResumePoint {
+            epoch: self.epoch.clone(),
+            revision: self.revision,
+        })
+    }
+
+    /// True while a snapshot is being received.
+    pub fn in_snapshot(&self) -> bool {
+        self.staging.is_some()
+    }
+
+    /// Applies one batch.
+    pub fn apply(&mut self, b: &WatchBatch) -> Outcome {
+        let mut out = Outcome::default();
+        match BatchType::try_from(b.r#type).unwrap_or(BatchType::Unspecified) {
+            BatchType::SnapshotBegin => {
+                self.staging = Some((BTreeMap::new(), BTreeSet::new()));
+                self.snapshots += 1;
+                if b.reset {
+                    self.resets += 1;
+                }
+                self.epoch = b.epoch.clone();
+            }
+            BatchType::Snapshot => {
+                if let Some((recs, synced)) = self.staging.as_mut() {
+                    for e in &b.events {
+                        match EventType::try_from(e.r#type) {
+                            Ok(EventType::Upsert) => {
+                                recs.insert(id_of(e), e.value.clone());
+                            }
+                            Ok(EventType::Synced) => {
+                                synced.insert((
+                                    e.cluster.clone(),
+                                    Kind::try_from(e.kind).unwrap_or(Kind::Unspecified),
+                                ));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            BatchType::SnapshotEnd => {
+                if let Some((recs, synced)) = self.staging.take() {
+                    for (id, v) in &recs {
+                        if self.records.get(id) != Some(v) {
+                            out.changes.push(Change::Upsert {
+                                id: id.clone(),
+                                value: v.clone(),
+                            });
+                        }
+                    }
+                    for id in self.records.keys() {
+                        if !recs.contains_key(id) {
+                            out.changes.push(Change::Delete { id: id.clone() });
+                        }
+                    }
+                    for (c, k) in synced.difference(&self.synced) {
+                        out.changes.push(Change::Synced {
+                            cluster: c.clone(),
+                            kind: *k,
+                        });
+                    }
+                    for (c, k) in self.synced.difference(&synced) {
+                        out.changes.push(Change::Unsynced {
+                            cluster: c.clone(),
+                            kind: *k,
+                        });
+                    }
+                    self.records = recs;
+                    self.synced = synced;
+                    self.revision = b.revision;
+                    out.snapshot_done = true;
+                }
+            }
+            BatchType::Events => {
+                for e in &b.events {
+                    let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unspecified);
+                    match EventType::try_from(e.r#type) {
+                        Ok(EventType::Upsert) => {
+                            let id = id_of(e);
+                            if self.records.get(&id) != Some(&e.value) {
+                                self.records.insert(id.clone(), e.value.clone());
+                                out.changes.push(Change::Upsert {
+                                    id,
+                                    value: e.value.clone(),
+                                });
+                            }
+                        }
+                        Ok(EventType::Delete) => {
+                            let id = id_of(e);
+                            if self.records.remove(&id).is_some() {
+                                out.changes.push(Change::Delete { id });
+                            }
+                        }
+                        Ok(EventType::Synced) if self.synced.insert((e.cluster.clone(), kind)) => {
+                            out.changes.push(Change::Synced {
+                                cluster: e.cluster.clone(),
+                                kind,
+                            });
+                        }
+                        Ok(EventType::Unsynced)
+                            if self.synced.remove(&(e.cluster.clone(), kind)) =>
+                        {
+                            out.changes.push(Change::Unsynced {
+                                cluster: e.cluster.clone(),
+                                kind,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+                self.revision = self.revision.max(b.revision);
+            }
+            BatchType::Heartbeat => {
+                if self.staging.is_none() && b.epoch == self.epoch {
+                    self.revision = self.revision.max(b.revision);
+                }
+            }
+            BatchType::Resync => out.resync = Some(b.reason.clone()),
+            BatchType::Unspecified => {}
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(t: EventType, key: &str, v: &str) -> Event {
+        Event {
+            r#type: t as i32,
+            kind: Kind::Node as i32,
+            cluster: "a".into(),
+            key: key.into(),
+            value: Bytes::from(v.to_owned()),
+            revision: 0,
+        }
+    }
+    fn b(t: BatchType, rev: i64, events: Vec<Event>) -> WatchBatch {
+        WatchBatch {
+            r#type: t as i32,
+            epoch: "e".into(),
+            revision: rev,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_mark_and_sweep() {
+        let mut m = Mirror::new();
+        m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
+        m.apply(&b(
+            BatchType::Snapshot,
+            5,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Upsert, "y", "1"),
+            ],
+        ));
+        assert!(m.resume_point().is_none(), "no resume mid-snapshot");
+        let o = m.apply(&b(BatchType::SnapshotEnd, 5, vec![]));
+        assert_eq!(o.changes.len(), 2);
+        assert_eq!(
+            m.resume_point(),
+            Some(ResumePoint {
+                epoch: "e".into(),
+                revision: 5
+            })
+        );
+        // Re-snapshot: x unchanged, y gone, z new → exactly those changes.
+        m.apply(&b(BatchType::SnapshotBegin, 9, vec![]));
+        m.apply(&b(
+            BatchType::Snapshot,
+            9,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Upsert, "z", "1"),
+            ],
+        ));
+        let o = m.apply(&b(BatchType::SnapshotEnd, 9, vec![]));
+        assert_eq!(o.changes.len(), 2, "{:?}", o.changes);
+        assert!(o.changes.contains(&Change::Delete {
+            id: (Kind::Node, "a".into(), "y".into())
+        }));
+        // Events
+        let o = m.apply(&b(
+            BatchType::Events,
+            10,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Delete, "z", ""),
+            ],
+        ));
+        assert_eq!(o.changes.len(), 1, "unchanged upsert is not a change");
+        assert_eq!(m.revision, 10);
+        assert_eq!(
+            m.apply(&b(BatchType::Resync, 10, vec![])).resync,
+            Some(String::new())
+        );
+    }
+}
