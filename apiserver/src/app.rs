@@ -13,6 +13,8 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::export::Exporter;
+use crate::leader;
 use crate::server::{ApiServer, ReplicaInfo, Runtime, tls};
 use crate::store::{EtcdOptions, Store, StoreError};
 use crate::view::{View, ViewConfig, feed};
@@ -28,6 +30,12 @@ pub struct Config {
     pub replica_id: String,
     pub heartbeat: Duration,
     pub view: ViewConfig,
+    /// `kubernetes` or `manifests:DIR`; None serves only what is in the store.
+    pub source: Option<String>,
+    /// How long an identity no endpoint uses keeps its number.
+    pub identity_gc_grace: Duration,
+    /// Lease TTL of the leader key: a dead leader is replaced within it.
+    pub leader_ttl: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -48,6 +56,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("source: {0}")]
+    Source(#[from] crate::source::SourceConfigError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -114,6 +124,48 @@ pub async fn run(
         cfg.cluster.clone(),
         stop.clone(),
     ));
+    let runtime = Arc::new(Runtime::default());
+
+    // Leader election: `leading` says whether this replica writes.
+    let token = leader::token(&cfg.replica_id);
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(leader::run(
+        store.clone(),
+        token.clone(),
+        cfg.leader_ttl,
+        leading_tx,
+        stop.clone(),
+    ));
+    {
+        let (rt, mut leading) = (runtime.clone(), leading.clone());
+        tokio::spawn(async move {
+            loop {
+                rt.leader.store(
+                    *leading.borrow_and_update(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                if leading.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    // The source feeds the exporter on every replica; only the leader writes.
+    if let Some(flag) = &cfg.source {
+        let src = crate::source::from_flag(flag)?;
+        info!(source = %src.name(), "starting source");
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let _source_task = src.run(tx);
+        let exporter = Exporter::new(
+            store.clone(),
+            view.clone(),
+            cfg.cluster.clone(),
+            cfg.identity_gc_grace,
+            runtime.clone(),
+        );
+        tokio::spawn(exporter.run(rx, leading.clone(), token.clone(), stop.clone()));
+    }
 
     let api = ApiServer {
         view: view.clone(),
@@ -122,7 +174,7 @@ pub async fn run(
         replica: ReplicaInfo {
             id: cfg.replica_id.clone(),
         },
-        runtime: Arc::new(Runtime::default()),
+        runtime: runtime.clone(),
         heartbeat: cfg.heartbeat,
         own_ca_pem,
     };

@@ -1,7 +1,9 @@
 //! clustermesh-apiserver: sources → etcd store → in-memory view → mTLS gRPC.
 
 pub mod app;
+pub mod export;
 pub mod health;
+pub mod leader;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -54,6 +54,17 @@ struct Args {
     /// Batches a Watch client may fall behind before it is cut off and told to resync.
     #[arg(long, default_value_t = ViewConfig::default().subscriber_buffer)]
     watcher_buffer: usize,
+    /// Where this cluster's state comes from: `kubernetes` (in-cluster config or KUBECONFIG)
+    /// or `manifests:DIR` (Kubernetes YAML files, watched). Without it the apiserver serves
+    /// what is in the store.
+    #[arg(long, env = "CLUSTERMESH_SOURCE")]
+    source: Option<String>,
+    /// How long an identity that no endpoint uses keeps its number before it is released.
+    #[arg(long, default_value = "10m", value_parser = duration::parse)]
+    identity_gc_grace: std::time::Duration,
+    /// Lease TTL of the leader key: when the leader dies, another replica leads within it.
+    #[arg(long, default_value = "3s", value_parser = duration::parse)]
+    leader_lease_ttl: std::time::Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -110,6 +121,9 @@ async fn main() {
             history_events: args.watch_history,
             subscriber_buffer: args.watcher_buffer,
         },
+        source: args.source,
+        identity_gc_grace: args.identity_gc_grace,
+        leader_ttl: args.leader_lease_ttl,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -12,6 +12,7 @@
 
 pub mod apiserver;
 pub mod etcd;
+pub mod manifests;
 pub mod ports;
 pub mod process;
 pub mod watcher;

@@ -5,10 +5,12 @@
 //! meta/epoch                      random id, written once per store
 //! leader                          election key (held with a lease)
 //! peers/<peer>                    PeerConfig
+//! peer-status/<peer>              PeerStatus, written by the leader's mesh syncer
 //! state/<kind>/<cluster>/<key>    this cluster's records
 //! cache/<kind>/<peer>/<key>       records mirrored from peers
 //! synced/<cluster>/<kind>         SyncedMarker
 //! identities/by-labels/<digest>   allocation index -> identity
+//! identities/by-id/<id>           allocation claim -> digest
 //! heartbeat                       Heartbeat, rewritten by the leader
 //! ```
 
@@ -33,6 +35,14 @@ pub fn peers_prefix() -> String {
 }
 pub fn peer(name: &str) -> String {
     format!("{PREFIX}peers/{name}")
+}
+/// `peer-status/`: the mesh syncer's view of every peer (never sent on Watch).
+pub fn peer_status_prefix() -> String {
+    format!("{PREFIX}peer-status/")
+}
+/// `peer-status/<peer>`: PeerStatus of one peer, so every replica's Status shows it.
+pub fn peer_status(name: &str) -> String {
+    format!("{PREFIX}peer-status/{name}")
 }
 /// `state/<kind>/<cluster>/<key>`: a record of this cluster.
 pub fn state(kind: Kind, cluster: &str, key: &str) -> String {
@@ -64,6 +74,14 @@ pub fn identity_index(digest: &str) -> String {
 pub fn identity_index_prefix() -> String {
     format!("{PREFIX}identities/by-labels/")
 }
+pub fn identity_claim_prefix() -> String {
+    format!("{PREFIX}identities/by-id/")
+}
+/// `identities/by-id/<id>`: claims a number for one label-set digest, so no
+/// number is ever given to two label sets.
+pub fn identity_claim(id: u32) -> String {
+    format!("{PREFIX}identities/by-id/{id}")
+}
 
 /// Where a record lives: this cluster's own state, or a peer's mirrored cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +98,7 @@ pub enum StoreKey<'a> {
     Leader,
     Heartbeat,
     Peer(&'a str),
+    PeerStatus(&'a str),
     Record {
         origin: Origin,
         kind: Kind,
@@ -91,6 +110,7 @@ pub enum StoreKey<'a> {
         kind: Kind,
     },
     IdentityIndex(&'a str),
+    IdentityClaim(&'a str),
     /// Under the prefix but not a key this version knows.
     Unknown,
 }
@@ -112,8 +132,18 @@ pub fn parse(full: &str) -> StoreKey<'_> {
             StoreKey::Peer(name)
         };
     }
+    if let Some(name) = k.strip_prefix("peer-status/") {
+        return if name.is_empty() {
+            StoreKey::Unknown
+        } else {
+            StoreKey::PeerStatus(name)
+        };
+    }
     if let Some(d) = k.strip_prefix("identities/by-labels/") {
         return StoreKey::IdentityIndex(d);
+    }
+    if let Some(id) = k.strip_prefix("identities/by-id/") {
+        return StoreKey::IdentityClaim(id);
     }
     if let Some(rest) = k.strip_prefix("synced/") {
         let mut it = rest.splitn(2, '/');
@@ -158,6 +188,8 @@ mod tests {
         assert_eq!(parse(&leader()), StoreKey::Leader);
         assert_eq!(parse(&heartbeat()), StoreKey::Heartbeat);
         assert_eq!(parse(&peer("b")), StoreKey::Peer("b"));
+        assert_eq!(parse(&peer_status("b")), StoreKey::PeerStatus("b"));
+        assert_eq!(parse(&peer_status_prefix()), StoreKey::Unknown);
         assert_eq!(
             parse(&identity_index("ab12")),
             StoreKey::IdentityIndex("ab12")

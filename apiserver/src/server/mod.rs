@@ -32,7 +32,6 @@ pub struct ReplicaInfo {
 #[derive(Default)]
 pub struct Runtime {
     pub leader: std::sync::atomic::AtomicBool,
-    pub leader_replica: std::sync::Mutex<String>,
     pub source_errors: std::sync::Mutex<Vec<v1::SourceError>>,
 }
 
@@ -65,10 +64,10 @@ impl ApiServer {
             revision: self.view.revision(),
             replica: self.replica.id.clone(),
             leader: rt.leader.load(std::sync::atomic::Ordering::Relaxed),
-            leader_replica: rt
-                .leader_replica
-                .lock()
-                .map(|s| s.clone())
+            leader_replica: self
+                .view
+                .get(&clustermesh_proto::keys::leader())
+                .map(|e| crate::leader::replica_of(&String::from_utf8_lossy(&e.value)).to_owned())
                 .unwrap_or_default(),
             counts: self.view.counts(),
             peers: Vec::new(),

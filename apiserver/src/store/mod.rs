@@ -26,6 +26,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Ownership(#[from] OwnershipError),
+    #[error("this replica is no longer the leader; write refused")]
+    NotLeader,
     #[error("value at {key} is not a valid {what}: {source}")]
     Decode {
         key: String,

@@ -1,7 +1,7 @@
 //! Batched, transactional writes.
 
 use bytes::Bytes;
-use etcd_client::{DeleteOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp};
 
 use super::{Store, StoreError};
 
@@ -52,6 +52,26 @@ impl WriteOp {
 }
 
 impl Store {
+    /// Like [`Store::apply`], but every transaction only commits while the
+    /// `leader` key still holds `token`: a replica that lost leadership cannot
+    /// write, even before it notices. Fails with [`StoreError::NotLeader`].
+    pub async fn apply_fenced(&self, ops: &[WriteOp], token: &str) -> Result<i64, StoreError> {
+        let mut rev = 0;
+        let mut c = self.client();
+        let leader = clustermesh_proto::keys::leader();
+        for chunk in ops.chunks(MAX_TXN_OPS) {
+            let txn = Txn::new()
+                .when([Compare::value(leader.as_str(), CompareOp::Equal, token)])
+                .and_then(chunk.iter().map(WriteOp::to_txn_op).collect::<Vec<_>>());
+            let resp = c.txn(txn).await.map_err(|e| self.err(e))?;
+            if !resp.succeeded() {
+                return Err(StoreError::NotLeader);
+            }
+            rev = resp.header().map(|h| h.revision()).unwrap_or(rev);
+        }
+        Ok(rev)
+    }
+
     /// Applies `ops` in transactions of at most [`MAX_TXN_OPS`] operations,
     /// in order. Each transaction is atomic; the whole call is not (a batch
     /// that needs more than one transaction becomes visible in steps, each

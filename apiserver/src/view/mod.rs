@@ -315,6 +315,13 @@ impl View {
         }
     }
 
+    /// Every batch applied from now on (no snapshot): for in-process
+    /// consumers that re-read the view when something changed (the mesh
+    /// syncer watching `peers/`). Lagging is harmless for them: re-read.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<Batch>> {
+        self.tx.subscribe()
+    }
+
     pub fn epoch(&self) -> String {
         self.lock().epoch.clone()
     }

@@ -2,22 +2,25 @@
 
 use std::time::{Duration, Instant};
 
-use clustermesh_proto::v1::{
-    Kind, StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
-};
+use clustermesh_proto::v1::{Kind, PeerStatus, StatusRequest, StatusResponse};
 use serde_json::{Value, json};
 
 use super::{Conn, rpc_error};
-use crate::output::{Format, table};
+use crate::output::{Format, age_millis, age_text, json_text, now_millis, table};
+use crate::progress::Progress;
 
-fn kind_name(k: i32) -> &'static str {
+pub fn kind_name(k: i32) -> &'static str {
     Kind::try_from(k)
         .map(|k| k.display_name())
         .unwrap_or("unknown")
 }
 
+fn kinds(ks: &[i32]) -> Vec<&'static str> {
+    ks.iter().map(|k| kind_name(*k)).collect()
+}
+
 /// The stable JSON shape of `status -o json` (documented in docs/cli.md).
-pub fn to_json(s: &StatusResponse) -> Value {
+pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
     let cluster = s.cluster.clone().unwrap_or_default();
     json!({
         "cluster": {"name": cluster.name, "id": cluster.id, "max_connected_clusters": cluster.max_connected_clusters},
@@ -28,21 +31,34 @@ pub fn to_json(s: &StatusResponse) -> Value {
         "epoch": s.epoch,
         "revision": s.revision,
         "watchers": s.watchers,
-        "synced": s.synced.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
+        "synced": kinds(&s.synced),
         "records": s.counts.iter().map(|c| json!({"cluster": c.cluster, "kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
         "source_errors": s.source_errors.iter().map(|e| json!({"file": e.file, "line": e.line, "message": e.message})).collect::<Vec<_>>(),
         "peers": s.peers.iter().map(|p| json!({
             "name": p.name, "cluster_id": p.cluster_id, "addresses": p.addresses, "enabled": p.enabled,
             "connected": p.connected, "last_heartbeat_unix_millis": p.last_heartbeat_unix_millis,
-            "synced": p.synced.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
+            "last_heartbeat_age_millis": age_millis(p.last_heartbeat_unix_millis, now_ms),
+            "synced": kinds(&p.synced),
             "records": p.counts.iter().map(|c| json!({"kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
             "failures": p.failures, "rejected_records": p.rejected_records, "withdrawn": p.withdrawn, "last_error": p.last_error,
         })).collect::<Vec<_>>(),
     })
 }
 
-/// Human rendering.
-pub fn to_text(s: &StatusResponse) -> String {
+fn peer_state(p: &PeerStatus) -> &'static str {
+    if !p.enabled {
+        "disabled"
+    } else if p.withdrawn {
+        "withdrawn"
+    } else if p.connected {
+        "connected"
+    } else {
+        "disconnected"
+    }
+}
+
+/// Human rendering, with heartbeat ages relative to `now_ms`.
+pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
     let c = s.cluster.clone().unwrap_or_default();
     let mut out = format!(
         "Cluster {} (ID {}, max {} clusters): {}\nReplica {}{}, store epoch {} at revision {}, {} watcher(s)\n",
@@ -56,7 +72,7 @@ pub fn to_text(s: &StatusResponse) -> String {
         s.revision,
         s.watchers
     );
-    let synced: Vec<_> = s.synced.iter().map(|k| kind_name(*k)).collect();
+    let synced = kinds(&s.synced);
     out.push_str(&format!(
         "Synced kinds: {}\n",
         if synced.is_empty() {
@@ -84,49 +100,52 @@ pub fn to_text(s: &StatusResponse) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(&["CLUSTER", "KIND", "RECORDS"], &rows));
-    if !s.peers.is_empty() {
-        let rows: Vec<Vec<String>> = s
-            .peers
-            .iter()
-            .map(|p| {
-                vec![
-                    p.name.clone(),
-                    p.cluster_id.to_string(),
-                    if p.connected {
-                        "connected".into()
-                    } else {
-                        "disconnected".into()
-                    },
-                    p.synced
-                        .iter()
-                        .map(|k| kind_name(*k))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    p.counts.iter().map(|c| c.count).sum::<u64>().to_string(),
-                    p.failures.to_string(),
-                    p.last_error.clone(),
-                ]
-            })
-            .collect();
-        out.push('\n');
-        out.push_str(&table(
-            &[
-                "PEER",
-                "ID",
-                "STATE",
-                "SYNCED",
-                "RECORDS",
-                "FAILURES",
-                "LAST ERROR",
-            ],
-            &rows,
-        ));
+    out.push('\n');
+    if s.peers.is_empty() {
+        out.push_str("No peers: connect one with `clustermesh connect --peer-server ADDR --peer-tls-dir DIR`.\n");
+        return out;
     }
+    let rows: Vec<Vec<String>> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let synced = kinds(&p.synced);
+            vec![
+                p.name.clone(),
+                p.cluster_id.to_string(),
+                peer_state(p).into(),
+                age_text(age_millis(p.last_heartbeat_unix_millis, now_ms)),
+                if synced.is_empty() {
+                    "-".into()
+                } else {
+                    synced.join(",")
+                },
+                p.counts.iter().map(|c| c.count).sum::<u64>().to_string(),
+                p.failures.to_string(),
+                p.rejected_records.to_string(),
+                p.last_error.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "PEER",
+            "ID",
+            "STATE",
+            "HEARTBEAT",
+            "SYNCED",
+            "RECORDS",
+            "FAILURES",
+            "REJECTED",
+            "LAST ERROR",
+        ],
+        &rows,
+    ));
     out
 }
 
 pub async fn fetch(conn: &Conn) -> anyhow::Result<StatusResponse> {
-    let mut client = ClusterMeshClient::new(conn.admin().await?);
+    let mut client = conn.mesh().await?;
     Ok(client
         .status(StatusRequest {})
         .await
@@ -134,31 +153,148 @@ pub async fn fetch(conn: &Conn) -> anyhow::Result<StatusResponse> {
         .into_inner())
 }
 
-pub async fn run(conn: &Conn, wait: Option<Duration>, format: Format) -> anyhow::Result<()> {
-    let deadline = wait.map(|w| Instant::now() + w);
-    let status = loop {
-        let attempt = fetch(conn).await;
-        match (&attempt, deadline) {
-            (Ok(s), Some(_))
-                if s.ready && s.peers.iter().all(|p| p.connected && !p.synced.is_empty()) =>
-            {
-                break attempt?;
-            }
-            (_, Some(d)) if Instant::now() < d => {
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            _ => break attempt?,
-        }
-    };
-    match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&status))?),
-        Format::Table => print!("{}", to_text(&status)),
+/// What `--wait` is still waiting for; None when the cluster is ready and
+/// every enabled peer is connected and synced.
+pub fn pending(s: &StatusResponse) -> Option<String> {
+    if !s.ready {
+        return Some("the apiserver to be ready".into());
     }
-    if deadline.is_some() && !status.ready {
-        anyhow::bail!(
-            "cluster {} is not ready",
-            status.cluster.map(|c| c.name).unwrap_or_default()
-        );
+    let waiting: Vec<String> = s
+        .peers
+        .iter()
+        .filter(|p| p.enabled)
+        .filter_map(|p| {
+            if !p.connected {
+                Some(format!("{} to connect", p.name))
+            } else if p.synced.is_empty() {
+                Some(format!("{} to sync", p.name))
+            } else {
+                None
+            }
+        })
+        .collect();
+    (!waiting.is_empty()).then(|| {
+        let total = s.peers.iter().filter(|p| p.enabled).count();
+        format!(
+            "{} ({}/{total} peers synced)",
+            waiting.join(", "),
+            total - waiting.len()
+        )
+    })
+}
+
+/// Polls Status until nothing is [`pending`] or `timeout` passes.
+pub async fn wait(conn: &Conn, timeout: Duration) -> anyhow::Result<StatusResponse> {
+    let deadline = Instant::now() + timeout;
+    let mut progress = Progress::stderr();
+    loop {
+        let what = match fetch(conn).await {
+            Ok(s) => match pending(&s) {
+                None => {
+                    progress.finish("");
+                    return Ok(s);
+                }
+                Some(w) if Instant::now() >= deadline => {
+                    progress.finish("");
+                    anyhow::bail!(
+                        "still waiting for {w} after {timeout:?}: see `clustermesh status` (peer STATE and LAST ERROR) and the apiserver logs"
+                    );
+                }
+                Some(w) => w,
+            },
+            Err(e) if Instant::now() >= deadline => {
+                progress.finish("");
+                return Err(e.context(format!("no answer from {} within {timeout:?}", conn.server)));
+            }
+            Err(e) => format!("{} to answer ({e:#})", conn.server),
+        };
+        progress.update(&format!("waiting for {what}"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(conn: &Conn, wait_for: Option<Duration>, format: Format) -> anyhow::Result<()> {
+    let status = match wait_for {
+        Some(t) => wait(conn, t).await?,
+        None => fetch(conn).await?,
+    };
+    let now = now_millis();
+    match format {
+        Format::Json => print!("{}", json_text(&to_json(&status, now))),
+        Format::Table => print!("{}", to_text(&status, now)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clustermesh_proto::v1::{ClusterInfo, RecordCount};
+
+    fn sample() -> StatusResponse {
+        StatusResponse {
+            cluster: Some(ClusterInfo {
+                name: "c1".into(),
+                id: 1,
+                max_connected_clusters: 255,
+                capabilities: vec![],
+            }),
+            ready: true,
+            peers: vec![PeerStatus {
+                name: "c2".into(),
+                cluster_id: 2,
+                addresses: vec!["127.0.0.1:2".into()],
+                connected: true,
+                enabled: true,
+                last_heartbeat_unix_millis: 10_000,
+                synced: vec![Kind::Node as i32, Kind::Service as i32],
+                counts: vec![RecordCount {
+                    cluster: "c2".into(),
+                    kind: Kind::Node as i32,
+                    count: 2,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let v = to_json(&sample(), 13_000);
+        assert_eq!(v["cluster"]["name"], "c1");
+        let p = &v["peers"][0];
+        assert_eq!(p["name"], "c2");
+        assert_eq!(p["connected"], true);
+        assert_eq!(p["last_heartbeat_age_millis"], 3000);
+        assert_eq!(p["synced"], json!(["nodes", "services"]));
+        assert_eq!(p["records"][0], json!({"kind": "nodes", "count": 2}));
+        let mut s = sample();
+        s.peers[0].last_heartbeat_unix_millis = 0;
+        assert!(to_json(&s, 1)["peers"][0]["last_heartbeat_age_millis"].is_null());
+    }
+
+    #[test]
+    fn table_has_heartbeat_age() {
+        let t = to_text(&sample(), 15_000);
+        let head = t.lines().find(|l| l.starts_with("PEER")).unwrap();
+        assert!(head.contains("HEARTBEAT"), "{t}");
+        let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
+        assert!(row.contains("connected") && row.contains("5s ago"), "{t}");
+        assert!(row.contains("nodes,services"), "{t}");
+    }
+
+    #[test]
+    fn pending_reasons() {
+        assert_eq!(pending(&sample()), None);
+        let mut s = sample();
+        s.peers[0].synced.clear();
+        assert_eq!(pending(&s).unwrap(), "c2 to sync (0/1 peers synced)");
+        s.peers[0].connected = false;
+        assert!(pending(&s).unwrap().starts_with("c2 to connect"));
+        s.peers[0].enabled = false;
+        assert_eq!(pending(&s), None, "disabled peers are not waited for");
+        s.ready = false;
+        assert!(pending(&s).unwrap().contains("ready"));
+    }
 }

@@ -1,0 +1,422 @@
+//! One peer's mirrored records: a [`Mirror`] seeded from what the store
+//! already holds under `cache/<kind>/<peer>/` and `synced/<peer>/`, fed with
+//! the peer's (validated) Watch batches, turned into the exact store writes.
+//!
+//! Because the mirror starts from the store, the first snapshot after an
+//! apiserver restart, a leader change or a reconnect writes only real
+//! differences: an unchanged record is never deleted and re-added.
+//!
+//! A snapshot that replaces everything (the peer's store was wiped, or we
+//! could not resume) may come from a peer that is still rebuilding. Records
+//! of a kind the peer has not yet marked synced are therefore not swept at
+//! the end of that snapshot: their delete waits until the peer marks the kind
+//! synced (then only what is still missing goes), or at most `sweep_grace`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clustermesh_proto::keys;
+use clustermesh_proto::mirror::{Change, Mirror, RecordId};
+use clustermesh_proto::v1::{BatchType, EventType, Kind, RecordCount, SyncedMarker, WatchBatch};
+use clustermesh_proto::{RECORD_KINDS, v1::ResumePoint};
+use prost::Message;
+use tokio::time::Instant;
+
+use super::validate::{PeerRef, RejectError};
+use crate::store::{Kv, WriteOp};
+
+/// What applying one batch produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub ops: Vec<WriteOp>,
+    pub rejected: Vec<RejectError>,
+    pub snapshot_done: bool,
+    /// The server cut the stream and asked for a resync.
+    pub resync: Option<String>,
+    /// The snapshot replaced everything (resume was not possible).
+    pub reset: bool,
+}
+
+pub struct PeerCache {
+    peer: PeerRef,
+    mirror: Mirror,
+    /// Records kept in the store after a snapshot dropped them, until the
+    /// peer marks their kind synced or the deadline passes.
+    deferred: BTreeMap<RecordId, Instant>,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl PeerCache {
+    /// A cache holding `records` (cache keys and values read from the store)
+    /// and `synced` (the peer's sync markers in the store).
+    pub fn seeded(peer: PeerRef, records: Vec<Kv>, synced: Vec<Kv>) -> PeerCache {
+        let mut mirror = Mirror::new();
+        for kv in records {
+            if let keys::StoreKey::Record {
+                kind, cluster, key, ..
+            } = keys::parse(&kv.key)
+                && cluster == peer.name
+            {
+                mirror
+                    .records
+                    .insert((kind, cluster.to_owned(), key.to_owned()), kv.value);
+            }
+        }
+        for kv in synced {
+            if let keys::StoreKey::Synced { cluster, kind } = keys::parse(&kv.key)
+                && cluster == peer.name
+            {
+                mirror.synced.insert((cluster.to_owned(), kind));
+            }
+        }
+        PeerCache {
+            peer,
+            mirror,
+            deferred: BTreeMap::new(),
+        }
+    }
+
+    /// The store prefixes a seed reads.
+    pub fn seed_prefixes(peer: &str) -> (Vec<String>, String) {
+        (
+            RECORD_KINDS
+                .iter()
+                .map(|k| keys::cache_prefix(*k, peer))
+                .collect(),
+            keys::synced_prefix(peer),
+        )
+    }
+
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        self.mirror.resume_point()
+    }
+
+    pub fn synced_kinds(&self) -> Vec<Kind> {
+        self.mirror.synced.iter().map(|(_, k)| *k).collect()
+    }
+
+    /// Records held in the store for this peer, per kind.
+    pub fn counts(&self) -> Vec<RecordCount> {
+        let mut n: BTreeMap<Kind, u64> = BTreeMap::new();
+        for (kind, _, _) in self.mirror.records.keys().chain(self.deferred.keys()) {
+            *n.entry(*kind).or_default() += 1;
+        }
+        n.into_iter()
+            .map(|(kind, count)| RecordCount {
+                cluster: self.peer.name.clone(),
+                kind: kind as i32,
+                count,
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mirror.records.is_empty() && self.deferred.is_empty() && self.mirror.synced.is_empty()
+    }
+
+    /// The earliest deferred delete, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deferred.values().min().copied()
+    }
+
+    /// Validates and applies one batch. Rejected events are dropped (a
+    /// rejected update of a known record deletes it: the peer no longer has
+    /// a valid version of it).
+    pub fn apply(&mut self, mut batch: WatchBatch, now: Instant, sweep_grace: Duration) -> Applied {
+        let mut out = Applied::default();
+        let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
+        if matches!(t, BatchType::Snapshot | BatchType::Events) {
+            let events = std::mem::take(&mut batch.events);
+            for mut e in events {
+                match self.peer.check(&e) {
+                    Ok(()) => batch.events.push(e),
+                    Err(err) => {
+                        if t == BatchType::Events
+                            && e.r#type == EventType::Upsert as i32
+                            && e.cluster == self.peer.name
+                        {
+                            e.r#type = EventType::Delete as i32;
+                            e.value = Bytes::new();
+                            batch.events.push(e);
+                        }
+                        out.rejected.push(err);
+                    }
+                }
+            }
+        }
+        if t == BatchType::SnapshotBegin {
+            out.reset = batch.reset;
+        }
+        let outcome = self.mirror.apply(&batch);
+        out.snapshot_done = outcome.snapshot_done;
+        out.resync = outcome.resync;
+        let mut newly_synced = BTreeSet::new();
+        for change in outcome.changes {
+            match change {
+                Change::Upsert { id, value } => {
+                    self.deferred.remove(&id);
+                    out.ops
+                        .push(WriteOp::put(keys::cache(id.0, &self.peer.name, &id.2), value));
+                }
+                Change::Delete { id } => {
+                    let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
+                    if outcome.snapshot_done && !kind_synced && !sweep_grace.is_zero() {
+                        self.deferred.entry(id).or_insert(now + sweep_grace);
+                    } else {
+                        self.deferred.remove(&id);
+                        out.ops
+                            .push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+                    }
+                }
+                Change::Synced { kind, .. } => {
+                    newly_synced.insert(kind);
+                    // The deferred records the peer's full set no longer has go first.
+                    self.sweep(|id, _| id.0 == kind, &mut out.ops);
+                    out.ops.push(self.marker(kind));
+                }
+                Change::Unsynced { kind, .. } => {
+                    out.ops.push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
+                }
+            }
+        }
+        if outcome.snapshot_done {
+            // Deferred records of kinds already synced in this snapshot go now.
+            let synced: BTreeSet<Kind> = self.mirror.synced.iter().map(|(_, k)| *k).collect();
+            self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
+        }
+        out
+    }
+
+    /// Deletes the deferred records matching `pick` that the mirror does not hold.
+    fn sweep(&mut self, pick: impl Fn(&RecordId, &Instant) -> bool, ops: &mut Vec<WriteOp>) {
+        let gone: Vec<RecordId> = self
+            .deferred
+            .iter()
+            .filter(|(id, at)| pick(id, at))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.deferred.remove(&id);
+            if !self.mirror.records.contains_key(&id) {
+                ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+            }
+        }
+    }
+
+    /// Deferred deletes whose grace has passed.
+    pub fn sweep_due(&mut self, now: Instant) -> Vec<WriteOp> {
+        let mut ops = Vec::new();
+        self.sweep(|_, at| *at <= now, &mut ops);
+        ops
+    }
+
+    fn marker(&self, kind: Kind) -> WriteOp {
+        let records = self
+            .mirror
+            .records
+            .keys()
+            .filter(|(k, _, _)| *k == kind)
+            .count() as u64;
+        let m = SyncedMarker {
+            cluster: self.peer.name.clone(),
+            kind: kind as i32,
+            records,
+            unix_millis: now_millis(),
+        };
+        WriteOp::put(keys::synced(&self.peer.name, kind), m.encode_to_vec())
+    }
+
+    /// Withdraws everything of this peer: the range deletes, and an empty
+    /// mirror (the next Watch starts with a fresh snapshot).
+    pub fn withdraw(&mut self) -> Vec<WriteOp> {
+        self.mirror = Mirror::new();
+        self.deferred.clear();
+        withdraw_ops(&self.peer.name)
+    }
+}
+
+/// Range deletes of everything mirrored from `peer`.
+pub fn withdraw_ops(peer: &str) -> Vec<WriteOp> {
+    let mut ops: Vec<WriteOp> = RECORD_KINDS
+        .iter()
+        .map(|k| WriteOp::delete_prefix(keys::cache_prefix(*k, peer)))
+        .collect();
+    ops.push(WriteOp::delete_prefix(keys::synced_prefix(peer)));
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clustermesh_proto::ClusterMode;
+    use clustermesh_proto::v1::{Event, Node};
+
+    fn node(name: &str, v: &str) -> Bytes {
+        Node {
+            name: name.into(),
+            cluster: "a".into(),
+            exported: true,
+            labels: [("v".to_string(), v.to_string())].into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+    fn up(key: &str, value: Bytes) -> Event {
+        Event {
+            r#type: EventType::Upsert as i32,
+            kind: Kind::Node as i32,
+            cluster: "a".into(),
+            key: key.into(),
+            value,
+            revision: 1,
+        }
+    }
+    fn synced() -> Event {
+        Event {
+            r#type: EventType::Synced as i32,
+            kind: Kind::Node as i32,
+            cluster: "a".into(),
+            ..Default::default()
+        }
+    }
+    fn batch(t: BatchType, epoch: &str, events: Vec<Event>) -> WatchBatch {
+        WatchBatch {
+            r#type: t as i32,
+            epoch: epoch.into(),
+            revision: 10,
+            events,
+            ..Default::default()
+        }
+    }
+    fn snapshot(c: &mut PeerCache, epoch: &str, events: Vec<Event>, now: Instant) -> Applied {
+        let g = Duration::from_secs(5);
+        let mut b = batch(BatchType::SnapshotBegin, epoch, vec![]);
+        b.reset = true;
+        c.apply(b, now, g);
+        c.apply(batch(BatchType::Snapshot, epoch, events), now, g);
+        c.apply(batch(BatchType::SnapshotEnd, epoch, vec![]), now, g)
+    }
+    fn peer() -> PeerRef {
+        PeerRef {
+            name: "a".into(),
+            id: 1,
+            mode: ClusterMode::Max255,
+        }
+    }
+    fn kv(key: String, value: Bytes) -> Kv {
+        Kv {
+            key,
+            value,
+            mod_revision: 1,
+        }
+    }
+
+    #[test]
+    fn seeded_snapshot_writes_only_differences() {
+        let seed = vec![
+            kv(keys::cache(Kind::Node, "a", "n1"), node("n1", "1")),
+            kv(keys::cache(Kind::Node, "a", "n2"), node("n2", "1")),
+            kv(keys::cache(Kind::Node, "zz", "n9"), node("n9", "1")),
+        ];
+        let marker = vec![kv(keys::synced("a", Kind::Node), Bytes::new())];
+        let mut c = PeerCache::seeded(peer(), seed, marker);
+        assert_eq!(c.counts()[0].count, 2, "other peers' keys are not ours");
+        let now = Instant::now();
+        let a = snapshot(
+            &mut c,
+            "e1",
+            vec![up("n1", node("n1", "1")), up("n3", node("n3", "1")), synced()],
+            now,
+        );
+        assert_eq!(
+            a.ops,
+            vec![
+                WriteOp::put(keys::cache(Kind::Node, "a", "n3"), node("n3", "1")),
+                WriteOp::delete(keys::cache(Kind::Node, "a", "n2")),
+            ],
+            "n1 unchanged: not rewritten; marker unchanged: not rewritten"
+        );
+        assert!(c.resume_point().is_some());
+    }
+
+    #[test]
+    fn unsynced_reset_defers_the_sweep_until_the_marker() {
+        let seed = vec![
+            kv(keys::cache(Kind::Node, "a", "n1"), node("n1", "1")),
+            kv(keys::cache(Kind::Node, "a", "n2"), node("n2", "1")),
+        ];
+        let mut c = PeerCache::seeded(peer(), seed, vec![]);
+        let now = Instant::now();
+        // The peer came back empty (wiped store, still rebuilding).
+        let a = snapshot(&mut c, "e2", vec![], now);
+        assert!(a.ops.is_empty(), "nothing withdrawn yet: {:?}", a.ops);
+        assert_eq!(c.next_deadline(), Some(now + Duration::from_secs(5)));
+        // It re-adds n1, then marks nodes synced: n2 goes, n1 is rewritten once.
+        let g = Duration::from_secs(5);
+        let a = c.apply(
+            batch(BatchType::Events, "e2", vec![up("n1", node("n1", "1"))]),
+            now,
+            g,
+        );
+        assert_eq!(a.ops.len(), 1);
+        let a = c.apply(batch(BatchType::Events, "e2", vec![synced()]), now, g);
+        assert_eq!(a.ops.len(), 2, "{:?}", a.ops);
+        assert_eq!(a.ops[0], WriteOp::delete(keys::cache(Kind::Node, "a", "n2")));
+        assert!(matches!(&a.ops[1], WriteOp::Put { key, .. } if *key == keys::synced("a", Kind::Node)));
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn deferred_deletes_expire() {
+        let seed = vec![kv(keys::cache(Kind::Node, "a", "n1"), node("n1", "1"))];
+        let mut c = PeerCache::seeded(peer(), seed, vec![]);
+        let now = Instant::now();
+        snapshot(&mut c, "e2", vec![], now);
+        assert!(c.sweep_due(now + Duration::from_secs(4)).is_empty());
+        assert_eq!(c.sweep_due(now + Duration::from_secs(5)).len(), 1);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn rejected_records_are_never_written() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        let now = Instant::now();
+        let foreign = Node {
+            name: "x".into(),
+            cluster: "c".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let a = snapshot(
+            &mut c,
+            "e",
+            vec![up("n1", node("n1", "1")), up("x", foreign.clone().into())],
+            now,
+        );
+        assert_eq!(a.ops.len(), 1);
+        // Not the snapshot's end that reports it: the Snapshot batch did.
+        let g = Duration::from_secs(5);
+        let a = c.apply(
+            batch(BatchType::Events, "e", vec![up("n1", foreign.into())]),
+            now,
+            g,
+        );
+        assert_eq!(a.rejected.len(), 1);
+        assert_eq!(
+            a.ops,
+            vec![WriteOp::delete(keys::cache(Kind::Node, "a", "n1"))],
+            "an invalid update withdraws the old version"
+        );
+        let w = c.withdraw();
+        assert_eq!(w.len(), RECORD_KINDS.len() + 1);
+        assert!(c.resume_point().is_none());
+    }
+}

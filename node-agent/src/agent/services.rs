@@ -1,0 +1,164 @@
+//! Global services → socket load-balancer entries, with affinity applied.
+//!
+//! A frontend is programmed for every global service **of the local
+//! cluster** (its ClusterIPs × ports; clients of this cluster connect to
+//! those). Its candidate backends are the local service's ready backends and
+//! the ready backends of the same `namespace/name` in every other cluster
+//! where it is global and shared (Cilium's rule: a global service must exist
+//! in each cluster that uses it). Affinity picks the set that goes into the
+//! BPF slots — the programs choose uniformly among the slots:
+//! - `none`: local and remote together;
+//! - `local`: the local ready backends while there is one, else the remote ones;
+//! - `remote`: the remote ready backends while there is one, else the local ones.
+//!
+//! A backend's port is the one named like the service port (a single unnamed
+//! service port takes the backend's only port). SCTP ports are not
+//! load-balanced (the socket programs handle TCP and UDP).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use clustermesh_proto::v1::{Affinity as ProtoAffinity, Backend as ProtoBackend, Service as ProtoService, ServicePort};
+
+use super::policy::protocol_number;
+use crate::datapath::{Affinity, Backend, Frontend, PROTO_TCP, PROTO_UDP, Service};
+
+/// Stable service IDs per frontend (they key the backend slots, so keeping
+/// them stable keeps updates small). Seeded from the pinned maps on start.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceIds {
+    ids: BTreeMap<Frontend, u32>,
+    next: u32,
+}
+
+impl ServiceIds {
+    pub fn new() -> Self {
+        ServiceIds {
+            ids: BTreeMap::new(),
+            next: 1,
+        }
+    }
+
+    /// Adopts the IDs a previous agent left in the maps.
+    pub fn seed(&mut self, existing: impl IntoIterator<Item = (Frontend, u32)>) {
+        for (fe, id) in existing {
+            if id != 0 && !self.ids.values().any(|v| *v == id) {
+                self.ids.insert(fe, id);
+                self.next = self.next.max(id.saturating_add(1));
+            }
+        }
+    }
+
+    /// The ID of `fe`, allocating a fresh one (never reused while the agent runs).
+    pub fn get(&mut self, fe: Frontend) -> u32 {
+        if let Some(id) = self.ids.get(&fe) {
+            return *id;
+        }
+        let id = self.next.max(1);
+        self.next = id.wrapping_add(1).max(1);
+        self.ids.insert(fe, id);
+        id
+    }
+
+    /// Forgets frontends that are no longer programmed.
+    pub fn retain(&mut self, live: &BTreeSet<Frontend>) {
+        self.ids.retain(|fe, _| live.contains(fe));
+    }
+}
+
+fn affinity(svc: &ProtoService) -> Affinity {
+    match ProtoAffinity::try_from(svc.affinity).unwrap_or(ProtoAffinity::None) {
+        ProtoAffinity::Local => Affinity::Local,
+        ProtoAffinity::Remote => Affinity::Remote,
+        ProtoAffinity::None => Affinity::None,
+    }
+}
+
+/// The backend port for `sp`, or None if the backend does not serve it.
+fn backend_port(b: &ProtoBackend, sp: &ServicePort) -> Option<u16> {
+    let proto = protocol_number(&sp.protocol);
+    let same_proto = |p: &str| protocol_number(p) == proto;
+    let port = if sp.name.is_empty() && b.ports.len() == 1 {
+        b.ports.first().filter(|p| same_proto(&p.protocol))
+    } else {
+        b.ports
+            .iter()
+            .find(|p| p.name == sp.name && same_proto(&p.protocol))
+    }?;
+    u16::try_from(port.port).ok().filter(|p| *p != 0)
+}
+
+fn ready_backends<'a>(
+    svcs: impl Iterator<Item = &'a ProtoService>,
+    sp: &ServicePort,
+) -> BTreeSet<Backend> {
+    let mut out = BTreeSet::new();
+    for s in svcs {
+        for b in s.backends.iter().filter(|b| b.ready) {
+            let (Ok(ip), Some(port)) = (b.ip.parse::<Ipv4Addr>(), backend_port(b, sp)) else {
+                continue;
+            };
+            out.insert(Backend { ip, port });
+        }
+    }
+    out
+}
+
+/// Picks the backend set by affinity.
+pub fn choose(aff: Affinity, local: BTreeSet<Backend>, remote: BTreeSet<Backend>) -> Vec<Backend> {
+    let set = match aff {
+        Affinity::None => local.union(&remote).copied().collect(),
+        Affinity::Local if !local.is_empty() => local,
+        Affinity::Local => remote,
+        Affinity::Remote if !remote.is_empty() => remote,
+        Affinity::Remote => local,
+    };
+    set.into_iter().collect()
+}
+
+/// Computes the LB entries for `local_cluster` from all service records.
+pub fn compute<'a>(
+    local_cluster: &str,
+    services: impl IntoIterator<Item = &'a ProtoService> + Clone,
+    ids: &mut ServiceIds,
+) -> BTreeMap<Frontend, Service> {
+    let mut out = BTreeMap::new();
+    for svc in services.clone() {
+        if svc.cluster != local_cluster || !svc.global {
+            continue;
+        }
+        let remotes = services.clone().into_iter().filter(|r| {
+            r.cluster != local_cluster
+                && r.global
+                && r.shared
+                && r.namespace == svc.namespace
+                && r.name == svc.name
+        });
+        let aff = affinity(svc);
+        for sp in &svc.ports {
+            let proto = match protocol_number(&sp.protocol) {
+                Some(p @ (PROTO_TCP | PROTO_UDP)) => p,
+                _ => continue,
+            };
+            let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
+                continue;
+            };
+            let local = ready_backends(std::iter::once(svc), sp);
+            let remote = ready_backends(remotes.clone(), sp);
+            let backends = choose(aff, local, remote);
+            for ip in svc.frontend_ips.iter().filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
+                let fe = Frontend { ip, port, proto };
+                out.insert(
+                    fe,
+                    Service {
+                        service_id: ids.get(fe),
+                        affinity: aff,
+                        backends: backends.clone(),
+                    },
+                );
+            }
+        }
+    }
+    ids.retain(&out.keys().copied().collect());
+    out
+}
