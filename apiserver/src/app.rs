@@ -36,6 +36,8 @@ pub struct Config {
     pub identity_gc_grace: Duration,
     /// Lease TTL of the leader key: a dead leader is replaced within it.
     pub leader_ttl: Duration,
+    /// The mesh syncer's liveness settings (peer-timeout, stale-ttl).
+    pub mesh: crate::mesh::MeshConfig,
 }
 
 #[derive(Debug, Error)]
@@ -195,6 +197,17 @@ pub async fn run(
         })?;
     info!(listen = %cfg.listen, health = %cfg.health_listen, replica = %cfg.replica_id, "serving");
     let shared: tls::SharedConfig = Arc::new(RwLock::new(server_cfg));
+    // Mesh syncer (runs while leading) and peer trust (every replica).
+    let mesh_ctx = crate::mesh::MeshContext {
+        store: store.clone(),
+        view: view.clone(),
+        cluster: cfg.cluster.clone(),
+        tls_dir: cfg.tls_dir.clone(),
+        tls: shared.clone(),
+        config: cfg.mesh,
+        fence: Some(token.clone()),
+    };
+    crate::mesh::spawn(mesh_ctx, leading.clone(), stop.clone());
     let incoming = tls::incoming(listener, shared);
     let mut stop2 = stop.clone();
     let result = tonic::transport::Server::builder()

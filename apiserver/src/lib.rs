@@ -4,6 +4,7 @@ pub mod app;
 pub mod export;
 pub mod health;
 pub mod leader;
+pub mod mesh;
 pub mod server;
 pub mod source;
 pub mod store;

@@ -65,6 +65,14 @@ struct Args {
     /// Lease TTL of the leader key: when the leader dies, another replica leads within it.
     #[arg(long, default_value = "3s", value_parser = duration::parse)]
     leader_lease_ttl: std::time::Duration,
+    /// A peer silent this long (no batch, no heartbeat) is shown disconnected and redialed;
+    /// its records stay (see docs/mesh.md).
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    peer_timeout: std::time::Duration,
+    /// How long a disconnected peer's records are kept before they are withdrawn, counted
+    /// from when it became disconnected; 0 keeps them until the peer returns or is disconnected.
+    #[arg(long, default_value = "2m", value_parser = duration::parse)]
+    stale_ttl: std::time::Duration,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -81,6 +89,7 @@ fn init_tracing(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init()
@@ -124,6 +133,11 @@ async fn main() {
         source: args.source,
         identity_gc_grace: args.identity_gc_grace,
         leader_ttl: args.leader_lease_ttl,
+        mesh: clustermesh_apiserver::mesh::MeshConfig {
+            peer_timeout: args.peer_timeout,
+            stale_ttl: args.stale_ttl,
+            ..Default::default()
+        },
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -122,3 +122,64 @@ pub fn explain(status: &tonic::Status) -> String {
     }
     explain_chain(&text)
 }
+
+/// Why a server refuses us, found by doing the TLS handshake ourselves and
+/// reading its first answer. Used after a call failed at the transport: with
+/// TLS 1.3 the server judges the client certificate after the client
+/// considers the handshake done, and the HTTP/2 client may report only
+/// "connection closed" for the request while the alert went to its connection
+/// task. `Ok(())` means the server accepted the handshake.
+pub async fn probe(
+    addr: &str,
+    ca_pems: &[String],
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg =
+        crate::client_config_from_pem(ca_pems, cert_pem, key_pem).map_err(|e| e.to_string())?;
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(addr);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("bad server name {host:?}: {e}"))?;
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| explain_chain(&e.to_string()))?;
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| explain_chain(&error_chain(&e)))?;
+        // The HTTP/2 preface and an empty SETTINGS frame, as a real client sends.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .map_err(|e| explain_chain(&error_chain(&e)))?;
+        let mut buf = [0u8; 64];
+        match tls.read(&mut buf).await {
+            Ok(0) => Err("the server closed the connection without a reason".to_owned()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(explain_chain(&error_chain(&e))),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap_or_else(|_| Err("no answer from the server within 5 s".to_owned()))
+}
+
+/// [`probe`] with the `role` certificate of a `certs init` directory.
+pub async fn probe_dir(addr: &str, tls_dir: &Path, role: Role) -> Result<(), String> {
+    let (ca, cert, key) = load_pems(tls_dir, role).map_err(|e| e.to_string())?;
+    probe(addr, &[ca], &cert, &key).await
+}
+
+/// True for gRPC failures that happened at the transport (where [`probe`] can tell more).
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) && (status.message().contains("transport")
+        || status.message().contains("canceled")
+        || status.message().contains("connection"))
+}

@@ -10,11 +10,13 @@ use clustermesh_proto::v1::{
     GetClusterRequest, ListPeersRequest, Scope, StatusRequest, WatchRequest,
     admin_client::AdminClient, cluster_mesh_client::ClusterMeshClient,
 };
+use rustls::pki_types::pem::PemObject;
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-/// Calls GetCluster over a channel built from these PEMs; returns the error text.
-async fn get_cluster_err(addr: &str, ca: &str, identity: Option<(&str, &str)>) -> String {
+/// Calls GetCluster presenting `identity` (or no certificate); the call must
+/// fail at the transport. Returns what the diagnostic probe says about why.
+async fn refused(addr: &str, ca: &str, identity: Option<(&str, &str)>) -> String {
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
     if let Some((c, k)) = identity {
         tls = tls.identity(tonic::transport::Identity::from_pem(c, k));
@@ -23,28 +25,58 @@ async fn get_cluster_err(addr: &str, ca: &str, identity: Option<(&str, &str)>) -
         .unwrap()
         .tls_config(tls)
         .unwrap();
-    let ch = match ep.connect().await {
-        Ok(ch) => ch,
-        Err(e) => return dial::explain_chain(&dial::error_chain(&e)),
-    };
-    match ClusterMeshClient::new(ch)
-        .get_cluster(GetClusterRequest {})
-        .await
-    {
-        Ok(_) => panic!("GetCluster must be refused"),
-        Err(s) => {
-            assert!(
-                matches!(
-                    s.code(),
-                    Code::Unavailable | Code::Unknown | Code::Cancelled
-                ),
-                "transport refusal, got {:?}: {}",
+    if let Ok(ch) = ep.connect().await {
+        match ClusterMeshClient::new(ch)
+            .get_cluster(GetClusterRequest {})
+            .await
+        {
+            Ok(_) => panic!("GetCluster must be refused"),
+            Err(s) => assert!(
+                dial::is_transport_failure(&s),
+                "refused at the transport, got {:?}: {}",
                 s.code(),
-                dial::explain(&s)
-            );
-            eprintln!("refusal: {}", dial::explain(&s));
-            dial::explain(&s)
+                s.message()
+            ),
         }
+    }
+    // The probe does the handshake itself and reads the server's verdict.
+    let (cert, key) = identity.unwrap_or(("", ""));
+    let why = if identity.is_some() {
+        dial::probe(addr, &[ca.to_owned()], cert, key).await
+    } else {
+        probe_without_certificate(addr, ca).await
+    };
+    why.expect_err("the probe is refused too")
+}
+
+/// A probe that presents no client certificate at all.
+async fn probe_without_certificate(addr: &str, ca: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    match tls.read(&mut buf).await {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err("closed".into()),
+        Err(e) => Err(dial::explain_chain(&dial::error_chain(&e))),
     }
 }
 
@@ -55,7 +87,7 @@ async fn wrong_certificates_are_refused() {
     let ca_pem = std::fs::read_to_string(c.tls_dir().join("ca.crt")).unwrap();
 
     // No client certificate.
-    let msg = get_cluster_err(&addr, &ca_pem, None).await;
+    let msg = refused(&addr, &ca_pem, None).await;
     assert!(msg.contains("CertificateRequired"), "no cert: {msg}");
     assert!(msg.contains("requires a client certificate"), "hint: {msg}");
 
@@ -70,7 +102,7 @@ async fn wrong_certificates_are_refused() {
     .unwrap();
     let cert = std::fs::read_to_string(other.path().join("admin.crt")).unwrap();
     let key = std::fs::read_to_string(other.path().join("admin.key")).unwrap();
-    let msg = get_cluster_err(&addr, &ca_pem, Some((&cert, &key))).await;
+    let msg = refused(&addr, &ca_pem, Some((&cert, &key))).await;
     assert!(
         msg.contains("UnknownCA") || msg.contains("BadCertificate"),
         "foreign CA: {msg}"
@@ -89,7 +121,7 @@ async fn wrong_certificates_are_refused() {
             },
         )
         .unwrap();
-    let msg = get_cluster_err(&addr, &ca_pem, Some((&expired.cert_pem, &expired.key_pem))).await;
+    let msg = refused(&addr, &ca_pem, Some((&expired.cert_pem, &expired.key_pem))).await;
     assert!(
         msg.contains("CertificateExpired") || msg.contains("Expired"),
         "expired: {msg}"

@@ -4,6 +4,7 @@
  *
  *   from_pod    ingress of each local pod's host-side veth (= packets leaving the pod)
  *   from_tunnel ingress of the collect-metadata VXLAN/Geneve device
+ *   from_underlay ingress of the underlay device in native-routing mode
  *
  * See docs/datapath.md for the packet walk.
  */
@@ -109,6 +110,15 @@ int from_pod(struct __sk_buff *skb)
 		return cm_deliver_local(skb, dst_ifindex, cfg);
 	}
 
+	if (cfg && (cfg->flags & CM_CFG_F_NATIVE)) {
+		/* Native routing: no encapsulation; the node's route for the
+		 * remote pod CIDR takes the packet to the peer gateway, which
+		 * reads the source identity from its own ipcache. */
+		if (!reply)
+			cm_ct_track(&f, CM_CT_F_EGRESS);
+		cm_count(CM_REASON_FORWARDED, skb->len);
+		return TC_ACT_OK;
+	}
 	if (!endpoint || !cfg || !cfg->tunnel_ifindex)
 		return cm_drop(CM_REASON_DROP_NO_ROUTE, skb);
 	if (!cm_valid_wire_identity(src_id))
@@ -173,6 +183,51 @@ int from_tunnel(struct __sk_buff *skb)
 		cm_ct_track(&f, CM_CT_F_INGRESS);
 	}
 	return cm_deliver_local(skb, dst_ifindex, cfg);
+}
+
+/*
+ * Native-routing mode: packets from peer gateways arrive unencapsulated on the
+ * underlay. Those addressed to a local pod get their source identity from the
+ * ipcache (a remote endpoint's identity, `world` for anything else), ingress
+ * policy and connection tracking, and are delivered like from_tunnel does.
+ * Everything else on the underlay is the node's own traffic and passes.
+ */
+SEC("classifier")
+int from_underlay(struct __sk_buff *skb)
+{
+	struct cm_flow f;
+	int rc = cm_parse(skb, &f);
+
+	if (rc == CM_PARSE_NOT_IPV4)
+		return TC_ACT_OK;
+	if (rc != CM_PARSE_OK)
+		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+
+	struct cm_ipcache_value *dst = cm_ipcache_lookup(f.daddr);
+
+	if (!dst || !(dst->flags & CM_IPCACHE_F_LOCAL) || !dst->ifindex)
+		return TC_ACT_OK;
+	__u32 dst_id = dst->identity;
+	__u32 dst_ifindex = dst->ifindex;
+
+	struct cm_ipcache_value *src = cm_ipcache_lookup(f.saddr);
+	__u32 src_id = CM_IDENTITY_WORLD;
+
+	if (src) {
+		/* A local pod's address cannot come in from the underlay. */
+		if (src->flags & CM_IPCACHE_F_LOCAL)
+			return cm_drop(CM_REASON_DROP_SOURCE_SPOOF, skb);
+		src_id = src->identity;
+	}
+
+	if (cm_ct_is_reply(&f)) {
+		cm_count(CM_REASON_CT_REPLY, skb->len);
+	} else {
+		if (!cm_policy_allows(dst_id, src_id, &f, CM_DIR_INGRESS, skb->len))
+			return cm_drop(CM_REASON_DROP_POLICY_DENY, skb);
+		cm_ct_track(&f, CM_CT_F_INGRESS);
+	}
+	return cm_deliver_local(skb, dst_ifindex, cm_config_get());
 }
 
 /* Kernel-loaded code is dual licensed so it may use GPL-only helpers. */

@@ -162,6 +162,7 @@ struct cm_metric_value {
 /* ---- cm_config: ARRAY, one entry ---- */
 #define CM_CFG_F_REDIRECT_PEER 0x01 /* deliver with bpf_redirect_peer instead of bpf_redirect */
 #define CM_CFG_F_STRICT_SOURCE 0x02 /* from_tunnel: VNI must equal the ipcache identity of the source */
+#define CM_CFG_F_NATIVE 0x04        /* native routing: remote destinations go to the node's routes */
 
 struct cm_config_value {
 	__u32 host_identity;  /* informational (reserved identity 1 by default) */

@@ -1,6 +1,9 @@
 //! clustermesh-node-agent: merged Watch -> desired datapath state -> eBPF maps.
 //!
-//! This crate holds the datapath layer ([`datapath`]); the Watch client that
-//! feeds it comes later.
+//! - [`datapath`]: the eBPF programs, their pinned maps and the typed layer
+//!   that programs them.
+//! - [`agent`]: the Watch client, the desired-state computation and the
+//!   reconcile loop that drives the datapath.
 
+pub mod agent;
 pub mod datapath;

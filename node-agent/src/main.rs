@@ -1,17 +1,22 @@
 //! clustermesh-node-agent: programs the eBPF datapath of a gateway node.
 //!
-//! The Watch client (merged view from the local apiserver -> desired state)
-//! is not built yet; the `datapath` subcommands bring the datapath up, show
-//! it and take it down, which is what an operator (or a test) needs today.
+//! Without a subcommand it is the agent: it watches the local apiserver's
+//! merged view (mTLS, `agent` role), computes the desired datapath state and
+//! applies only the difference to the pinned maps (see docs/datapath.md).
+//! The `datapath` subcommands operate on the datapath directly.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use clustermesh_node_agent::agent::{self, AgentConfig, Mode, config::parse_pod_dev};
 use clustermesh_node_agent::datapath::{
     self, Datapath, DatapathConfig, Loader, TunnelKind, netdev,
     netns::{named_netns_path, run_in_netns},
 };
+use clustermesh_proto::duration;
 
 /// Programs the eBPF datapath of a gateway node from its local apiserver's merged view.
 #[derive(Parser, Debug)]
@@ -20,12 +25,45 @@ struct Args {
     /// The local clustermesh-apiserver (host:port).
     #[arg(long, default_value = "127.0.0.1:7443")]
     apiserver: String,
+    /// Directory from `clustermesh certs init` (ca.crt, agent.crt, agent.key).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
     /// This node's name (its endpoints are the local pods; names the pin directory).
     #[arg(long)]
     node_name: Option<String>,
+    /// How traffic reaches peer gateways: vxlan (UDP 8472), geneve (UDP 6081) or native routing.
+    #[arg(long, default_value = "vxlan")]
+    tunnel: Mode,
+    /// The device towards the peer gateways (pod MTU = its MTU − tunnel overhead).
+    #[arg(long)]
+    underlay_dev: Option<String>,
+    /// Host-side interface of a local pod, overriding the node's /32 route (repeatable).
+    #[arg(long = "pod-dev", value_parser = parse_pod_dev)]
+    pod_devs: Vec<(Ipv4Addr, String)>,
     /// Where maps and links are pinned [default: /sys/fs/bpf/clustermesh/<node-name>].
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Plain HTTP /healthz, /status (JSON) and /metrics (Prometheus).
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
+    /// Name of the collect-metadata tunnel device.
+    #[arg(long, default_value = "cm_tunnel")]
+    tunnel_dev: String,
+    /// cgroup v2 directory the global-service socket load balancer attaches to ("none": off).
+    #[arg(long, default_value = "/sys/fs/cgroup")]
+    lb_cgroup: String,
+    /// Do not set the pod side of local pods' veths to the pod MTU.
+    #[arg(long)]
+    no_pod_mtu: bool,
+    /// Deliver to pods with bpf_redirect instead of bpf_redirect_peer.
+    #[arg(long)]
+    no_redirect_peer: bool,
+    /// How often the datapath counters are logged.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    log_interval: Duration,
+    /// How often the maps are re-read and fully reconciled.
+    #[arg(long, default_value = "60s", value_parser = duration::parse)]
+    resync_interval: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,10 +81,10 @@ enum DatapathCommand {
     /// attach; links are pinned, so everything stays up after this exits.
     Up {
         /// Encapsulation: vxlan (UDP 8472) or geneve (UDP 6081).
-        #[arg(long, default_value = "vxlan")]
-        tunnel: TunnelKind,
+        #[arg(long = "tunnel", default_value = "vxlan")]
+        kind: TunnelKind,
         /// Name of the collect-metadata tunnel device.
-        #[arg(long, default_value = "cm_tunnel")]
+        #[arg(long = "tunnel-dev", default_value = "cm_tunnel")]
         tunnel_dev: String,
         /// Host-side veth of a local pod (repeatable).
         #[arg(long = "pod-veth")]
@@ -67,9 +105,14 @@ enum DatapathCommand {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let pin_dir = match (&args.pin_dir, &args.node_name) {
@@ -78,23 +121,18 @@ fn main() -> anyhow::Result<()> {
         (None, None) => None,
     };
     let Some(Command::Datapath(cmd)) = args.command else {
-        anyhow::bail!(
-            "clustermesh-node-agent: the Watch client is not built yet (apiserver {}, node {:?}); \
-             use `clustermesh-node-agent --node-name NAME datapath up|status|down`",
-            args.apiserver,
-            args.node_name
-        );
+        return run_agent(args, pin_dir).await;
     };
     let pin_dir = pin_dir.context("--node-name or --pin-dir is required")?;
     match cmd {
         DatapathCommand::Up {
-            tunnel,
+            kind,
             tunnel_dev,
             pod_veths,
             cgroup,
             netns,
         } => {
-            let up = move || up(pin_dir, tunnel, &tunnel_dev, &pod_veths, cgroup);
+            let up = move || up(pin_dir, kind, &tunnel_dev, &pod_veths, cgroup);
             match netns {
                 Some(ns) => run_in_netns(&named_netns_path(&ns), up)??,
                 None => up()?,
@@ -115,6 +153,31 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn run_agent(args: Args, pin_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let node = args
+        .node_name
+        .context("--node-name is required (this node's name in the cluster)")?;
+    let tls_dir = args
+        .tls_dir
+        .context("--tls-dir is required (the directory of `clustermesh certs init`)")?;
+    let underlay = args
+        .underlay_dev
+        .context("--underlay-dev is required (the device towards the peer gateways)")?;
+    let mut cfg = AgentConfig::new(&args.apiserver, tls_dir, &node, args.tunnel, &underlay);
+    if let Some(dir) = pin_dir {
+        cfg.pin_dir = dir;
+    }
+    cfg.pod_devs = args.pod_devs.into_iter().collect();
+    cfg.health_listen = args.health_listen;
+    cfg.tunnel_dev = args.tunnel_dev;
+    cfg.lb_cgroup = (args.lb_cgroup != "none").then(|| PathBuf::from(&args.lb_cgroup));
+    cfg.set_pod_mtu = !args.no_pod_mtu;
+    cfg.redirect_peer = !args.no_redirect_peer;
+    cfg.log_interval = args.log_interval;
+    cfg.resync_interval = args.resync_interval;
+    agent::run(cfg).await.context("clustermesh-node-agent")
 }
 
 fn up(

@@ -162,8 +162,10 @@ impl PeerCache {
             match change {
                 Change::Upsert { id, value } => {
                     self.deferred.remove(&id);
-                    out.ops
-                        .push(WriteOp::put(keys::cache(id.0, &self.peer.name, &id.2), value));
+                    out.ops.push(WriteOp::put(
+                        keys::cache(id.0, &self.peer.name, &id.2),
+                        value,
+                    ));
                 }
                 Change::Delete { id } => {
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
@@ -182,7 +184,8 @@ impl PeerCache {
                     out.ops.push(self.marker(kind));
                 }
                 Change::Unsynced { kind, .. } => {
-                    out.ops.push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
+                    out.ops
+                        .push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
                 }
             }
         }
@@ -333,7 +336,11 @@ mod tests {
         let a = snapshot(
             &mut c,
             "e1",
-            vec![up("n1", node("n1", "1")), up("n3", node("n3", "1")), synced()],
+            vec![
+                up("n1", node("n1", "1")),
+                up("n3", node("n3", "1")),
+                synced(),
+            ],
             now,
         );
         assert_eq!(
@@ -369,8 +376,13 @@ mod tests {
         assert_eq!(a.ops.len(), 1);
         let a = c.apply(batch(BatchType::Events, "e2", vec![synced()]), now, g);
         assert_eq!(a.ops.len(), 2, "{:?}", a.ops);
-        assert_eq!(a.ops[0], WriteOp::delete(keys::cache(Kind::Node, "a", "n2")));
-        assert!(matches!(&a.ops[1], WriteOp::Put { key, .. } if *key == keys::synced("a", Kind::Node)));
+        assert_eq!(
+            a.ops[0],
+            WriteOp::delete(keys::cache(Kind::Node, "a", "n2"))
+        );
+        assert!(
+            matches!(&a.ops[1], WriteOp::Put { key, .. } if *key == keys::synced("a", Kind::Node))
+        );
         assert_eq!(c.next_deadline(), None);
     }
 

@@ -100,7 +100,11 @@ mod tests {
         let s = Duration::from_secs;
         let mut l = Liveness::new(t0, s(1), s(3));
         assert!(!l.connected(t0), "nothing heard yet");
-        assert_eq!(l.withdraw_at(), Some(t0 + s(4)), "grace from the loop start");
+        assert_eq!(
+            l.withdraw_at(),
+            Some(t0 + s(4)),
+            "grace from the loop start"
+        );
         l.seen(t0 + s(2));
         assert!(l.connected(t0 + s(2)));
         assert!(l.connected(t0 + Duration::from_millis(2999)));
@@ -117,9 +121,14 @@ mod tests {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut last_cap = Duration::ZERO;
         for i in 0..20 {
-            let cap = (Duration::from_millis(100) * 2u32.pow(i.min(10))).min(Duration::from_secs(10));
+            let cap =
+                (Duration::from_millis(100) * 2u32.pow(i.min(10))).min(Duration::from_secs(10));
             let d = b.delay();
-            assert!(d >= cap / 2 && d <= cap, "attempt {i}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                d >= cap / 2 && d <= cap,
+                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
             assert!(cap >= last_cap);
             last_cap = cap;
         }

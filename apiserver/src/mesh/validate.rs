@@ -17,20 +17,34 @@ pub const MAX_KEY_BYTES: usize = 512;
 /// Why a peer's ClusterInfo is refused (nothing is mirrored from it).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PeerInfoError {
-    #[error("peer {registered:?} answers as cluster {got:?}: the address points at another cluster, or the peer was registered under the wrong name")]
+    #[error(
+        "peer {registered:?} answers as cluster {got:?}: the address points at another cluster, or the peer was registered under the wrong name"
+    )]
     NameMismatch { registered: String, got: String },
-    #[error("peer {name:?} answers with cluster ID {got}, but it was registered with ID {registered}: fix the registration (connect again) or the peer's --cluster-id")]
+    #[error(
+        "peer {name:?} answers with cluster ID {got}, but it was registered with ID {registered}: fix the registration (connect again) or the peer's --cluster-id"
+    )]
     IdMismatch {
         name: String,
         registered: u32,
         got: u32,
     },
-    #[error("peer {name:?} runs with max-connected-clusters {got}, this cluster with {ours}: every cluster of one mesh must use the same value")]
+    #[error(
+        "peer {name:?} runs with max-connected-clusters {got}, this cluster with {ours}: every cluster of one mesh must use the same value"
+    )]
     MaxClustersMismatch { name: String, ours: u32, got: u32 },
-    #[error("peer {name:?} answers as this cluster itself ({what}): the registered address points back at this cluster")]
+    #[error(
+        "peer {name:?} answers as this cluster itself ({what}): the registered address points back at this cluster"
+    )]
     IsUs { name: String, what: String },
-    #[error("peer {name:?} has cluster ID {id}, already used by peer {other:?}: cluster IDs must be unique in the mesh")]
-    DuplicateId { name: String, id: u32, other: String },
+    #[error(
+        "peer {name:?} has cluster ID {id}, already used by peer {other:?}: cluster IDs must be unique in the mesh"
+    )]
+    DuplicateId {
+        name: String,
+        id: u32,
+        other: String,
+    },
     #[error("peer {name:?} sent invalid cluster settings: {source}")]
     Invalid {
         name: String,
@@ -99,7 +113,9 @@ pub fn peer_info(
 /// Why one event from a peer is rejected (never written; counted).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RejectError {
-    #[error("event for cluster {got:?} on peer {peer:?}'s stream: a peer may only send its own records")]
+    #[error(
+        "event for cluster {got:?} on peer {peer:?}'s stream: a peer may only send its own records"
+    )]
     ForeignEvent { peer: String, got: String },
     #[error("event of unknown kind {0} or type {1}")]
     UnknownKind(i32, i32),
@@ -124,7 +140,9 @@ pub enum RejectError {
         peer: String,
         got: String,
     },
-    #[error("{kind} {key:?} carries identity {id} ({id:#08x}), outside peer {peer:?}'s identity range (cluster ID {peer_id}) and not reserved")]
+    #[error(
+        "{kind} {key:?} carries identity {id} ({id:#08x}), outside peer {peer:?}'s identity range (cluster ID {peer_id}) and not reserved"
+    )]
     IdentityOutOfRange {
         kind: &'static str,
         key: String,

@@ -20,6 +20,13 @@ pub fn list(view: &View) -> Vec<PeerConfig> {
         .collect()
 }
 
+/// One registered peer, from the view.
+pub fn get(view: &View, name: &str) -> Option<PeerConfig> {
+    view.get(&keys::peer(name))
+        .and_then(|e| PeerConfig::decode(e.value.as_ref()).ok())
+        .filter(|p| p.name == name)
+}
+
 /// Checks a peer registration against this cluster and the other peers.
 pub fn check(ours: &ClusterInfo, existing: &[PeerConfig], peer: &PeerConfig) -> Result<(), Status> {
     let bad = |m: String| Err(Status::invalid_argument(m));
@@ -78,10 +85,16 @@ pub async fn connect(
 pub async fn disconnect(store: &Store, view: &View, name: &str) -> Result<bool, Status> {
     validate::cluster_name(name)
         .map_err(|e| Status::invalid_argument(format!("peer name: {e}")))?;
+    if name == view.local_cluster() {
+        return Err(Status::invalid_argument(format!(
+            "{name:?} is this cluster's own name, not a peer"
+        )));
+    }
     let existed = view.get(&keys::peer(name)).is_some();
     let mut ops = vec![
         WriteOp::delete(keys::peer(name)),
         WriteOp::delete_prefix(keys::synced_prefix(name)),
+        WriteOp::delete(keys::peer_status(name)),
     ];
     ops.extend(
         RECORD_KINDS

@@ -2,7 +2,10 @@
 //! `admin` everything; `remote` of cluster X: Watch scope exported and
 //! GetCluster; `agent`: Watch merged/exported, Lookup, Status, GetCluster.
 //! `admin` and `agent` certificates must belong to this cluster; any
-//! certificate must be issued by the CA of the cluster it claims.
+//! certificate must be issued by the CA of the cluster it claims: our own CA
+//! for our cluster, the CA registered for peer X (`peers/X`) for a `remote`
+//! certificate of X. A `remote` certificate of a cluster that is not a
+//! registered peer is refused.
 
 use clustermesh_certs::{CertIdentity, Role, ca_common_name, cert_identity, issued_by};
 use tonic::{Request, Status};
@@ -20,8 +23,14 @@ impl std::fmt::Display for Caller {
     }
 }
 
-/// Reads and checks the caller's certificate identity.
-pub fn caller<T>(req: &Request<T>, local: &str, own_ca_pem: &str) -> Result<Caller, Status> {
+/// Reads and checks the caller's certificate identity. `peer_ca` gives the
+/// CA PEM registered for a peer cluster (None: not a registered peer).
+pub fn caller<T>(
+    req: &Request<T>,
+    local: &str,
+    own_ca_pem: &str,
+    peer_ca: impl FnOnce(&str) -> Option<String>,
+) -> Result<Caller, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated(
             "no client certificate: clustermesh-apiserver requires mTLS with a certificate from `clustermesh certs init`",
@@ -56,6 +65,23 @@ pub fn caller<T>(req: &Request<T>, local: &str, own_ca_pem: &str) -> Result<Call
         return Err(Status::unauthenticated(format!(
             "client certificate claims cluster {local:?} but is not signed by this cluster's CA"
         )));
+    }
+    // A peer's CA is trusted at the TLS layer, but only for its own `remote`
+    // role: the certificate must verify against the CA registered for the
+    // cluster it names (a CA's name proves nothing).
+    if id.cluster != local {
+        let Some(ca) = peer_ca(&id.cluster) else {
+            return Err(Status::permission_denied(format!(
+                "cluster {:?} is not a registered peer of cluster {local:?}: connect the clusters first (Admin ConnectPeer / `clustermesh connect`)",
+                id.cluster
+            )));
+        };
+        if !issued_by(leaf.as_ref(), &ca).unwrap_or(false) {
+            return Err(Status::unauthenticated(format!(
+                "remote certificate of cluster {:?} is not signed by the CA registered for peer {:?}: connect the clusters again with the peer's current ca.crt",
+                id.cluster, id.cluster
+            )));
+        }
     }
     Ok(Caller {
         cluster: id.cluster,

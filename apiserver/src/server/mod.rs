@@ -49,7 +49,9 @@ pub struct ApiServer {
 
 impl ApiServer {
     fn caller<T>(&self, req: &Request<T>) -> Result<auth::Caller, Status> {
-        auth::caller(req, &self.cluster.name, &self.own_ca_pem)
+        auth::caller(req, &self.cluster.name, &self.own_ca_pem, |peer| {
+            admin::get(&self.view, peer).map(|p| p.ca_pem)
+        })
     }
 
     fn peer_addr<T>(req: &Request<T>) -> String {
@@ -70,7 +72,7 @@ impl ApiServer {
                 .map(|e| crate::leader::replica_of(&String::from_utf8_lossy(&e.value)).to_owned())
                 .unwrap_or_default(),
             counts: self.view.counts(),
-            peers: Vec::new(),
+            peers: crate::mesh::status::peer_statuses(&self.view),
             watchers: self.view.watchers() as u32,
             synced: self
                 .view

@@ -131,7 +131,11 @@ async fn register(side: &mut Admin, peer: PeerConfig) -> anyhow::Result<()> {
 
 /// Connects `ours` and `peer` both ways. `advertise` is the address the
 /// peer should dial to reach us (default: `ours.server`).
-pub async fn connect(ours: &Conn, peer: &Conn, advertise: Option<&str>) -> anyhow::Result<Connected> {
+pub async fn connect(
+    ours: &Conn,
+    peer: &Conn,
+    advertise: Option<&str>,
+) -> anyhow::Result<Connected> {
     let mut a = Admin::open(ours, "this cluster").await?;
     let mut b = Admin::open(peer, "the peer").await?;
     validate_pair(&a.info, &b.info)?;
@@ -196,7 +200,10 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(validate_pair(&info("a", 1, 255), &info("b", 2, 255)), Ok(()));
+        assert_eq!(
+            validate_pair(&info("a", 1, 255), &info("b", 2, 255)),
+            Ok(())
+        );
         let e = validate_pair(&info("a", 1, 255), &info("a", 2, 255)).unwrap_err();
         assert!(e.to_string().contains("two different clusters"), "{e}");
         let e = validate_pair(&info("a", 3, 255), &info("b", 3, 255)).unwrap_err();

@@ -124,7 +124,11 @@ mod tests {
         let e = add(&file, "c1", "a:1", &tls).unwrap_err().to_string();
         assert!(e.contains("certs init"), "{e}");
         std::fs::write(tls.join("ca.crt"), "x").unwrap();
-        assert!(add(&file, "c1", "a:1", &tls).unwrap().contains("now the current"));
+        assert!(
+            add(&file, "c1", "a:1", &tls)
+                .unwrap()
+                .contains("now the current")
+        );
         assert!(add(&file, "c2", "b:1", &tls).unwrap().starts_with("Added"));
         let v = to_json(&Config::load(&file).unwrap(), &file);
         assert_eq!(v["current_context"], "c1");

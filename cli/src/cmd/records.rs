@@ -204,7 +204,12 @@ pub enum What {
     Nodes,
 }
 
-pub async fn run(conn: &Conn, what: What, cluster: Option<&str>, format: Format) -> anyhow::Result<()> {
+pub async fn run(
+    conn: &Conn,
+    what: What,
+    cluster: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
     let kind = match what {
         What::Identities => Kind::Identity,
         What::Endpoints => Kind::Endpoint,

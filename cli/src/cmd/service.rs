@@ -120,7 +120,11 @@ pub fn lookup_text(r: &LookupServiceResponse, viewed_from: &str) -> String {
                 list_or_dash(&ports),
                 yes(b.ready),
                 yes(b.serving),
-                if b.zone.is_empty() { "-".into() } else { b.zone.clone() },
+                if b.zone.is_empty() {
+                    "-".into()
+                } else {
+                    b.zone.clone()
+                },
                 if b.node_name.is_empty() {
                     "-".into()
                 } else {
@@ -149,7 +153,11 @@ pub fn lookup_text(r: &LookupServiceResponse, viewed_from: &str) -> String {
     out
 }
 
-pub async fn fetch(conn: &Conn, ns: &str, name: &str) -> anyhow::Result<(LookupServiceResponse, String)> {
+pub async fn fetch(
+    conn: &Conn,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<(LookupServiceResponse, String)> {
     let mut client = conn.mesh().await?;
     let here = client
         .get_cluster(GetClusterRequest {})
@@ -326,7 +334,10 @@ mod tests {
     #[test]
     fn lookup_table() {
         let t = lookup_text(&sample(), "c1");
-        assert!(t.contains("Service shop/backend: global, affinity local"), "{t}");
+        assert!(
+            t.contains("Service shop/backend: global, affinity local"),
+            "{t}"
+        );
         assert!(t.contains("Frontends: 10.96.1.10, 10.97.1.10"), "{t}");
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains("10.2.0.11") && row.ends_with("no"), "{t}");

@@ -81,7 +81,11 @@ pub fn gateways(view: &View) -> BTreeMap<String, Ipv4Addr> {
         if !node.gateway || out.contains_key(cluster) {
             continue;
         }
-        if let Some(ip) = node.internal_ips.iter().find_map(|s| s.parse::<Ipv4Addr>().ok()) {
+        if let Some(ip) = node
+            .internal_ips
+            .iter()
+            .find_map(|s| s.parse::<Ipv4Addr>().ok())
+        {
             out.insert(cluster.clone(), ip);
         }
     }
@@ -162,8 +166,15 @@ pub fn compute(
         let Some(gw) = c.gateways.get(cluster) else {
             continue;
         };
-        for prefix in node.pod_cidrs.iter().filter_map(|s| s.parse::<Ipv4Prefix>().ok()) {
-            if d.ipcache.get(&prefix).is_some_and(|e| matches!(e.location, Location::Local { .. })) {
+        for prefix in node
+            .pod_cidrs
+            .iter()
+            .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
+        {
+            if d.ipcache
+                .get(&prefix)
+                .is_some_and(|e| matches!(e.location, Location::Local { .. }))
+            {
                 continue;
             }
             c.routes.insert(prefix, *gw);
@@ -178,7 +189,11 @@ pub fn compute(
             );
         }
     }
-    for e in view.endpoints.values().filter(|e| e.cluster != local_cluster) {
+    for e in view
+        .endpoints
+        .values()
+        .filter(|e| e.cluster != local_cluster)
+    {
         let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
             c.invalid_endpoints += 1;
             continue;
@@ -188,7 +203,10 @@ pub fn compute(
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
-        if d.ipcache.get(&prefix).is_some_and(|x| matches!(x.location, Location::Local { .. })) {
+        if d.ipcache
+            .get(&prefix)
+            .is_some_and(|x| matches!(x.location, Location::Local { .. }))
+        {
             continue;
         }
         if !c.routes.iter().any(|(p, g)| g == gw && covers(p, ip)) {
@@ -213,7 +231,11 @@ pub fn compute(
         .map(|i| (i.id, IdentityLabels::from_record(i)))
         .collect();
     let mut named_ports: BTreeMap<u32, Vec<NamedPort>> = BTreeMap::new();
-    for e in view.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
+    for e in view
+        .endpoints
+        .values()
+        .filter(|e| !e.named_ports.is_empty())
+    {
         named_ports
             .entry(e.identity)
             .or_default()

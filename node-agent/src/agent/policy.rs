@@ -160,7 +160,12 @@ fn peer_matches(policy: &Policy, peer: &PolicyPeer, l: &IdentityLabels) -> bool 
     }
 }
 
-fn peers_of(inputs: &PolicyInputs<'_>, out: &mut CompiledPolicy, p: &Policy, rule: &K8sRule) -> Vec<Peer> {
+fn peers_of(
+    inputs: &PolicyInputs<'_>,
+    out: &mut CompiledPolicy,
+    p: &Policy,
+    rule: &K8sRule,
+) -> Vec<Peer> {
     if rule.peers.is_empty() {
         return vec![Peer::Any];
     }
@@ -216,9 +221,6 @@ fn ports_of(
             .iter()
             .flat_map(|id| named(inputs, *id, name, proto))
             .collect();
-        if found.is_empty() {
-            report.unresolved_named_ports += 1;
-        }
         return found.into_iter().map(|p| (proto, p)).collect();
     }
     match port.port {
@@ -254,12 +256,14 @@ fn compile_rule(
     dir: Direction,
 ) {
     let peers = peers_of(inputs, out, p, rule);
+    // Named ports that resolved for at least one peer.
+    let mut resolved = vec![false; rule.ports.len()];
     for peer in peers {
         let pairs: Vec<(u8, u16)> = if rule.ports.is_empty() {
             vec![(0, 0)]
         } else {
             let mut v = Vec::new();
-            for port in &rule.ports {
+            for (i, port) in rule.ports.iter().enumerate() {
                 // Egress to any peer with a named port: one entry per peer
                 // identity that defines it (the number differs per peer).
                 if dir == Direction::Egress && peer == Peer::Any && port.named_port.is_some() {
@@ -267,10 +271,9 @@ fn compile_rule(
                     let Some(proto) = protocol_number(&port.protocol) else {
                         continue;
                     };
-                    let mut any = false;
                     for id in inputs.named_ports.keys() {
                         for n in named(inputs, *id, name, proto) {
-                            any = true;
+                            resolved[i] = true;
                             out.rules.insert(
                                 PolicyRule {
                                     local_identity: local,
@@ -283,12 +286,11 @@ fn compile_rule(
                             );
                         }
                     }
-                    if !any {
-                        out.report.unresolved_named_ports += 1;
-                    }
                     continue;
                 }
-                v.extend(ports_of(inputs, &mut out.report, port, dir, local, peer));
+                let pairs = ports_of(inputs, &mut out.report, port, dir, local, peer);
+                resolved[i] |= !pairs.is_empty();
+                v.extend(pairs);
             }
             v
         };
@@ -305,4 +307,10 @@ fn compile_rule(
             );
         }
     }
+    out.report.unresolved_named_ports += rule
+        .ports
+        .iter()
+        .zip(&resolved)
+        .filter(|(p, ok)| p.named_port.is_some() && !**ok)
+        .count();
 }

@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use clustermesh_proto::v1::{Affinity as ProtoAffinity, Backend as ProtoBackend, Service as ProtoService, ServicePort};
+use clustermesh_proto::v1::{
+    Affinity as ProtoAffinity, Backend as ProtoBackend, Service as ProtoService, ServicePort,
+};
 
 use super::policy::protocol_number;
 use crate::datapath::{Affinity, Backend, Frontend, PROTO_TCP, PROTO_UDP, Service};
@@ -127,13 +129,17 @@ pub fn compute<'a>(
         if svc.cluster != local_cluster || !svc.global {
             continue;
         }
-        let remotes = services.clone().into_iter().filter(|r| {
-            r.cluster != local_cluster
-                && r.global
-                && r.shared
-                && r.namespace == svc.namespace
-                && r.name == svc.name
-        });
+        let remotes: Vec<&ProtoService> = services
+            .clone()
+            .into_iter()
+            .filter(|r| {
+                r.cluster != local_cluster
+                    && r.global
+                    && r.shared
+                    && r.namespace == svc.namespace
+                    && r.name == svc.name
+            })
+            .collect();
         let aff = affinity(svc);
         for sp in &svc.ports {
             let proto = match protocol_number(&sp.protocol) {
@@ -144,9 +150,13 @@ pub fn compute<'a>(
                 continue;
             };
             let local = ready_backends(std::iter::once(svc), sp);
-            let remote = ready_backends(remotes.clone(), sp);
+            let remote = ready_backends(remotes.iter().copied(), sp);
             let backends = choose(aff, local, remote);
-            for ip in svc.frontend_ips.iter().filter_map(|s| s.parse::<Ipv4Addr>().ok()) {
+            for ip in svc
+                .frontend_ips
+                .iter()
+                .filter_map(|s| s.parse::<Ipv4Addr>().ok())
+            {
                 let fe = Frontend { ip, port, proto };
                 out.insert(
                     fe,

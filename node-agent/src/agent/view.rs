@@ -30,12 +30,7 @@ pub struct View {
     pub decode_errors: u64,
 }
 
-fn put<T: Message + Default>(
-    map: &mut BTreeMap<Key, T>,
-    key: Key,
-    value: &[u8],
-    errors: &mut u64,
-) {
+fn put<T: Message + Default>(map: &mut BTreeMap<Key, T>, key: Key, value: &[u8], errors: &mut u64) {
     match T::decode(value) {
         Ok(v) => {
             map.insert(key, v);

@@ -28,6 +28,8 @@ static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "
 /// Program names (C function names).
 pub const PROG_FROM_POD: &str = "from_pod";
 pub const PROG_FROM_TUNNEL: &str = "from_tunnel";
+pub const PROG_FROM_UNDERLAY: &str = "from_underlay";
+const TC_PROGRAMS: [&str; 3] = [PROG_FROM_POD, PROG_FROM_TUNNEL, PROG_FROM_UNDERLAY];
 pub const PROG_CONNECT4: &str = "cm_connect4";
 pub const PROG_SENDMSG4: &str = "cm_sendmsg4";
 pub const PROG_RECVMSG4: &str = "cm_recvmsg4";
@@ -65,7 +67,7 @@ impl Loader {
                 object: "cm_lb.bpf.o",
                 source: Box::new(e),
             })?;
-        for name in [PROG_FROM_POD, PROG_FROM_TUNNEL] {
+        for name in TC_PROGRAMS {
             sched_classifier(&mut tc, name)?
                 .load()
                 .map_err(|e| DatapathError::program(name, e))?;
@@ -113,11 +115,17 @@ impl Loader {
         self.attach_tc(PROG_FROM_TUNNEL, iface)
     }
 
-    /// Detaches whatever program this datapath attached to `iface` (pod veth
-    /// or tunnel). Returns false if nothing was attached there.
+    /// Attaches `from_underlay` to the ingress of the underlay device
+    /// (native-routing mode).
+    pub fn attach_from_underlay(&mut self, iface: &str) -> Result<()> {
+        self.attach_tc(PROG_FROM_UNDERLAY, iface)
+    }
+
+    /// Detaches whatever program this datapath attached to `iface` (pod veth,
+    /// tunnel or underlay). Returns false if nothing was attached there.
     pub fn detach_iface(&mut self, iface: &str) -> Result<bool> {
         let mut any = false;
-        for prog in [PROG_FROM_POD, PROG_FROM_TUNNEL] {
+        for prog in TC_PROGRAMS {
             any |= remove_pin(&self.link_pin(prog, iface))?;
         }
         Ok(any)

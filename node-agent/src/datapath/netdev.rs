@@ -151,20 +151,20 @@ pub fn ensure_tunnel_device(kind: TunnelKind, name: &str, mtu: Option<u32>) -> R
         }
         debug!(name, "adopting existing tunnel device");
     } else {
-        let mut args = vec![
-            "link",
-            "add",
-            name,
+        // Generic link options (mtu) go before `type`: iproute2 hands
+        // everything after it to the vxlan/geneve parser.
+        let mut args = vec!["link", "add", name];
+        let mtu_s = mtu.map(|m| m.to_string());
+        if let Some(m) = mtu_s.as_deref() {
+            args.extend(["mtu", m]);
+        }
+        args.extend([
             "type",
             kind.link_type(),
             "external",
             "dstport",
             port.as_str(),
-        ];
-        let mtu_s = mtu.map(|m| m.to_string());
-        if let Some(m) = mtu_s.as_deref() {
-            args.extend(["mtu", m]);
-        }
+        ]);
         ip(&args).map_err(|e| match e {
             DatapathError::Command { detail, .. } if detail.contains("Unknown device type") => {
                 DatapathError::Unsupported(format!(

@@ -152,7 +152,14 @@ impl Datapath {
     pub fn apply(&mut self, desired: &DesiredState) -> Result<ApplyReport> {
         let want = desired.to_raw()?;
         let have = self.read_state()?;
-        let (ops, unchanged) = plan(&have, &want);
+        self.apply_diff(&have, &want)
+    }
+
+    /// Writes the difference between `have` (what the maps are known to
+    /// hold, e.g. the state last applied) and `want`, without reading the
+    /// maps. A caller that is unsure of `have` uses [`Datapath::apply`].
+    pub fn apply_diff(&mut self, have: &RawState, want: &RawState) -> Result<ApplyReport> {
+        let (ops, unchanged) = plan(have, want);
         let mut report = ApplyReport {
             unchanged,
             ..ApplyReport::default()

@@ -109,6 +109,15 @@ impl Frontend {
             pad: 0,
         }
     }
+
+    /// Reads a raw `cm_lb_frontends` key back.
+    pub fn from_key(k: &FrontendKey) -> Self {
+        Frontend {
+            ip: types::ip_from_be32(k.ip),
+            port: port_from_be16(k.port),
+            proto: k.proto,
+        }
+    }
 }
 
 /// Which backends the desired-state layer put in the slots (informational for BPF).

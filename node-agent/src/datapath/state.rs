@@ -178,6 +178,9 @@ pub struct DatapathConfig {
     pub redirect_peer: bool,
     /// from_tunnel: require the VNI to equal the ipcache identity of the inner source.
     pub strict_source: bool,
+    /// Native routing: from_pod hands remote destinations to the node's
+    /// routes instead of the tunnel; `from_underlay` receives.
+    pub native: bool,
 }
 
 impl DatapathConfig {
@@ -188,6 +191,9 @@ impl DatapathConfig {
         }
         if self.strict_source {
             flags |= types::CFG_F_STRICT_SOURCE;
+        }
+        if self.native {
+            flags |= types::CFG_F_NATIVE;
         }
         ConfigValue {
             host_identity: self.host_identity,
@@ -203,6 +209,7 @@ impl DatapathConfig {
             tunnel_ifindex: v.tunnel_ifindex,
             redirect_peer: v.flags & types::CFG_F_REDIRECT_PEER != 0,
             strict_source: v.flags & types::CFG_F_STRICT_SOURCE != 0,
+            native: v.flags & types::CFG_F_NATIVE != 0,
         }
     }
 }

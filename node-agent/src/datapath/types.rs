@@ -201,6 +201,8 @@ pub struct MetricValue {
 pub const CFG_F_REDIRECT_PEER: u32 = 0x01;
 /// `cm_config` flag: from_tunnel requires VNI == ipcache identity of the inner source.
 pub const CFG_F_STRICT_SOURCE: u32 = 0x02;
+/// `cm_config` flag: native routing (remote destinations go to the node's routes).
+pub const CFG_F_NATIVE: u32 = 0x04;
 
 /// `cm_config` value (`struct cm_config_value`), the single entry at index 0.
 #[repr(C)]

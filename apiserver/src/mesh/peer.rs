@@ -1,0 +1,378 @@
+//! One peer's sync loop (see docs/mesh.md for the state machine):
+//!
+//! ```text
+//! seed mirror from the store ─▶ dial ─▶ GetCluster + validate ─▶ Watch(exported, resume)
+//!        ▲                        │ fail: failures+1, last_error,   │ batches: validate records,
+//!        │ store write failed     │ jittered backoff 100 ms → 10 s  │ write the differences
+//!        └────────────────────────┴──────────◀───── stream ends ────┘
+//! silent for peer-timeout  → shown disconnected (records stay), session redialed
+//! disconnected + stale-ttl → records withdrawn (range deletes), mirror emptied
+//! ```
+//!
+//! All state lives in this task; sessions only report. Every store write
+//! goes through the mirror, so whatever happens (reconnect, resume refused,
+//! peer wiped) only real differences are written.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clustermesh_proto::ClusterMode;
+use clustermesh_proto::v1::{PeerConfig, PeerStatus};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::cache::{PeerCache, withdraw_ops};
+use super::liveness::{Backoff, Liveness};
+use super::session::{Params, Session, SessionError, SessionEvent};
+use super::status::{self, Board};
+use super::validate::PeerRef;
+use super::{MeshContext, stopped};
+use crate::store::{StoreError, WriteOp};
+
+/// Writes gathered from queued batches before one store write.
+const MAX_OPS_PER_WRITE: usize = 4096;
+/// Pause before retrying after a local store failure.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct PeerLoop {
+    ctx: Arc<MeshContext>,
+    cfg: PeerConfig,
+    peer: PeerRef,
+    board: Arc<Board>,
+    status: PeerStatus,
+    live: Liveness,
+    backoff: Backoff,
+    /// None until seeded from the store (again after a failed write).
+    cache: Option<PeerCache>,
+    session: Option<Session>,
+    /// When the current session was validated and started watching.
+    session_up: Option<Instant>,
+    /// The server asked for a resync: the end of the stream is no failure.
+    resync: bool,
+    retry_at: Instant,
+    store_retry_at: Instant,
+    counts_at: Option<Instant>,
+    attempts: usize,
+}
+
+/// Runs one peer's loop until `stop` flips.
+pub async fn run(
+    ctx: Arc<MeshContext>,
+    cfg: PeerConfig,
+    board: Arc<Board>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let now = Instant::now();
+    let mode = ClusterMode::from_max_clusters(ctx.cluster.max_connected_clusters)
+        .unwrap_or(ClusterMode::Max255);
+    let mut st = status::persisted(&ctx.view, &cfg.name).unwrap_or_default();
+    status::registration(&mut st, &cfg);
+    st.connected = false;
+    let mut p = PeerLoop {
+        peer: PeerRef {
+            name: cfg.name.clone(),
+            id: cfg.cluster_id,
+            mode,
+        },
+        live: Liveness::new(now, ctx.config.peer_timeout, ctx.config.stale_ttl),
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
+        ctx,
+        cfg,
+        board,
+        status: st,
+        cache: None,
+        session: None,
+        session_up: None,
+        resync: false,
+        retry_at: now,
+        store_retry_at: now,
+        counts_at: None,
+        attempts: 0,
+    };
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        p.step().await;
+        p.publish();
+        let wake = p.next_wake();
+        let event = async {
+            match p.session.as_mut() {
+                Some(s) => s.rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = event => p.on_event(ev).await,
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    p.session = None;
+    debug!(peer = %p.peer.name, "peer sync loop stopped");
+}
+
+impl PeerLoop {
+    /// Timers and transitions that do not wait for the peer.
+    async fn step(&mut self) {
+        let now = Instant::now();
+        if self.cache.is_none() && now >= self.store_retry_at {
+            match self.seed().await {
+                Ok(c) => {
+                    if self.status.withdrawn && !c.is_empty() {
+                        self.status.withdrawn = false;
+                    }
+                    self.cache = Some(c);
+                    self.counts_at = None;
+                }
+                Err(e) => {
+                    self.error(format!(
+                        "reading peer {}'s cache from the local store: {e}",
+                        self.peer.name
+                    ));
+                    self.store_retry_at = now + STORE_RETRY;
+                }
+            }
+        }
+        // A validated session that has gone silent: the peer (or the path) hangs.
+        if let Some(up) = self.session_up
+            && now >= up.max(self.live.last_seen) + self.live.peer_timeout
+        {
+            self.session = None;
+            self.session_up = None;
+            self.fail(format!(
+                "no message from peer {} for {:?} (heartbeats stopped); reconnecting",
+                self.peer.name, self.live.peer_timeout
+            ));
+        }
+        if self.session.is_none()
+            && self.cfg.enabled
+            && now >= self.retry_at
+            && let Some(cache) = &self.cache
+        {
+            self.attempts += 1;
+            self.session = Some(Session::start(Params {
+                peer: self.cfg.clone(),
+                ours: self.ctx.cluster.clone(),
+                tls_dir: self.ctx.tls_dir.clone(),
+                view: self.ctx.view.clone(),
+                resume: cache.resume_point(),
+                first_address: self.attempts,
+            }));
+        }
+        if self.live.stale(now) && !self.status.withdrawn && now >= self.store_retry_at {
+            let ops = match self.cache.as_mut() {
+                Some(c) => c.withdraw(),
+                None => withdraw_ops(&self.peer.name),
+            };
+            if self.write(&ops, now).await {
+                warn!(peer = %self.peer.name, stale_ttl = ?self.live.stale_ttl, "peer disconnected for longer than stale-ttl: its records are withdrawn");
+                self.status.withdrawn = true;
+                self.counts_at = None;
+            }
+        }
+        if let Some(cache) = self.cache.as_mut()
+            && cache.next_deadline().is_some_and(|t| t <= now)
+        {
+            let ops = cache.sweep_due(now);
+            if !ops.is_empty() {
+                info!(peer = %self.peer.name, deletes = ops.len(), "peer never marked these records' kinds synced after a reset; sweeping them");
+                self.write(&ops, now).await;
+                self.counts_at = None;
+            }
+        }
+    }
+
+    async fn seed(&self) -> Result<PeerCache, StoreError> {
+        let (prefixes, synced_prefix) = PeerCache::seed_prefixes(&self.peer.name);
+        let mut records = Vec::new();
+        for p in prefixes {
+            records.extend(self.ctx.store.list(&p).await?.1);
+        }
+        let synced = self.ctx.store.list(&synced_prefix).await?.1;
+        Ok(PeerCache::seeded(self.peer.clone(), records, synced))
+    }
+
+    async fn on_event(&mut self, ev: Option<SessionEvent>) {
+        let now = Instant::now();
+        match ev {
+            Some(SessionEvent::Connected { addr, info }) => {
+                self.session_up = Some(now);
+                self.seen(now);
+                info!(peer = %self.peer.name, %addr, id = info.id, resume = self.cache.as_ref().and_then(|c| c.resume_point()).is_some(), "connected to peer; watching its exported records");
+            }
+            Some(SessionEvent::Batch(b)) => {
+                self.seen(now);
+                let mut batches = vec![b];
+                // Gather what is already queued into one store write.
+                let mut ended = None;
+                if let Some(s) = self.session.as_mut() {
+                    while batches.iter().map(|b| b.events.len()).sum::<usize>() < MAX_OPS_PER_WRITE
+                    {
+                        match s.rx.try_recv() {
+                            Ok(SessionEvent::Batch(b)) => batches.push(b),
+                            Ok(other) => {
+                                ended = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                self.apply(batches, now).await;
+                if let Some(other) = ended {
+                    Box::pin(self.on_event(Some(other))).await;
+                }
+            }
+            Some(SessionEvent::Ended(e)) => self.ended(Some(e)),
+            None => self.ended(None),
+        }
+    }
+
+    async fn apply(&mut self, batches: Vec<clustermesh_proto::v1::WatchBatch>, now: Instant) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        let grace = self.ctx.config.stale_ttl;
+        let mut ops: Vec<WriteOp> = Vec::new();
+        let mut rejected = Vec::new();
+        let mut snapshot_done = false;
+        for b in batches {
+            let a = cache.apply(b, now, grace);
+            ops.extend(a.ops);
+            rejected.extend(a.rejected);
+            if a.reset {
+                info!(peer = %self.peer.name, "peer sends a full snapshot (its store changed or the resume point was too old); writing only the differences");
+            }
+            snapshot_done |= a.snapshot_done;
+            if let Some(reason) = a.resync {
+                info!(peer = %self.peer.name, %reason, "peer asked for a resync");
+                self.resync = true;
+            }
+        }
+        if let Some(first) = rejected.first() {
+            self.status.rejected_records += rejected.len() as u64;
+            let last = rejected.last().unwrap_or(first).to_string();
+            warn!(peer = %self.peer.name, count = rejected.len(), error = %last, "rejected records from peer; not written");
+            self.status.last_error = format!("rejected record: {last}");
+        }
+        if ops.is_empty() && !snapshot_done {
+            return;
+        }
+        let writes = ops.len();
+        if self.write(&ops, now).await && snapshot_done {
+            self.backoff.reset();
+            self.status.withdrawn = false;
+            self.counts_at = None;
+            info!(peer = %self.peer.name, writes, "peer snapshot applied");
+        }
+    }
+
+    /// Writes, or on failure forgets the mirror (it no longer matches the
+    /// store): the next attempt reseeds from the store and resnapshots.
+    async fn write(&mut self, ops: &[WriteOp], now: Instant) -> bool {
+        if ops.is_empty() {
+            return true;
+        }
+        match self.ctx.write(ops).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.error(format!(
+                    "writing peer {}'s records to the local store: {e}",
+                    self.peer.name
+                ));
+                self.status.failures += 1;
+                self.cache = None;
+                self.session = None;
+                self.session_up = None;
+                self.store_retry_at = now + STORE_RETRY;
+                self.retry_at = self.store_retry_at;
+                false
+            }
+        }
+    }
+
+    fn seen(&mut self, now: Instant) {
+        self.live.seen(now);
+        self.status.last_heartbeat_unix_millis = unix_millis();
+    }
+
+    fn ended(&mut self, e: Option<SessionError>) {
+        self.session = None;
+        self.session_up = None;
+        let now = Instant::now();
+        if std::mem::take(&mut self.resync) {
+            self.retry_at = now;
+            return;
+        }
+        let text = e
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| format!("the session with peer {} stopped", self.peer.name));
+        self.fail(text);
+    }
+
+    fn fail(&mut self, text: String) {
+        self.status.failures += 1;
+        let delay = self.backoff.delay();
+        warn!(peer = %self.peer.name, error = %text, retry_in_ms = delay.as_millis() as u64, "peer sync failed");
+        self.status.last_error = text;
+        self.retry_at = Instant::now() + delay;
+    }
+
+    fn error(&mut self, text: String) {
+        warn!(peer = %self.peer.name, error = %text, "peer sync problem");
+        self.status.last_error = text;
+    }
+
+    fn publish(&mut self) {
+        let now = Instant::now();
+        self.status.connected = self.cfg.enabled && self.live.connected(now);
+        if let Some(cache) = &self.cache {
+            self.status.synced = cache.synced_kinds().into_iter().map(|k| k as i32).collect();
+            if self
+                .counts_at
+                .is_none_or(|t| now >= t + Duration::from_secs(1))
+            {
+                self.status.counts = cache.counts();
+                self.counts_at = Some(now);
+            }
+        }
+        self.board.publish(self.status.clone());
+    }
+
+    /// The next moment something is due without a message from the peer.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + self.ctx.config.status_interval;
+        let mut at = |t: Instant| wake = wake.min(t.max(now + Duration::from_millis(1)));
+        if self.cache.is_none() {
+            at(self.store_retry_at);
+        }
+        if self.session.is_none() && self.cfg.enabled {
+            at(self.retry_at.max(self.store_retry_at));
+        }
+        if self.live.heard {
+            at(self.live.disconnected_at());
+        }
+        if let Some(up) = self.session_up {
+            at(up.max(self.live.last_seen) + self.live.peer_timeout);
+        }
+        if !self.status.withdrawn
+            && let Some(t) = self.live.withdraw_at()
+        {
+            at(t.max(self.store_retry_at));
+        }
+        if let Some(t) = self.cache.as_ref().and_then(|c| c.next_deadline()) {
+            at(t);
+        }
+        wake
+    }
+}

@@ -1,0 +1,222 @@
+//! Peer status: the syncer's per-peer state, persisted under
+//! `peer-status/<peer>` so that every replica's Status shows it (also right
+//! after a leader change).
+//!
+//! Peer loops publish their status on a [`Board`]; one writer task persists
+//! what changed in one batched write: at once when the state changed
+//! (connected, synced kinds, errors, withdrawal), at most every
+//! `interval` when only the heartbeat time or the counts moved.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clustermesh_proto::keys::{self, StoreKey};
+use clustermesh_proto::v1::{PeerConfig, PeerStatus};
+use prost::Message;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, warn};
+
+use super::MeshContext;
+use crate::store::WriteOp;
+use crate::view::View;
+
+/// The status of every registered peer, for the Status RPC: the persisted
+/// status where there is one, the registration's facts always winning
+/// (name, ID, addresses, enabled); registered peers without a status yet
+/// show as not connected.
+pub fn peer_statuses(view: &View) -> Vec<PeerStatus> {
+    let persisted: BTreeMap<String, PeerStatus> = view
+        .entries(&keys::peer_status_prefix())
+        .into_iter()
+        .filter_map(|(k, e)| match keys::parse(&k) {
+            StoreKey::PeerStatus(name) => PeerStatus::decode(e.value.as_ref())
+                .ok()
+                .map(|s| (name.to_owned(), s)),
+            _ => None,
+        })
+        .collect();
+    crate::server::admin::list(view)
+        .into_iter()
+        .map(|cfg| {
+            let mut s = persisted.get(&cfg.name).cloned().unwrap_or_default();
+            registration(&mut s, &cfg);
+            if !cfg.enabled {
+                s.connected = false;
+            }
+            s
+        })
+        .collect()
+}
+
+/// Copies the registration's facts into a status.
+pub fn registration(s: &mut PeerStatus, cfg: &PeerConfig) {
+    s.name = cfg.name.clone();
+    s.cluster_id = cfg.cluster_id;
+    s.addresses = cfg.addresses.clone();
+    s.enabled = cfg.enabled;
+}
+
+/// The persisted status of one peer, if any.
+pub fn persisted(view: &View, name: &str) -> Option<PeerStatus> {
+    view.get(&keys::peer_status(name))
+        .and_then(|e| PeerStatus::decode(e.value.as_ref()).ok())
+}
+
+/// Whether two statuses differ in more than the heartbeat time and counts.
+fn state_changed(a: &PeerStatus, b: &PeerStatus) -> bool {
+    let strip = |s: &PeerStatus| PeerStatus {
+        last_heartbeat_unix_millis: 0,
+        counts: Vec::new(),
+        ..s.clone()
+    };
+    strip(a) != strip(b)
+}
+
+#[derive(Default)]
+struct Slot {
+    current: PeerStatus,
+    written: Option<PeerStatus>,
+    /// Deleted: write a delete, then forget the slot.
+    removed: bool,
+}
+
+/// Where peer loops publish their status.
+#[derive(Default)]
+pub struct Board {
+    slots: Mutex<BTreeMap<String, Slot>>,
+    urgent: Notify,
+}
+
+impl Board {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes a peer's status; a state change is written at once.
+    pub fn publish(&self, status: PeerStatus) {
+        let mut slots = self.lock();
+        let slot = slots.entry(status.name.clone()).or_default();
+        let urgent = slot
+            .written
+            .as_ref()
+            .is_none_or(|w| state_changed(w, &status));
+        slot.current = status;
+        slot.removed = false;
+        drop(slots);
+        if urgent {
+            self.urgent.notify_one();
+        }
+    }
+
+    /// Forgets a peer and deletes its persisted status.
+    pub fn remove(&self, name: &str) {
+        self.lock().entry(name.to_owned()).or_default().removed = true;
+        self.urgent.notify_one();
+    }
+
+    /// The writes that bring the store up to date, with what they write.
+    fn pending(&self) -> (Vec<WriteOp>, Vec<(String, Option<PeerStatus>)>) {
+        let slots = self.lock();
+        let mut ops = Vec::new();
+        let mut done = Vec::new();
+        for (name, slot) in slots.iter() {
+            if slot.removed {
+                ops.push(WriteOp::delete(keys::peer_status(name)));
+                done.push((name.clone(), None));
+            } else if slot.written.as_ref() != Some(&slot.current) {
+                ops.push(WriteOp::put(
+                    keys::peer_status(name),
+                    slot.current.encode_to_vec(),
+                ));
+                done.push((name.clone(), Some(slot.current.clone())));
+            }
+        }
+        (ops, done)
+    }
+
+    fn written(&self, done: Vec<(String, Option<PeerStatus>)>) {
+        let mut slots = self.lock();
+        for (name, status) in done {
+            match status {
+                None => {
+                    if slots.get(&name).is_some_and(|s| s.removed) {
+                        slots.remove(&name);
+                    }
+                }
+                Some(s) => {
+                    if let Some(slot) = slots.get_mut(&name) {
+                        slot.written = Some(s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Persists the board until `stop` flips (leadership lost or shutdown).
+pub async fn writer(ctx: Arc<MeshContext>, board: Arc<Board>, mut stop: watch::Receiver<bool>) {
+    let interval = ctx.config.status_interval;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = board.urgent.notified() => {}
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let (ops, done) = board.pending();
+        if ops.is_empty() {
+            continue;
+        }
+        match ctx.write(&ops).await {
+            Ok(_) => {
+                debug!(peers = done.len(), "peer status written");
+                board.written(done);
+            }
+            Err(e) => {
+                warn!(error = %e, "writing peer status failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_writes_changes_once() {
+        let b = Board::default();
+        let s = PeerStatus {
+            name: "a".into(),
+            connected: true,
+            ..Default::default()
+        };
+        b.publish(s.clone());
+        let (ops, done) = b.pending();
+        assert_eq!(ops.len(), 1);
+        b.written(done);
+        assert!(b.pending().0.is_empty(), "nothing new");
+        let mut hb = s.clone();
+        hb.last_heartbeat_unix_millis = 5;
+        assert!(
+            !state_changed(&s, &hb),
+            "heartbeat time alone is not urgent"
+        );
+        b.publish(hb);
+        assert_eq!(b.pending().0.len(), 1, "but it is written at the next tick");
+        b.remove("a");
+        let (ops, done) = b.pending();
+        assert_eq!(ops, vec![WriteOp::delete(keys::peer_status("a"))]);
+        b.written(done);
+        assert!(b.pending().0.is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! Control-plane benchmarks, each beside its baseline in the same run:
+//!
+//! 1. fan-out: W agent watchers on one apiserver replica vs the same W
+//!    watchers directly on etcd, for the same E writes: server CPU per
+//!    delivered event (our apiserver's process vs etcd's extra CPU).
+//! 2. memory: apiserver RSS per cached remote endpoint (100k records).
+//! 3. wire: bytes a watcher receives for one backend change in a
+//!    5,000-backend global service.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench control_plane`
+//! (numbers and the machine are written down in docs/benchmarks.md).
+
+use std::time::{Duration, Instant};
+
+use clustermesh_apiserver::store::{EtcdOptions, Store, WriteOp};
+use clustermesh_certs::Role;
+use clustermesh_integration::apiserver::Cluster;
+use clustermesh_integration::watcher::Watcher;
+use clustermesh_proto::keys;
+use clustermesh_proto::v1::{
+    Backend, BatchType, Endpoint, Kind, Scope, Service, StatusRequest,
+    cluster_mesh_client::ClusterMeshClient,
+};
+use etcd_client::WatchOptions;
+use prost::Message;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn record(i: usize, cluster: &str) -> Vec<u8> {
+    Endpoint {
+        ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        identity: 0x02_0100 + (i as u32 % 4000),
+        node_ip: format!("192.168.{}.{}", (i >> 8) & 255, i & 255),
+        node_name: format!("node-{}", i % 100),
+        namespace: "bench".into(),
+        pod: format!("pod-{i}"),
+        cluster: cluster.into(),
+        exported: true,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+async fn write_burst(store: &Store, cluster: &str, events: usize, tag: &str) -> Duration {
+    let t = Instant::now();
+    for i in 0..events {
+        store
+            .apply(&[WriteOp::put(
+                keys::state(Kind::Endpoint, cluster, &format!("{tag}-{i}")),
+                record(i, cluster),
+            )])
+            .await
+            .expect("write");
+    }
+    t.elapsed()
+}
+
+async fn fanout(watchers: usize, events: usize) {
+    println!("== fan-out: {watchers} watchers, {events} writes ==");
+    let c = Cluster::start("bench", 1, 1, &["--watcher-buffer".into(), "65536".into()])
+        .await
+        .expect("cluster");
+    let store = Store::connect(&EtcdOptions {
+        endpoints: c.etcd.endpoints(),
+        ..Default::default()
+    })
+    .await
+    .expect("store");
+    let etcd_pid = c.etcd.member_pid(0).expect("etcd pid");
+    let api_pid = c.api().child.pid();
+
+    // Ours: W agents, each on its own mTLS connection.
+    let mut ws = Vec::new();
+    for _ in 0..watchers {
+        let ch = c.api().channel(Role::Agent).await.expect("dial");
+        let mut w = Watcher::open(ch, Scope::Merged, &[Kind::Endpoint], None)
+            .await
+            .expect("watch");
+        w.until(Duration::from_secs(30), "snapshot", |m| {
+            m.snapshots == 1 && !m.in_snapshot()
+        })
+        .await
+        .expect("snap");
+        ws.push(w);
+    }
+    let (api0, etcd0) = (cpu_seconds(api_pid), cpu_seconds(etcd_pid));
+    let readers: Vec<_> = ws
+        .into_iter()
+        .map(|mut w| {
+            tokio::spawn(async move {
+                w.until(Duration::from_secs(300), "burst", |m| {
+                    m.records.len() >= events
+                })
+                .await
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let wt = write_burst(&store, "bench", events, "a").await;
+    for r in readers {
+        r.await.expect("join").expect("delivery");
+    }
+    let took = start.elapsed();
+    let (api_cpu, etcd_cpu_ours) = (cpu_seconds(api_pid) - api0, cpu_seconds(etcd_pid) - etcd0);
+    let delivered = (watchers * events) as f64;
+    println!(
+        "ours: apiserver CPU {api_cpu:.2}s (+ etcd {etcd_cpu_ours:.2}s for writes and 1 watch) for {delivered} deliveries in {took:?} (writes {wt:?}): {:.2} µs/event",
+        api_cpu * 1e6 / delivered
+    );
+
+    // Baseline: the same watchers directly on etcd (own connection each).
+    let e0 = cpu_seconds(etcd_pid);
+    let _ = write_burst(&store, "bench", events, "warm").await;
+    let etcd_writes_only = cpu_seconds(etcd_pid) - e0;
+    let prefix = keys::state_prefix(Kind::Endpoint, "bench") + "b-";
+    let mut streams = Vec::new();
+    for _ in 0..watchers {
+        let mut client = c.etcd.client().await.expect("etcd client");
+        let s = client
+            .watch(prefix.clone(), Some(WatchOptions::new().with_prefix()))
+            .await
+            .expect("etcd watch");
+        streams.push((client, s));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let e1 = cpu_seconds(etcd_pid);
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|(client, mut s)| {
+            tokio::spawn(async move {
+                let _keep = client;
+                let mut n = 0;
+                while n < events {
+                    match s.message().await {
+                        Ok(Some(r)) => n += r.events().len(),
+                        _ => break,
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let _ = write_burst(&store, "bench", events, "b").await;
+    for r in readers {
+        assert_eq!(
+            r.await.expect("join"),
+            events,
+            "etcd watcher got every event"
+        );
+    }
+    let took = start.elapsed();
+    let etcd_cpu = cpu_seconds(etcd_pid) - e1;
+    let etcd_fanout = (etcd_cpu - etcd_writes_only).max(0.0);
+    println!(
+        "etcd: CPU {etcd_cpu:.2}s (writes alone {etcd_writes_only:.2}s, so {etcd_fanout:.2}s serving watchers) for {delivered} deliveries in {took:?}: {:.2} µs/event",
+        etcd_fanout * 1e6 / delivered
+    );
+    println!(
+        "ratio (etcd / ours, CPU per delivered event): {:.2}",
+        etcd_fanout / api_cpu.max(1e-9)
+    );
+}
+
+/// Writes `records` cached endpoints of peer `peer` and waits until the view holds them.
+async fn fill_cache(
+    store: &Store,
+    client: &mut ClusterMeshClient<tonic::transport::Channel>,
+    peer: &str,
+    records: usize,
+) -> usize {
+    let mut ops = Vec::with_capacity(128);
+    let mut bytes = 0usize;
+    for i in 0..records {
+        let v = record(i, peer);
+        bytes += v.len();
+        let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        ops.push(WriteOp::put(keys::cache(Kind::Endpoint, peer, &ip), v));
+        if ops.len() == 128 {
+            store.apply(&ops).await.expect("write");
+            ops.clear();
+        }
+    }
+    store.apply(&ops).await.expect("write");
+    loop {
+        let st = client
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if st
+            .counts
+            .iter()
+            .filter(|r| r.cluster == peer)
+            .map(|r| r.count)
+            .sum::<u64>() as usize
+            >= records
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bytes
+}
+
+/// RSS at 0, N and 2N cached endpoints: the slope between N and 2N is the
+/// marginal cost of a record (the resume history, a fixed-size buffer of
+/// recent changes, is full by then and does not grow with N).
+async fn memory(records: usize) {
+    println!("== memory: cached remote endpoints ==");
+    let c = Cluster::start("mem", 1, 1, &[]).await.expect("cluster");
+    let store = Store::connect(&EtcdOptions {
+        endpoints: c.etcd.endpoints(),
+        ..Default::default()
+    })
+    .await
+    .expect("store");
+    let pid = c.api().child.pid();
+    let ch = c.api().channel(Role::Admin).await.expect("dial");
+    let mut client = ClusterMeshClient::new(ch);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r0 = rss_bytes(pid);
+    let bytes = fill_cache(&store, &mut client, "peera", records).await;
+    let r1 = rss_bytes(pid);
+    fill_cache(&store, &mut client, "peerb", records).await;
+    let r2 = rss_bytes(pid);
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "apiserver RSS {:.1} → {:.1} → {:.1} MiB at 0 / {records} / {} records: {:.0} B per record overall, {:.0} B per record marginal (record value {:.0} B, key {} B)",
+        mib(r0),
+        mib(r1),
+        mib(r2),
+        2 * records,
+        (r2.saturating_sub(r0)) as f64 / (2 * records) as f64,
+        (r2.saturating_sub(r1)) as f64 / records as f64,
+        bytes as f64 / records as f64,
+        keys::cache(Kind::Endpoint, "peera", "10.0.0.0").len()
+    );
+}
+
+async fn wire(backends: usize) {
+    println!("== wire: one backend change in a {backends}-backend global service ==");
+    let c = Cluster::start("wire", 1, 1, &[]).await.expect("cluster");
+    let store = Store::connect(&EtcdOptions {
+        endpoints: c.etcd.endpoints(),
+        ..Default::default()
+    })
+    .await
+    .expect("store");
+    let mut svc = Service {
+        namespace: "shop".into(),
+        name: "big".into(),
+        global: true,
+        shared: true,
+        frontend_ips: vec!["10.96.0.10".into()],
+        cluster: "wire".into(),
+        exported: true,
+        backends: (0..backends)
+            .map(|i| Backend {
+                ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+                ready: true,
+                serving: true,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let key = keys::state(Kind::Service, "wire", "shop/big");
+    store
+        .apply(&[WriteOp::put(key.clone(), svc.encode_to_vec())])
+        .await
+        .expect("write");
+    let ch = c.api().channel(Role::Remote).await.expect("dial");
+    let mut w = Watcher::open(ch, Scope::Exported, &[Kind::Service], None)
+        .await
+        .expect("watch");
+    w.until(Duration::from_secs(10), "snapshot", |m| {
+        !m.records.is_empty() && !m.in_snapshot()
+    })
+    .await
+    .expect("snap");
+    svc.backends[17].ready = false;
+    store
+        .apply(&[WriteOp::put(key, svc.encode_to_vec())])
+        .await
+        .expect("write");
+    loop {
+        let b = w
+            .next(Duration::from_secs(10))
+            .await
+            .expect("batch")
+            .expect("open");
+        if b.r#type == BatchType::Events as i32 {
+            println!(
+                "one backend's readiness changed: {} B in the WatchBatch (+5 B gRPC framing, + TLS record overhead); the service record is {} B",
+                b.encoded_len(),
+                svc.encoded_len()
+            );
+            break;
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        fanout(
+            env_usize("BENCH_WATCHERS", 1000),
+            env_usize("BENCH_EVENTS", 1000),
+        )
+        .await;
+        memory(env_usize("BENCH_RECORDS", 100_000)).await;
+        wire(5000).await;
+    });
+}

@@ -1,0 +1,144 @@
+//! Support for the datapath end-to-end test and benchmark: the netns
+//! topology, agent processes, traffic tools, manifests, and the two
+//! connected control planes.
+#![allow(dead_code)] // the test and the benchmark use different subsets
+
+pub mod agent;
+pub mod manifests;
+#[path = "../../../node-agent/tests/common/pcap.rs"]
+pub mod pcap;
+pub mod topology;
+pub mod traffic;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use clustermesh_certs::Role;
+use clustermesh_integration::apiserver::Cluster;
+use clustermesh_integration::watcher::Watcher;
+use clustermesh_node_agent::datapath::{Datapath, Frontend, Ipv4Prefix, types::ip_from_be32};
+use clustermesh_proto::v1::{
+    ConnectPeerRequest, Endpoint, Kind, PeerConfig, Scope, admin_client::AdminClient,
+};
+use prost::Message;
+
+/// True if the test may run. Not root: panics when CI is set (it must not
+/// silently pass there), else prints SKIP and returns false.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root (network namespaces, eBPF): run as root");
+    }
+    eprintln!("SKIP {test}: needs root (network namespaces, eBPF)");
+    false
+}
+
+/// Starts a cluster whose source is the manifests in `dir`, with mesh
+/// timings short enough for tests.
+pub async fn start_cluster(name: &str, id: u32, dir: &Path) -> Cluster {
+    let args: Vec<String> = [
+        "--source".to_string(),
+        format!("manifests:{}", dir.display()),
+        "--heartbeat-interval".into(),
+        "200ms".into(),
+        "--peer-timeout".into(),
+        "2s".into(),
+    ]
+    .to_vec();
+    Cluster::start(name, id, 1, &args)
+        .await
+        .unwrap_or_else(|e| panic!("starting cluster {name}: {e:#}"))
+}
+
+/// Admin ConnectPeer on `on` for `peer` (trusting the peer's CA).
+pub async fn connect_peer(on: &Cluster, peer: &Cluster) {
+    let ca_pem = std::fs::read_to_string(peer.tls_dir().join("ca.crt")).expect("peer ca.crt");
+    let ch = on.api().channel(Role::Admin).await.expect("admin channel");
+    AdminClient::new(ch)
+        .connect_peer(ConnectPeerRequest {
+            peer: Some(PeerConfig {
+                name: peer.name.clone(),
+                addresses: vec![peer.api().grpc.clone()],
+                ca_pem,
+                enabled: true,
+                cluster_id: peer.id,
+            }),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
+}
+
+/// The endpoint record of `ip` (of cluster `owner`) as `on`'s merged view has it.
+pub async fn endpoint(on: &Cluster, owner: &str, ip: Ipv4Addr) -> Endpoint {
+    let ch = on.api().channel(Role::Admin).await.expect("channel");
+    let mut w = Watcher::open(ch, Scope::Merged, &[Kind::Endpoint], None)
+        .await
+        .expect("watch");
+    let id = (Kind::Endpoint, owner.to_string(), ip.to_string());
+    w.until(Duration::from_secs(30), "the endpoint record", |m| {
+        m.records.contains_key(&id)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bytes = w.mirror.records.get(&id).cloned().unwrap_or_default();
+    Endpoint::decode(bytes).expect("endpoint record")
+}
+
+/// The backend IPs programmed for `fe` in the maps pinned at `pin_dir`.
+pub fn lb_backends(pin_dir: &Path, fe: Frontend) -> Option<Vec<Ipv4Addr>> {
+    let dp = Datapath::open(pin_dir).ok()?;
+    let (_, v) = dp
+        .frontends_raw()
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| Frontend::from_key(k) == fe)?;
+    let backends = dp.backends_raw().ok()?;
+    let mut out: Vec<Ipv4Addr> = (0..u32::from(v.count))
+        .filter_map(|slot| {
+            backends
+                .iter()
+                .find(|(k, _)| k.service_id == v.service_id && k.slot == slot)
+                .map(|(_, b)| ip_from_be32(b.ip))
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// True if the ipcache pinned at `pin_dir` has an entry for exactly `ip`/32.
+pub fn has_host_entry(pin_dir: &Path, ip: Ipv4Addr) -> bool {
+    Datapath::open(pin_dir)
+        .and_then(|dp| dp.ipcache_entries())
+        .map(|m| m.contains_key(&Ipv4Prefix::host(ip)))
+        .unwrap_or(false)
+}
+
+/// Number of ipcache entries pinned at `pin_dir`.
+pub fn ipcache_len(pin_dir: &Path) -> usize {
+    Datapath::open(pin_dir)
+        .and_then(|dp| dp.ipcache_entries())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// True if this kernel can create `kind` links (tried in a scratch netns).
+pub fn kernel_has_link_type(kind: &str) -> bool {
+    let ns = format!("cmprobe{}-{kind}", std::process::id());
+    let run = |args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !run(&["netns", "add", &ns]) {
+        return false;
+    }
+    let ok = run(&["-n", &ns, "link", "add", "probe0", "type", kind, "external"]);
+    run(&["netns", "del", &ns]);
+    ok
+}

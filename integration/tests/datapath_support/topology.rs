@@ -1,0 +1,272 @@
+//! The network namespaces of the datapath end-to-end test and benchmark: two
+//! gateway nodes joined by a veth underlay, each with pods behind veths, set
+//! up the way a CNI would (what the agent discovers on its own):
+//!
+//! ```text
+//!  pod ns: eth0 10.1.0.x/32                 gateway ns (gwa)                    gwb
+//!   default via 169.254.1.1 ══ veth ══ vpN  (proxy ARP, route 10.1.0.x/32 dev vpN)
+//!                                            ul0 172.31.255.1/30 ════ ul0 172.31.255.2/30
+//! ```
+//! The pod resolves its link-local next hop by proxy ARP on the host-side
+//! veth (the gateway routes 169.254.1.1 towards the underlay, so the kernel
+//! answers for it). Everything is removed in Drop, pins and cgroups included.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use clustermesh_node_agent::datapath;
+
+pub const UNDERLAY_IF: &str = "ul0";
+
+pub struct Pod {
+    /// Kubernetes name (and app label value's role).
+    pub name: String,
+    pub app: String,
+    pub ip: Ipv4Addr,
+    /// Network namespace of the pod.
+    pub ns: String,
+    /// Host-side veth in the gateway namespace.
+    pub host_if: String,
+}
+
+pub struct Gateway {
+    pub ns: String,
+    pub node: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+    pub pods: Vec<Pod>,
+}
+
+pub struct Topology {
+    pub gws: Vec<Gateway>,
+    namespaces: Vec<String>,
+}
+
+/// Runs `ip args…`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    run("ip", args);
+}
+
+/// Runs a command, panicking with its stderr on failure.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sysctl(ns: &str, kv: &str) {
+    run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv]);
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 mount (cgroup2 in /proc/mounts)")
+}
+
+impl Topology {
+    /// `pods[g]` = (name, app, IP) of gateway g's pods. Gateway g gets pod CIDR
+    /// 10.(g+1).0.0/24 and underlay 172.31.255.(g+1).
+    pub fn new(tag: &str, pods: [&[(&str, &str, Ipv4Addr)]; 2]) -> Topology {
+        let id = format!("{tag}{}", std::process::id());
+        let mut t = Topology {
+            gws: Vec::new(),
+            namespaces: Vec::new(),
+        };
+        let cg_root = cgroup2_root();
+        for (g, letter) in ["a", "b"].iter().enumerate() {
+            let ns = format!("{id}-gw{letter}");
+            t.add_netns(&ns);
+            let cgroup = cg_root.join(format!("cm-{id}-gw{letter}"));
+            std::fs::create_dir_all(&cgroup).expect("creating a test cgroup");
+            t.gws.push(Gateway {
+                ns,
+                node: format!("gw-{letter}"),
+                underlay_ip: Ipv4Addr::new(172, 31, 255, g as u8 + 1),
+                pod_cidr: format!("10.{}.0.0/24", g + 1),
+                pin_dir: datapath::default_pin_dir(&format!("{id}-gw{letter}")),
+                cgroup,
+                pods: Vec::new(),
+            });
+        }
+        let (a, b) = (t.gws[0].ns.clone(), t.gws[1].ns.clone());
+        ip(&[
+            "link",
+            "add",
+            UNDERLAY_IF,
+            "netns",
+            &a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            UNDERLAY_IF,
+            "netns",
+            &b,
+        ]);
+        for (g, list) in pods.iter().enumerate() {
+            let (ns, me, peer) = (
+                t.gws[g].ns.clone(),
+                t.gws[g].underlay_ip,
+                t.gws[1 - g].underlay_ip,
+            );
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{me}/30"),
+                "dev",
+                UNDERLAY_IF,
+            ]);
+            ip(&["-n", &ns, "link", "set", UNDERLAY_IF, "up"]);
+            sysctl(&ns, "net.ipv4.ip_forward=1");
+            // Proxy ARP answers for 169.254.1.1 because the gateway routes it elsewhere.
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "169.254.1.1/32",
+                "via",
+                &peer.to_string(),
+            ]);
+            for (n, (name, app, pod_ip)) in list.iter().enumerate() {
+                let pod = t.add_pod(g, n, name, app, *pod_ip, &id);
+                t.gws[g].pods.push(pod);
+            }
+        }
+        t
+    }
+
+    fn add_netns(&mut self, ns: &str) {
+        ip(&["netns", "add", ns]);
+        self.namespaces.push(ns.to_string());
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+
+    fn add_pod(
+        &mut self,
+        g: usize,
+        n: usize,
+        name: &str,
+        app: &str,
+        pod_ip: Ipv4Addr,
+        id: &str,
+    ) -> Pod {
+        let gw = self.gws[g].ns.clone();
+        let pod_ns = format!("{id}-p{}{n}", ["a", "b"][g]);
+        self.add_netns(&pod_ns);
+        let host_if = format!("vp{n}");
+        ip(&[
+            "link", "add", &host_if, "netns", &gw, "type", "veth", "peer", "name", "eth0", "netns",
+            &pod_ns,
+        ]);
+        ip(&["-n", &gw, "link", "set", &host_if, "up"]);
+        ip(&["-n", &pod_ns, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &pod_ns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/32"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &pod_ns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ip(&[
+            "-n",
+            &pod_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        // What a CNI does on the node: a /32 route to the pod via its veth, proxy ARP.
+        ip(&[
+            "-n",
+            &gw,
+            "route",
+            "add",
+            &format!("{pod_ip}/32"),
+            "dev",
+            &host_if,
+        ]);
+        sysctl(&gw, &format!("net.ipv4.conf.{host_if}.proxy_arp=1"));
+        sysctl(&gw, &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"));
+        Pod {
+            name: name.to_string(),
+            app: app.to_string(),
+            ip: pod_ip,
+            ns: pod_ns,
+            host_if,
+        }
+    }
+
+    /// The pod named `name` (any gateway).
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.gws
+            .iter()
+            .flat_map(|g| &g.pods)
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// The MTU of a pod's eth0.
+    pub fn pod_mtu(&self, name: &str) -> u32 {
+        let out = Command::new("ip")
+            .args(["-n", &self.pod(name).ns, "-o", "link", "show", "eth0"])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "mtu")
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for gw in &self.gws {
+            if let Err(e) = datapath::destroy(&gw.pin_dir) {
+                eprintln!("cleanup: removing pins {}: {e}", gw.pin_dir.display());
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        for gw in &self.gws {
+            let _ = std::fs::remove_dir(&gw.cgroup);
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The kernel side of the agent: brings the datapath up (adopting whatever a
+//! previous agent pinned) and turns the view into map contents, attached
+//! programs, pod MTUs and (native mode) routes — writing only differences.
+//!
+//! Order within one reconciliation: maps first (a new pod's ipcache entry
+//! exists before `from_pod` is attached to its veth, so its first packet is
+//! not an unknown source), then program attachment, then pod MTUs, then
+//! routes. The state last written is remembered, so a reconciliation
+//! normally diffs in memory; the maps are re-read on start, after an error
+//! and every `resync_interval` (drift repair). Nothing is applied before the
+//! first snapshot is complete: until then the maps stay as they were.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::config::{AgentConfig, Mode};
+use super::desired::{self, Computed, PodIface};
+use super::host::PodFinder;
+use super::services::ServiceIds;
+use super::status::{Status, now_ms};
+use super::view::View;
+use super::{mtu, routes};
+use crate::datapath::{
+    Datapath, DatapathConfig, DatapathError, Frontend, Loader, RawState, netdev,
+};
+
+/// Errors of bringing the datapath up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("underlay device {dev}: {detail}")]
+    Underlay { dev: String, detail: String },
+    #[error("enabling IPv4 forwarding for native routing: {0}")]
+    Forwarding(std::io::Error),
+}
+
+pub struct Reconciler {
+    cfg: AgentConfig,
+    loader: Loader,
+    dp: Datapath,
+    pub view: View,
+    pub synced: bool,
+    ids: ServiceIds,
+    finder: PodFinder,
+    pod_mtu: u32,
+    /// Pod interfaces with `from_pod` attached: name → ifindex.
+    attached: BTreeMap<String, u32>,
+    /// Host-side ifindexes whose peer MTU has been set (or failed for good).
+    mtu_done: BTreeSet<u32>,
+    ifaces: BTreeMap<Ipv4Addr, PodIface>,
+    last: Option<RawState>,
+    last_read: Instant,
+    status: Arc<Mutex<Status>>,
+}
+
+/// Brings the datapath up: tunnel device or native forwarding, programs
+/// loaded (maps adopted from their pins), attached, configuration written.
+pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler, SetupError> {
+    let underlay = |detail: String| SetupError::Underlay {
+        dev: cfg.underlay_dev.clone(),
+        detail,
+    };
+    netdev::ifindex(&cfg.underlay_dev).map_err(|e| underlay(e.to_string()))?;
+    let ul_mtu = mtu::link_mtu(&cfg.underlay_dev).map_err(|e| underlay(e.to_string()))?;
+    let pod_mtu = ul_mtu.saturating_sub(cfg.mode.overhead());
+    let tunnel_ifindex = match cfg.mode {
+        Mode::Tunnel(kind) => netdev::ensure_tunnel_device(kind, &cfg.tunnel_dev, Some(pod_mtu))?,
+        Mode::Native => {
+            routes::enable_forwarding().map_err(SetupError::Forwarding)?;
+            0
+        }
+    };
+    let mut loader = Loader::load(&cfg.pin_dir)?;
+    match cfg.mode {
+        Mode::Tunnel(_) => {
+            loader.attach_from_tunnel(&cfg.tunnel_dev)?;
+            loader.detach_iface(&cfg.underlay_dev)?;
+            // Routes a native-mode predecessor installed are not wanted now.
+            if let Err(e) = routes::reconcile(&BTreeMap::new()) {
+                warn!(error = %e, "cannot remove native-routing routes");
+            }
+        }
+        Mode::Native => {
+            loader.attach_from_underlay(&cfg.underlay_dev)?;
+            if netdev::ifindex(&cfg.tunnel_dev).is_ok() {
+                loader.detach_iface(&cfg.tunnel_dev)?;
+            }
+        }
+    }
+    if let Some(cg) = &cfg.lb_cgroup
+        && let Err(e) = loader.attach_lb(cg)
+    {
+        warn!(cgroup = %cg.display(), error = %e, "global-service load balancing is off");
+    }
+    let mut dp = loader.datapath()?;
+    let want = DatapathConfig {
+        host_identity: 1,
+        tunnel_ifindex,
+        redirect_peer: cfg.redirect_peer,
+        strict_source: false,
+        native: cfg.mode == Mode::Native,
+    };
+    if dp.config()? != want {
+        dp.set_config(&want)?;
+    }
+    let mut ids = ServiceIds::new();
+    ids.seed(
+        dp.frontends_raw()?
+            .iter()
+            .map(|(k, v)| (Frontend::from_key(k), v.service_id)),
+    );
+    let adopted = dp.read_state()?;
+    info!(
+        mode = cfg.mode.name(),
+        pod_mtu,
+        underlay_mtu = ul_mtu,
+        ipcache = adopted.ipcache.len(),
+        policy = adopted.policy.len(),
+        frontends = adopted.frontends.len(),
+        "datapath up; pinned maps adopted as they are until the first snapshot"
+    );
+    if let Ok(mut s) = status.lock() {
+        s.pod_mtu = pod_mtu;
+        s.mode = cfg.mode.name().into();
+        s.pin_dir = cfg.pin_dir.display().to_string();
+    }
+    Ok(Reconciler {
+        finder: PodFinder::new(cfg.pod_devs.clone()),
+        cfg: cfg.clone(),
+        loader,
+        dp,
+        view: View::new(),
+        synced: false,
+        ids,
+        pod_mtu,
+        attached: BTreeMap::new(),
+        mtu_done: BTreeSet::new(),
+        ifaces: BTreeMap::new(),
+        last: Some(adopted),
+        last_read: Instant::now(),
+        status,
+    })
+}
+
+impl Reconciler {
+    /// The pinned maps (for counters).
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
+    /// True if the last reconciliation left something undone (an apply
+    /// error, a program not attached): the next tick retries.
+    pub fn needs_retry(&self) -> bool {
+        self.synced
+            && (self.last.is_none()
+                || self
+                    .ifaces
+                    .values()
+                    .any(|i| self.attached.get(&i.name) != Some(&i.ifindex)))
+    }
+
+    /// Looks for the local pods' interfaces; true if anything changed.
+    pub fn scan(&mut self) -> bool {
+        let pods: BTreeSet<Ipv4Addr> = desired::local_pods(&self.view, &self.cfg.node_name)
+            .into_keys()
+            .collect();
+        let found = self.finder.find(&pods);
+        if found == self.ifaces {
+            return false;
+        }
+        self.ifaces = found;
+        true
+    }
+
+    /// One full reconciliation of maps, attachments, MTUs and routes.
+    pub fn reconcile(&mut self) {
+        if !self.synced {
+            return;
+        }
+        let started = Instant::now();
+        let computed =
+            desired::compute(&self.view, &self.cfg.node_name, &self.ifaces, &mut self.ids);
+        let res = self.apply_maps(&computed);
+        self.attach_pods();
+        self.set_mtus();
+        let route_count = match self.cfg.mode {
+            Mode::Native => match routes::reconcile(&computed.routes) {
+                Ok(_) => computed.routes.len(),
+                Err(e) => {
+                    warn!(error = %e, "cannot reconcile routes");
+                    0
+                }
+            },
+            Mode::Tunnel(_) => 0,
+        };
+        debug!(elapsed = ?started.elapsed(), "reconciled");
+        self.publish(&computed, res, route_count);
+    }
+
+    fn apply_maps(&mut self, computed: &Computed) -> Result<(usize, usize, usize), String> {
+        let want = computed.desired.to_raw().map_err(|e| e.to_string())?;
+        let resync = self.last_read.elapsed() >= self.cfg.resync_interval;
+        let have = match self.last.take() {
+            Some(h) if !resync => h,
+            _ => {
+                self.last_read = Instant::now();
+                self.dp.read_state().map_err(|e| e.to_string())?
+            }
+        };
+        let report = self
+            .dp
+            .apply_diff(&have, &want)
+            .map_err(|e| e.to_string())?;
+        if report.upserts + report.deletes > 0 {
+            info!(
+                upserts = report.upserts,
+                deletes = report.deletes,
+                unchanged = report.unchanged,
+                "datapath updated"
+            );
+        }
+        self.last = Some(want);
+        Ok((report.upserts, report.deletes, report.unchanged))
+    }
+
+    fn attach_pods(&mut self) {
+        let want: BTreeMap<String, u32> = self
+            .ifaces
+            .values()
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect();
+        for (name, ifindex) in &want {
+            if self.attached.get(name) == Some(ifindex) {
+                continue;
+            }
+            match self.loader.attach_from_pod(name) {
+                Ok(()) => {
+                    self.attached.insert(name.clone(), *ifindex);
+                }
+                Err(e) => warn!(iface = %name, error = %e, "cannot attach from_pod"),
+            }
+        }
+        let gone: Vec<String> = self
+            .attached
+            .keys()
+            .filter(|n| !want.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.attached.remove(&name);
+            match self.loader.detach_iface(&name) {
+                Ok(_) => info!(iface = %name, "pod gone: detached from_pod"),
+                Err(e) => warn!(iface = %name, error = %e, "cannot detach from_pod"),
+            }
+        }
+    }
+
+    fn set_mtus(&mut self) {
+        if !self.cfg.set_pod_mtu {
+            return;
+        }
+        let live: BTreeSet<u32> = self.ifaces.values().map(|i| i.ifindex).collect();
+        self.mtu_done.retain(|i| live.contains(i));
+        for iface in self.ifaces.values() {
+            if self.mtu_done.contains(&iface.ifindex) {
+                continue;
+            }
+            match mtu::set_peer_mtu(&iface.name, self.pod_mtu) {
+                Ok(Some(prev)) => {
+                    info!(iface = %iface.name, from = prev, to = self.pod_mtu, "set pod MTU");
+                    // The change flushes the host's neighbour entry of the pod.
+                    self.finder.reset_probes();
+                }
+                Ok(None) => {}
+                Err(e) => warn!(iface = %iface.name, error = %e, "cannot set the pod's MTU"),
+            }
+            self.mtu_done.insert(iface.ifindex);
+        }
+    }
+
+    fn publish(&self, c: &Computed, res: Result<(usize, usize, usize), String>, routes: usize) {
+        let Ok(mut s) = self.status.lock() else {
+            return;
+        };
+        s.records = self.view.counts();
+        let d = &mut s.datapath;
+        d.synced = true;
+        d.local_pods = c.local_pods;
+        d.pending_pods = c.pending.clone();
+        d.remote_endpoints = c.remote_endpoints;
+        d.remote_clusters = c.gateways.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        d.no_gateway = c.no_gateway;
+        d.invalid_endpoints = c.invalid_endpoints;
+        d.ipcache_entries = c.desired.ipcache.len();
+        d.policy_entries = c.desired.policy.len();
+        d.enforced = c.desired.enforced.len();
+        d.services = c.desired.services.len();
+        d.routes = routes;
+        d.attached = self.attached.keys().cloned().collect();
+        d.skipped_ip_blocks = c.policy.skipped_ip_blocks;
+        d.unresolved_named_ports = c.policy.unresolved_named_ports;
+        d.applies += 1;
+        match res {
+            Ok(r) => {
+                d.last_apply = Some(r);
+                d.last_error = None;
+                d.last_apply_unix_ms = now_ms();
+            }
+            Err(e) => {
+                warn!(error = %e, "applying the desired state failed; will retry");
+                d.apply_errors += 1;
+                d.last_error = Some(e);
+            }
+        }
+    }
+}

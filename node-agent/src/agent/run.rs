@@ -1,0 +1,187 @@
+//! The agent's main loop: the Watch client feeds the view; the reconciler
+//! programs the datapath when the view or the node's pod interfaces change;
+//! the health endpoint and a periodic log show the counters.
+//!
+//! Stopping (SIGTERM, SIGINT) leaves everything in the kernel as it is: the
+//! programs stay attached through their pinned links and the maps keep their
+//! contents, so traffic flows while the agent is down and a new agent adopts
+//! and reconciles them.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::block_in_place;
+use tokio::time::{MissedTickBehavior, interval};
+use tracing::{info, warn};
+
+use super::config::AgentConfig;
+use super::health::{self, HealthState};
+use super::reconciler::{self, Reconciler, SetupError};
+use super::status::Status;
+use super::watch::{self, WatchConfig, WatchMsg};
+use crate::datapath::{Datapath, DatapathError, Metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("bringing the datapath up: {0}")]
+    Setup(#[from] SetupError),
+    #[error("opening the pinned maps for the health endpoint: {0}")]
+    Datapath(#[from] DatapathError),
+    #[error("health endpoint on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Logs the counters that moved since the previous call.
+#[derive(Default)]
+struct CounterLog {
+    prev: Option<Metrics>,
+}
+
+impl CounterLog {
+    fn log(&mut self, dp: &Datapath) {
+        let m = match dp.metrics() {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "cannot read datapath counters");
+                return;
+            }
+        };
+        let mut line = String::new();
+        for (r, c) in m.iter() {
+            let before = self.prev.as_ref().map(|p| p.packets(r)).unwrap_or(0);
+            if c.packets > before {
+                let _ = write!(
+                    line,
+                    " {}=+{} ({})",
+                    r.name(),
+                    c.packets - before,
+                    c.packets
+                );
+            }
+        }
+        if !line.is_empty() {
+            info!("datapath counters:{line}");
+        }
+        self.prev = Some(m);
+    }
+}
+
+/// Applies one Watch message to the view; true if the view changed.
+fn handle(rec: &mut Reconciler, status: &Arc<Mutex<Status>>, msg: WatchMsg) -> bool {
+    match msg {
+        WatchMsg::Cluster(c) => {
+            if let Ok(mut s) = status.lock() {
+                s.cluster = c.name.clone();
+                s.cluster_id = c.id;
+            }
+            let changed = rec.view.cluster.as_ref() != Some(&c);
+            rec.view.cluster = Some(c);
+            changed
+        }
+        WatchMsg::Changes {
+            changes,
+            snapshot_done,
+        } => {
+            for c in &changes {
+                rec.view.apply(c);
+            }
+            if snapshot_done && !rec.synced {
+                info!(records = ?rec.view.counts(), "first snapshot received; programming the datapath");
+                rec.synced = true;
+            }
+            !changes.is_empty() || snapshot_done
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let status = Arc::new(Mutex::new(Status {
+        node: cfg.node_name.clone(),
+        ..Default::default()
+    }));
+    if let Ok(mut s) = status.lock() {
+        s.watch.apiserver = cfg.apiserver.clone();
+    }
+    let mut rec = block_in_place(|| reconciler::setup(&cfg, status.clone()))?;
+
+    if let Some(addr) = cfg.health_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Listen { addr, source })?;
+        let state = HealthState {
+            status: status.clone(),
+            datapath: Arc::new(Mutex::new(Datapath::open(&cfg.pin_dir)?)),
+        };
+        info!(%addr, "health endpoint: /healthz /status /metrics");
+        tokio::spawn(health::serve(listener, state));
+    }
+
+    let (tx, mut rx) = mpsc::channel(1024);
+    let watch = tokio::spawn(watch::run(
+        WatchConfig {
+            apiserver: cfg.apiserver.clone(),
+            tls_dir: cfg.tls_dir.clone(),
+            backoff_min: cfg.backoff_min,
+            backoff_max: cfg.backoff_max,
+            idle_timeout: cfg.idle_timeout,
+        },
+        tx,
+        status.clone(),
+    ));
+
+    let mut scan = interval(cfg.scan_interval);
+    scan.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut log = interval(cfg.log_interval);
+    log.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut resync = interval(cfg.resync_interval);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut counters = CounterLog::default();
+    let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+
+    loop {
+        let mut view_changed = false;
+        let mut due = false;
+        tokio::select! {
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                view_changed |= handle(&mut rec, &status, m);
+                while let Ok(m) = rx.try_recv() {
+                    view_changed |= handle(&mut rec, &status, m);
+                }
+            }
+            _ = scan.tick() => {
+                due = block_in_place(|| rec.scan()) || rec.needs_retry();
+            }
+            _ = resync.tick() => due = true,
+            _ = log.tick() => {
+                block_in_place(|| counters.log(rec.datapath()));
+                continue;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        if !rec.synced || !(view_changed || due) {
+            continue;
+        }
+        block_in_place(|| {
+            if view_changed {
+                rec.scan();
+            }
+            rec.reconcile();
+        });
+    }
+    watch.abort();
+    block_in_place(|| counters.log(rec.datapath()));
+    info!("agent stopping: programs stay attached and maps pinned");
+    Ok(())
+}

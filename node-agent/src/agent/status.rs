@@ -1,0 +1,250 @@
+//! The agent's status, shared by the Watch client, the reconcile loop and
+//! the health endpoint, and its renderings (`/status` JSON, `/metrics`
+//! Prometheus text).
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::datapath::Metrics;
+
+/// The Watch side.
+#[derive(Clone, Debug, Default)]
+pub struct WatchStatus {
+    pub apiserver: String,
+    pub connected: bool,
+    pub epoch: String,
+    pub revision: i64,
+    pub snapshots: u64,
+    pub resets: u64,
+    pub reconnects: u64,
+    pub batches: u64,
+    pub last_error: Option<String>,
+}
+
+/// The datapath side.
+#[derive(Clone, Debug, Default)]
+pub struct DatapathStatus {
+    /// The first snapshot has been applied (before that the pinned maps are
+    /// left exactly as a previous agent left them).
+    pub synced: bool,
+    pub local_pods: usize,
+    pub pending_pods: Vec<Ipv4Addr>,
+    pub remote_endpoints: usize,
+    pub remote_clusters: Vec<(String, Ipv4Addr)>,
+    pub no_gateway: usize,
+    pub invalid_endpoints: usize,
+    pub ipcache_entries: usize,
+    pub policy_entries: usize,
+    pub enforced: usize,
+    pub services: usize,
+    pub routes: usize,
+    pub attached: Vec<String>,
+    pub applies: u64,
+    pub apply_errors: u64,
+    pub last_apply: Option<(usize, usize, usize)>,
+    pub last_error: Option<String>,
+    pub last_apply_unix_ms: i64,
+    pub skipped_ip_blocks: usize,
+    pub unresolved_named_ports: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub node: String,
+    pub cluster: String,
+    pub cluster_id: u32,
+    pub mode: String,
+    pub pin_dir: String,
+    pub pod_mtu: u32,
+    pub watch: WatchStatus,
+    pub datapath: DatapathStatus,
+    /// Records in the view: nodes, endpoints, identities, services, policies.
+    pub records: [usize; 5],
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Status {
+    /// Healthy: connected and the datapath is in sync with the view.
+    pub fn healthy(&self) -> bool {
+        self.datapath.synced && self.datapath.last_error.is_none()
+    }
+
+    /// `/status` body.
+    pub fn to_json(&self, metrics: Option<&Metrics>) -> serde_json::Value {
+        let w = &self.watch;
+        let d = &self.datapath;
+        let counters: serde_json::Map<String, serde_json::Value> = metrics
+            .map(|m| {
+                m.iter()
+                    .map(|(r, c)| {
+                        (
+                            r.name().to_string(),
+                            json!({"packets": c.packets, "bytes": c.bytes}),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "node": self.node, "cluster": self.cluster, "cluster_id": self.cluster_id,
+            "mode": self.mode, "pin_dir": self.pin_dir, "pod_mtu": self.pod_mtu,
+            "healthy": self.healthy(),
+            "watch": {
+                "apiserver": w.apiserver, "connected": w.connected, "epoch": w.epoch,
+                "revision": w.revision, "snapshots": w.snapshots, "resets": w.resets,
+                "reconnects": w.reconnects, "batches": w.batches, "last_error": w.last_error,
+            },
+            "records": {
+                "nodes": self.records[0], "endpoints": self.records[1],
+                "identities": self.records[2], "services": self.records[3],
+                "policies": self.records[4],
+            },
+            "datapath": {
+                "synced": d.synced, "local_pods": d.local_pods,
+                "pending_pods": d.pending_pods.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "remote_endpoints": d.remote_endpoints,
+                "remote_clusters": d.remote_clusters.iter()
+                    .map(|(c, gw)| json!({"cluster": c, "gateway": gw.to_string()}))
+                    .collect::<Vec<_>>(),
+                "no_gateway": d.no_gateway, "invalid_endpoints": d.invalid_endpoints,
+                "ipcache_entries": d.ipcache_entries, "policy_entries": d.policy_entries,
+                "enforced": d.enforced, "services": d.services, "routes": d.routes,
+                "attached": d.attached, "applies": d.applies, "apply_errors": d.apply_errors,
+                "last_apply": d.last_apply.map(|(u, del, same)| json!({"upserts": u, "deletes": del, "unchanged": same})),
+                "last_apply_unix_ms": d.last_apply_unix_ms, "last_error": d.last_error,
+                "skipped_ip_blocks": d.skipped_ip_blocks,
+                "unresolved_named_ports": d.unresolved_named_ports,
+            },
+            "counters": counters,
+        })
+    }
+
+    /// `/metrics` body (Prometheus text format).
+    pub fn to_prometheus(&self, metrics: Option<&Metrics>) -> String {
+        let mut s = String::new();
+        let mut gauge = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let d = &self.datapath;
+        gauge(
+            "clustermesh_agent_watch_connected",
+            "1 while the Watch stream is open.",
+            f64::from(u8::from(self.watch.connected)),
+        );
+        gauge(
+            "clustermesh_agent_watch_reconnects",
+            "Watch reconnects since start.",
+            self.watch.reconnects as f64,
+        );
+        gauge(
+            "clustermesh_agent_watch_revision",
+            "Last store revision applied.",
+            self.watch.revision as f64,
+        );
+        gauge(
+            "clustermesh_agent_synced",
+            "1 once the first snapshot is programmed.",
+            f64::from(u8::from(d.synced)),
+        );
+        gauge(
+            "clustermesh_agent_local_pods",
+            "Local pods programmed.",
+            d.local_pods as f64,
+        );
+        gauge(
+            "clustermesh_agent_pending_pods",
+            "Local pods whose interface is not found.",
+            d.pending_pods.len() as f64,
+        );
+        gauge(
+            "clustermesh_agent_remote_endpoints",
+            "Remote endpoints programmed.",
+            d.remote_endpoints as f64,
+        );
+        gauge(
+            "clustermesh_agent_ipcache_entries",
+            "Desired ipcache entries.",
+            d.ipcache_entries as f64,
+        );
+        gauge(
+            "clustermesh_agent_policy_entries",
+            "Desired policy entries.",
+            d.policy_entries as f64,
+        );
+        gauge(
+            "clustermesh_agent_services",
+            "Programmed frontends.",
+            d.services as f64,
+        );
+        gauge(
+            "clustermesh_agent_applies",
+            "Reconciliations applied.",
+            d.applies as f64,
+        );
+        gauge(
+            "clustermesh_agent_apply_errors",
+            "Reconciliations that failed.",
+            d.apply_errors as f64,
+        );
+        if let Some(m) = metrics {
+            let _ = writeln!(
+                s,
+                "# HELP clustermesh_datapath_packets_total Packets by datapath outcome.\n# TYPE clustermesh_datapath_packets_total counter"
+            );
+            for (r, c) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "clustermesh_datapath_packets_total{{reason=\"{}\"}} {}",
+                    r.name(),
+                    c.packets
+                );
+            }
+            let _ = writeln!(
+                s,
+                "# HELP clustermesh_datapath_bytes_total Bytes by datapath outcome.\n# TYPE clustermesh_datapath_bytes_total counter"
+            );
+            for (r, c) in m.iter() {
+                let _ = writeln!(
+                    s,
+                    "clustermesh_datapath_bytes_total{{reason=\"{}\"}} {}",
+                    r.name(),
+                    c.bytes
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_json_and_prometheus() {
+        let mut st = Status {
+            node: "gw".into(),
+            ..Default::default()
+        };
+        st.datapath.synced = true;
+        st.datapath.pending_pods = vec![Ipv4Addr::new(10, 1, 0, 9)];
+        let m = Metrics::default();
+        let j = st.to_json(Some(&m));
+        assert_eq!(j["healthy"], true);
+        assert_eq!(j["datapath"]["pending_pods"][0], "10.1.0.9");
+        assert_eq!(j["counters"]["drop_policy_deny"]["packets"], 0);
+        let p = st.to_prometheus(Some(&m));
+        assert!(p.contains("clustermesh_datapath_packets_total{reason=\"drop_policy_deny\"} 0"));
+        assert!(p.contains("clustermesh_agent_synced 1"));
+    }
+}

@@ -1,0 +1,195 @@
+//! The Watch client: scope `merged` on the local apiserver, with the `agent`
+//! role certificate, applied to a [`Mirror`].
+//!
+//! The mirror outlives connections. On any failure (dial, stream error,
+//! silence longer than the idle timeout, a server-requested resync) the
+//! client reconnects after a jittered exponential backoff and resumes from
+//! `Mirror::resume_point()`. When the server cannot resume, it sends a reset
+//! snapshot, which the mirror applies with mark-and-sweep: downstream sees
+//! only what really changed, never a flush.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clustermesh_certs::{Role, dial};
+use clustermesh_proto::mirror::{Change, Mirror};
+use clustermesh_proto::v1::{
+    BatchType, ClusterInfo, Scope, WatchRequest, cluster_mesh_client::ClusterMeshClient,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::status::Status;
+
+/// What the Watch client hands to the reconcile loop.
+#[derive(Debug)]
+pub enum WatchMsg {
+    /// The local cluster, from a snapshot header.
+    Cluster(ClusterInfo),
+    /// Changes to the mirrored set; `snapshot_done` once a snapshot completed.
+    Changes {
+        changes: Vec<Change>,
+        snapshot_done: bool,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    pub apiserver: String,
+    pub tls_dir: PathBuf,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// A stream silent for this long (the server sends heartbeats) is dropped.
+    pub idle_timeout: Duration,
+}
+
+/// Exponential backoff with full jitter in [cur/2, cur].
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    cur: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff { min, max, cur: min }
+    }
+
+    /// The next delay; doubles the base up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.cur;
+        self.cur = (self.cur * 2).min(self.max);
+        let ms = base.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    pub fn reset(&mut self) {
+        self.cur = self.min;
+    }
+}
+
+/// How a session ended without an error.
+enum End {
+    Closed,
+    Resync(String),
+}
+
+/// Runs until the receiver goes away.
+pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex<Status>>) {
+    let mut mirror = Mirror::new();
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+    loop {
+        let res = session(&cfg, &mut mirror, &tx, &status, &mut backoff).await;
+        if tx.is_closed() {
+            return;
+        }
+        let delay = match res {
+            Ok(End::Resync(reason)) => {
+                info!(%reason, "apiserver asked for a resync; resuming");
+                Duration::ZERO
+            }
+            Ok(End::Closed) => {
+                warn!("watch stream ended; reconnecting");
+                backoff.next_delay()
+            }
+            Err(e) => {
+                warn!(error = %e, "watch failed; reconnecting");
+                if let Ok(mut s) = status.lock() {
+                    s.watch.last_error = Some(e);
+                }
+                backoff.next_delay()
+            }
+        };
+        if let Ok(mut s) = status.lock() {
+            s.watch.connected = false;
+            s.watch.reconnects += 1;
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn session(
+    cfg: &WatchConfig,
+    mirror: &mut Mirror,
+    tx: &mpsc::Sender<WatchMsg>,
+    status: &Arc<Mutex<Status>>,
+    backoff: &mut Backoff,
+) -> Result<End, String> {
+    let channel = dial::connect(&cfg.apiserver, &cfg.tls_dir, Role::Agent)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = ClusterMeshClient::new(channel).max_decoding_message_size(256 << 20);
+    let resume = mirror.resume_point();
+    debug!(?resume, "opening watch");
+    let req = WatchRequest {
+        kinds: vec![],
+        scope: Scope::Merged as i32,
+        resume,
+    };
+    let mut stream = client
+        .watch(req)
+        .await
+        .map_err(|s| dial::explain(&s))?
+        .into_inner();
+    if let Ok(mut s) = status.lock() {
+        s.watch.connected = true;
+    }
+    info!(apiserver = %cfg.apiserver, "watching the merged view");
+    loop {
+        let msg = tokio::time::timeout(cfg.idle_timeout, stream.message())
+            .await
+            .map_err(|_| format!("no batch or heartbeat for {:?}", cfg.idle_timeout))?
+            .map_err(|s| dial::explain(&s))?;
+        let Some(batch) = msg else {
+            return Ok(End::Closed);
+        };
+        let btype = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
+        if btype == BatchType::SnapshotBegin
+            && let Some(c) = batch.cluster.clone()
+            && tx.send(WatchMsg::Cluster(c)).await.is_err()
+        {
+            return Ok(End::Closed);
+        }
+        let out = mirror.apply(&batch);
+        if let Ok(mut s) = status.lock() {
+            s.watch.epoch = mirror.epoch.clone();
+            s.watch.revision = mirror.revision;
+            s.watch.snapshots = mirror.snapshots;
+            s.watch.resets = mirror.resets;
+            s.watch.batches += 1;
+        }
+        if out.snapshot_done || btype == BatchType::Events {
+            backoff.reset();
+        }
+        if out.snapshot_done || !out.changes.is_empty() {
+            let m = WatchMsg::Changes {
+                changes: out.changes,
+                snapshot_done: out.snapshot_done,
+            };
+            if tx.send(m).await.is_err() {
+                return Ok(End::Closed);
+            }
+        }
+        if let Some(reason) = out.resync {
+            return Ok(End::Resync(reason));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[5] >= Duration::from_millis(500) && d[5] <= Duration::from_millis(1000));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
