@@ -13,8 +13,11 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Err(e) = clustermesh_cli::run::run(cli).await {
+    if let Err(e) = clustermesh_cli::run::run(&cli).await {
         eprintln!("error: {e:#}");
+        if let Some(why) = clustermesh_cli::run::diagnose(&cli, &e).await {
+            eprintln!("  the server refused this client: {why}");
+        }
         std::process::exit(1);
     }
 }

@@ -1,5 +1,7 @@
 //! Dispatch: resolves where to connect, then runs the chosen command.
 
+use clustermesh_certs::dial;
+
 use anyhow::Context as _;
 
 use crate::args::{CertsCommand, Cli, Command, ContextCommand, ListCommand, Peer, ServiceCommand};
@@ -15,7 +17,15 @@ fn this_cluster(cli: &Cli) -> anyhow::Result<Conn> {
         ..Default::default()
     }
     .with_env();
-    Ok(config::resolve(&inputs, config::load_default)?)
+    let conn = config::resolve(&inputs, config::load_default)?;
+    let defaulted = conn.server == config::DEFAULT_SERVER
+        && conn.tls_dir == std::path::Path::new(config::DEFAULT_TLS_DIR);
+    if defaulted && !conn.tls_dir.join(clustermesh_certs::CA_CERT_FILE).exists() {
+        anyhow::bail!(
+            "no cluster chosen and no ca.crt in the current directory: pass --server ADDR --tls-dir DIR, or --context NAME, or add a context with `clustermesh context add NAME --server ADDR --tls-dir DIR`"
+        );
+    }
+    Ok(conn)
 }
 
 fn peer(p: &Peer) -> anyhow::Result<Option<Conn>> {
@@ -27,7 +37,27 @@ fn peer(p: &Peer) -> anyhow::Result<Option<Conn>> {
     )?)
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// After a failure at the transport, asks the server directly why it refused
+/// us (see `dial::probe`): the HTTP/2 client may have reported only
+/// "connection closed" while the TLS alert said exactly what was wrong.
+pub async fn diagnose(cli: &Cli, err: &anyhow::Error) -> Option<String> {
+    let text = format!("{err:#}");
+    let transport = [
+        "transport error",
+        "connection closed",
+        "operation was canceled",
+        "broken pipe",
+    ];
+    if !transport.iter().any(|t| text.contains(t)) {
+        return None;
+    }
+    let conn = this_cluster(cli).ok()?;
+    dial::probe_dir(&conn.server, &conn.tls_dir, clustermesh_certs::Role::Admin)
+        .await
+        .err()
+}
+
+pub async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Certs {
             command:

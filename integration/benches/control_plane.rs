@@ -4,7 +4,10 @@
 //!    watchers directly on etcd, for the same E writes: server CPU per
 //!    delivered event (our apiserver's process vs etcd's extra CPU).
 //! 2. memory: apiserver RSS per cached remote endpoint (100k records).
-//! 3. wire: bytes a watcher receives for one backend change in a
+//! 3. propagation: a change written in cluster A until it is in cluster B's
+//!    merged Watch (what B's node agents see), at a steady rate, beside the
+//!    raw etcd put → watch round trip on A's etcd.
+//! 4. wire: bytes a watcher receives for one backend change in a
 //!    5,000-backend global service.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench control_plane`
@@ -18,8 +21,8 @@ use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{
-    Backend, BatchType, Endpoint, Kind, Scope, Service, StatusRequest,
-    cluster_mesh_client::ClusterMeshClient,
+    Backend, BatchType, ConnectPeerRequest, Endpoint, EventType, Kind, PeerConfig, Scope, Service,
+    StatusRequest, admin_client::AdminClient, cluster_mesh_client::ClusterMeshClient,
 };
 use etcd_client::WatchOptions;
 use prost::Message;
@@ -328,19 +331,210 @@ async fn wire(backends: usize) {
     }
 }
 
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summary(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    println!(
+        "{name}: n={} p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        v.len(),
+        percentile(&v, 0.5),
+        percentile(&v, 0.9),
+        percentile(&v, 0.99),
+        v.last().copied().unwrap_or_default()
+    );
+}
+
+async fn connect(a: &Cluster, b: &Cluster) {
+    for (on, peer) in [(a, b), (b, a)] {
+        let ca = std::fs::read_to_string(peer.tls_dir().join("ca.crt")).expect("ca");
+        let cfg = PeerConfig {
+            name: peer.name.clone(),
+            addresses: vec![peer.api().grpc.clone()],
+            ca_pem: ca,
+            enabled: true,
+            cluster_id: peer.id,
+        };
+        let ch = on.api().channel(Role::Admin).await.expect("dial");
+        AdminClient::new(ch)
+            .connect_peer(ConnectPeerRequest { peer: Some(cfg) })
+            .await
+            .expect("connect");
+    }
+}
+
+/// Writes `count` changes at `rate`/s into `cluster`'s state with `store`,
+/// remembering when each key was written.
+async fn paced_writes(
+    store: Store,
+    cluster: String,
+    count: usize,
+    rate: u64,
+    sent: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>,
+) -> Duration {
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for i in 0..count {
+        tick.tick().await;
+        let key = format!("10.9.{}.{}", i / 256, i % 256);
+        let op = WriteOp::put(
+            keys::state(Kind::Endpoint, &cluster, &key),
+            record(i, &cluster),
+        );
+        sent.lock().expect("lock").insert(key, Instant::now());
+        let s = store.clone();
+        inflight.spawn(async move { s.apply(&[op]).await.expect("write") });
+        while inflight.len() > 64 {
+            inflight.join_next().await;
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+    start.elapsed()
+}
+
+async fn propagation(rate: u64, count: usize) {
+    println!("== propagation: {count} changes at {rate}/s, cluster A → cluster B's merged view ==");
+    let a = Cluster::start("prop-a", 1, 1, &[]).await.expect("a");
+    let b = Cluster::start("prop-b", 2, 1, &[]).await.expect("b");
+    connect(&a, &b).await;
+    let store = Store::connect(&EtcdOptions {
+        endpoints: a.etcd.endpoints(),
+        ..Default::default()
+    })
+    .await
+    .expect("store");
+    let ch = b.api().channel(Role::Agent).await.expect("dial");
+    let mut w = Watcher::open(ch, Scope::Merged, &[Kind::Endpoint], None)
+        .await
+        .expect("watch");
+    w.until(Duration::from_secs(10), "snapshot", |m| {
+        m.snapshots == 1 && !m.in_snapshot()
+    })
+    .await
+    .expect("snap");
+    // Warm the path (peer connected and synced).
+    store
+        .apply(&[WriteOp::put(
+            keys::state(Kind::Endpoint, "prop-a", "warm"),
+            record(0, "prop-a"),
+        )])
+        .await
+        .expect("w");
+    w.until(Duration::from_secs(30), "warm-up record", |m| {
+        m.records.keys().any(|k| k.2 == "warm")
+    })
+    .await
+    .expect("warm");
+
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let writer = tokio::spawn(paced_writes(
+        store.clone(),
+        "prop-a".into(),
+        count,
+        rate,
+        sent.clone(),
+    ));
+    let mut lat = Vec::with_capacity(count);
+    while lat.len() < count {
+        let b = w
+            .next(Duration::from_secs(30))
+            .await
+            .expect("batch")
+            .expect("open");
+        let now = Instant::now();
+        for e in &b.events {
+            if e.r#type == EventType::Upsert as i32
+                && let Some(t) = sent.lock().expect("lock").get(&e.key)
+            {
+                lat.push(now.duration_since(*t));
+            }
+        }
+    }
+    let took = writer.await.expect("writer");
+    println!(
+        "achieved write rate: {:.0}/s",
+        count as f64 / took.as_secs_f64()
+    );
+    summary("A store → B merged Watch", lat);
+
+    // Baseline: raw etcd put → watch on A's etcd, same pacing.
+    let mut client = a.etcd.client().await.expect("etcd");
+    let mut ws = client
+        .watch(
+            keys::state_prefix(Kind::Endpoint, "base"),
+            Some(WatchOptions::new().with_prefix()),
+        )
+        .await
+        .expect("w");
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let writer = tokio::spawn(paced_writes(
+        store,
+        "base".into(),
+        count,
+        rate,
+        sent.clone(),
+    ));
+    let mut lat = Vec::with_capacity(count);
+    while lat.len() < count {
+        let Ok(Some(r)) = ws.message().await else {
+            break;
+        };
+        let now = Instant::now();
+        for e in r.events() {
+            if let Some(kv) = e.kv() {
+                let key = String::from_utf8_lossy(kv.key())
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                if let Some(t) = sent.lock().expect("lock").get(&key) {
+                    lat.push(now.duration_since(*t));
+                }
+            }
+        }
+    }
+    writer.await.expect("writer");
+    summary(
+        "baseline: raw etcd put → watch (same etcd, same pacing)",
+        lat,
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     rt.block_on(async {
-        fanout(
-            env_usize("BENCH_WATCHERS", 1000),
-            env_usize("BENCH_EVENTS", 1000),
-        )
-        .await;
-        memory(env_usize("BENCH_RECORDS", 100_000)).await;
-        wire(5000).await;
+        if run("fanout") {
+            fanout(
+                env_usize("BENCH_WATCHERS", 1000),
+                env_usize("BENCH_EVENTS", 1000),
+            )
+            .await;
+        }
+        if run("memory") {
+            memory(env_usize("BENCH_RECORDS", 100_000)).await;
+        }
+        if run("wire") {
+            wire(5000).await;
+        }
+        if run("propagation") {
+            propagation(
+                env_usize("BENCH_RATE", 1000) as u64,
+                env_usize("BENCH_CHANGES", 5000),
+            )
+            .await;
+        }
     });
 }

@@ -468,4 +468,9 @@ async fn datapath_e2e() {
     restart_under_ping(&mut m).await;
     native(&mut m).await;
     endpoint_removal(&m).await;
+    if std::env::var_os("CM_E2E_SHOW_LOGS").is_some() {
+        for a in &m.agents {
+            println!("--- {} ---\n{}", a.name, a.log());
+        }
+    }
 }

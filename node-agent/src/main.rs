@@ -64,6 +64,10 @@ struct Args {
     /// How often the maps are re-read and fully reconciled.
     #[arg(long, default_value = "60s", value_parser = duration::parse)]
     resync_interval: Duration,
+    /// After the first snapshot, how long to wait for the local cluster's
+    /// sync markers before programming the datapath anyway.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    sync_wait: Duration,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -177,6 +181,7 @@ async fn run_agent(args: Args, pin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     cfg.redirect_peer = !args.no_redirect_peer;
     cfg.log_interval = args.log_interval;
     cfg.resync_interval = args.resync_interval;
+    cfg.sync_wait = args.sync_wait;
     agent::run(cfg).await.context("clustermesh-node-agent")
 }
 

@@ -167,8 +167,17 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
         match tokio::time::timeout(CALL_TIMEOUT, client.get_cluster(GetClusterRequest {})).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(s)) => {
+                // A refused TLS session shows up as "connection closed" here;
+                // ask the server ourselves for the exact reason.
+                let mut detail = status_text(&s);
+                if dial::is_transport_failure(&s)
+                    && let Err(why) =
+                        dial::probe(&addr, std::slice::from_ref(&p.peer.ca_pem), &cert, &key).await
+                {
+                    detail = hint(&name, format!("the peer refused our TLS session: {why}"));
+                }
                 return SessionError::GetCluster {
-                    detail: status_text(&s),
+                    detail,
                     peer: name,
                     addr,
                 };

@@ -100,6 +100,21 @@ impl ClusterMesh for ApiServer {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.caller(&req)?;
         let peer = format!("{caller} at {}", Self::peer_addr(&req));
+        // A peer's stream lasts only while the peer stays registered and its
+        // CA still vouches for the certificate it connected with.
+        let revalidate = (caller.role == Role::Remote && caller.cluster != self.cluster.name)
+            .then(|| {
+                let leaf = req.peer_certs().and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
+                let (view, cluster) = (self.view.clone(), caller.cluster.clone());
+                let local = self.cluster.name.clone();
+                Box::new(move || -> Option<String> {
+                    let Some(p) = admin::get(&view, &cluster) else {
+                        return Some(format!("cluster {cluster} is no longer a registered peer of {local}"));
+                    };
+                    let ok = leaf.as_deref().is_some_and(|l| clustermesh_certs::issued_by(l, &p.ca_pem).unwrap_or(false));
+                    (!ok).then(|| format!("the CA registered for peer {cluster} no longer vouches for this certificate"))
+                }) as watch::Revalidate
+            });
         let r = req.into_inner();
         let scope = Scope::try_from(r.scope).unwrap_or(Scope::Unspecified);
         match scope {
@@ -140,6 +155,7 @@ impl ClusterMesh for ApiServer {
             cluster: self.cluster.clone(),
             heartbeat: self.heartbeat,
             peer,
+            revalidate,
         };
         tokio::spawn(pump.run(tx));
         Ok(Response::new(ReceiverStream::new(rx)))

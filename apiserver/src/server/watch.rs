@@ -15,6 +15,9 @@ use crate::view::{Start, Subscription, View};
 /// Events per SNAPSHOT message.
 const SNAPSHOT_CHUNK: usize = 512;
 
+/// Checked on every heartbeat tick; `Some(reason)` ends the stream with PERMISSION_DENIED.
+pub type Revalidate = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
 pub struct Pump {
     pub view: Arc<View>,
     pub sub: Subscription,
@@ -23,6 +26,7 @@ pub struct Pump {
     pub cluster: ClusterInfo,
     pub heartbeat: Duration,
     pub peer: String,
+    pub revalidate: Option<Revalidate>,
 }
 
 type Tx = mpsc::Sender<Result<WatchBatch, Status>>;
@@ -47,6 +51,7 @@ impl Pump {
             cluster,
             heartbeat,
             peer,
+            revalidate,
             ..
         } = self;
         let Subscription {
@@ -145,6 +150,11 @@ impl Pump {
                     Err(RecvError::Closed) => return,
                 },
                 _ = tick.tick() => {
+                    if let Some(why) = revalidate.as_ref().and_then(|check| check()) {
+                        info!(%peer, reason = %why, "watch cut: access revoked");
+                        let _ = tx.send(Err(Status::permission_denied(why))).await;
+                        return;
+                    }
                     if !send(batch(BatchType::Heartbeat, &epoch, rev)).await {
                         return;
                     }

@@ -110,12 +110,17 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
         .iter()
         .map(|p| {
             let synced = kinds(&p.synced);
+            let all = clustermesh_proto::RECORD_KINDS
+                .iter()
+                .all(|k| p.synced.contains(&(*k as i32)));
             vec![
                 p.name.clone(),
                 p.cluster_id.to_string(),
                 peer_state(p).into(),
                 age_text(age_millis(p.last_heartbeat_unix_millis, now_ms)),
-                if synced.is_empty() {
+                if all {
+                    "all".into()
+                } else if synced.is_empty() {
                     "-".into()
                 } else {
                     synced.join(",")
@@ -183,8 +188,12 @@ pub fn pending(s: &StatusResponse) -> Option<String> {
     })
 }
 
-/// Polls Status until nothing is [`pending`] or `timeout` passes.
-pub async fn wait(conn: &Conn, timeout: Duration) -> anyhow::Result<StatusResponse> {
+/// Polls Status until nothing is [`pending`] or `timeout` passes. Returns
+/// the last status and, on timeout, what was still pending.
+pub async fn wait(
+    conn: &Conn,
+    timeout: Duration,
+) -> anyhow::Result<(StatusResponse, Option<String>)> {
     let deadline = Instant::now() + timeout;
     let mut progress = Progress::stderr();
     loop {
@@ -192,13 +201,11 @@ pub async fn wait(conn: &Conn, timeout: Duration) -> anyhow::Result<StatusRespon
             Ok(s) => match pending(&s) {
                 None => {
                     progress.finish("");
-                    return Ok(s);
+                    return Ok((s, None));
                 }
                 Some(w) if Instant::now() >= deadline => {
                     progress.finish("");
-                    anyhow::bail!(
-                        "still waiting for {w} after {timeout:?}: see `clustermesh status` (peer STATE and LAST ERROR) and the apiserver logs"
-                    );
+                    return Ok((s, Some(w)));
                 }
                 Some(w) => w,
             },
@@ -213,15 +220,22 @@ pub async fn wait(conn: &Conn, timeout: Duration) -> anyhow::Result<StatusRespon
     }
 }
 
+/// `status [--wait[=DUR]]`: prints the status; with --wait, fails (after
+/// printing the last status) when it is not all ready and synced in time.
 pub async fn run(conn: &Conn, wait_for: Option<Duration>, format: Format) -> anyhow::Result<()> {
-    let status = match wait_for {
+    let (status, still) = match wait_for {
         Some(t) => wait(conn, t).await?,
-        None => fetch(conn).await?,
+        None => (fetch(conn).await?, None),
     };
     let now = now_millis();
     match format {
         Format::Json => print!("{}", json_text(&to_json(&status, now))),
         Format::Table => print!("{}", to_text(&status, now)),
+    }
+    if let (Some(w), Some(t)) = (still, wait_for) {
+        anyhow::bail!(
+            "still waiting for {w} after {t:?}: see the peers' STATE and LAST ERROR above, and the apiserver logs"
+        );
     }
     Ok(())
 }
@@ -282,6 +296,14 @@ mod tests {
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains("connected") && row.contains("5s ago"), "{t}");
         assert!(row.contains("nodes,services"), "{t}");
+        let mut s = sample();
+        s.peers[0].synced = clustermesh_proto::RECORD_KINDS
+            .iter()
+            .map(|k| *k as i32)
+            .collect();
+        let t = to_text(&s, 15_000);
+        let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
+        assert!(row.contains(" all "), "{t}");
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct AgentConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub idle_timeout: Duration,
+    /// After the first snapshot, how long to wait for the local cluster's
+    /// sync markers before programming anyway.
+    pub sync_wait: Duration,
 }
 
 impl AgentConfig {
@@ -127,6 +130,7 @@ impl AgentConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            sync_wait: Duration::from_secs(10),
         }
     }
 }

@@ -74,8 +74,44 @@ impl CounterLog {
     }
 }
 
+/// When the first programming may happen: after a complete snapshot, and
+/// once the local cluster's records are marked synced (so a restarted agent
+/// never reconciles its maps against a store that is still being filled) —
+/// or, for stores without sync markers, after `sync_wait`.
+struct Gate {
+    snapshot_seen: bool,
+    since: Option<tokio::time::Instant>,
+    sync_wait: std::time::Duration,
+}
+
+impl Gate {
+    fn open(&mut self, rec: &Reconciler) -> bool {
+        if !self.snapshot_seen {
+            return false;
+        }
+        if rec.view.local_synced() {
+            info!(records = ?rec.view.counts(), "local records synced; programming the datapath");
+            return true;
+        }
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= self.sync_wait {
+            warn!(
+                waited = ?self.sync_wait,
+                "the local cluster has not marked its records synced; programming the datapath anyway"
+            );
+            return true;
+        }
+        false
+    }
+}
+
 /// Applies one Watch message to the view; true if the view changed.
-fn handle(rec: &mut Reconciler, status: &Arc<Mutex<Status>>, msg: WatchMsg) -> bool {
+fn handle(
+    rec: &mut Reconciler,
+    gate: &mut Gate,
+    status: &Arc<Mutex<Status>>,
+    msg: WatchMsg,
+) -> bool {
     match msg {
         WatchMsg::Cluster(c) => {
             if let Ok(mut s) = status.lock() {
@@ -93,9 +129,8 @@ fn handle(rec: &mut Reconciler, status: &Arc<Mutex<Status>>, msg: WatchMsg) -> b
             for c in &changes {
                 rec.view.apply(c);
             }
-            if snapshot_done && !rec.synced {
-                info!(records = ?rec.view.counts(), "first snapshot received; programming the datapath");
-                rec.synced = true;
+            if snapshot_done {
+                gate.snapshot_seen = true;
             }
             !changes.is_empty() || snapshot_done
         }
@@ -147,6 +182,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut counters = CounterLog::default();
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut gate = Gate {
+        snapshot_seen: false,
+        since: None,
+        sync_wait: cfg.sync_wait,
+    };
 
     loop {
         let mut view_changed = false;
@@ -154,9 +194,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tokio::select! {
             m = rx.recv() => {
                 let Some(m) = m else { break };
-                view_changed |= handle(&mut rec, &status, m);
+                view_changed |= handle(&mut rec, &mut gate, &status, m);
                 while let Ok(m) = rx.try_recv() {
-                    view_changed |= handle(&mut rec, &status, m);
+                    view_changed |= handle(&mut rec, &mut gate, &status, m);
                 }
             }
             _ = scan.tick() => {
@@ -170,7 +210,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-        if !rec.synced || !(view_changed || due) {
+        if !rec.synced {
+            if !gate.open(&rec) {
+                continue;
+            }
+            rec.synced = true;
+            view_changed = true;
+        }
+        if !(view_changed || due) {
             continue;
         }
         block_in_place(|| {

@@ -6,7 +6,7 @@
 //! unchanged data costs nothing here and a reset snapshot (mark-and-sweep)
 //! arrives as exactly the upserts and deletes it implies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clustermesh_proto::mirror::Change;
 use clustermesh_proto::v1::{ClusterInfo, Endpoint, Identity, Kind, Node, Policy, Service};
@@ -26,6 +26,8 @@ pub struct View {
     pub identities: BTreeMap<Key, Identity>,
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, Policy>,
+    /// Sync markers: (cluster, kind) fully written by its exporter.
+    pub synced: BTreeSet<(String, Kind)>,
     /// Records that did not decode (skipped).
     pub decode_errors: u64,
 }
@@ -89,8 +91,23 @@ impl View {
                     Kind::Unspecified => {}
                 }
             }
-            Change::Synced { .. } | Change::Unsynced { .. } => {}
+            Change::Synced { cluster, kind } => {
+                self.synced.insert((cluster.clone(), *kind));
+            }
+            Change::Unsynced { cluster, kind } => {
+                self.synced.remove(&(cluster.clone(), *kind));
+            }
         }
+    }
+
+    /// True once the local cluster has marked every record kind synced: its
+    /// records in the view are complete (not a half-written store).
+    pub fn local_synced(&self) -> bool {
+        let local = self.local_cluster();
+        !local.is_empty()
+            && clustermesh_proto::RECORD_KINDS
+                .iter()
+                .all(|k| self.synced.contains(&(local.to_string(), *k)))
     }
 
     /// The local cluster's name ("" before the first snapshot header).

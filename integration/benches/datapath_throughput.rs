@@ -1,0 +1,213 @@
+//! Cross-cluster TCP throughput between two pods: through the clustermesh
+//! datapath (agents programming eBPF from two connected control planes,
+//! VXLAN with VNI = source identity) and through plain kernel VXLAN routing
+//! in the same network-namespace topology, in one run.
+//!
+//! Needs root, iperf3 and the workspace binaries:
+//! ```text
+//! cargo build --release --workspace --bins
+//! cargo bench -p clustermesh-integration --bench datapath_throughput
+//! ```
+//! `CM_BENCH_SECONDS` sets the iperf3 duration (default 10 s). Results are
+//! printed as a Markdown table (docs/benchmarks.md).
+
+#[path = "../tests/datapath_support/mod.rs"]
+mod datapath_support;
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use datapath_support::agent::{Agent, relay_into_netns};
+use datapath_support::manifests::{ServiceSpec, write_cluster};
+use datapath_support::topology::{Topology, UNDERLAY_IF, ip};
+use datapath_support::{connect_peer, require_root, start_cluster};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 10);
+const POD_MTU: &str = "1450";
+
+struct Throughput {
+    gbps: f64,
+    retransmits: u64,
+}
+
+fn ns_cmd(ns: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}"));
+    c
+}
+
+/// One iperf3 run from the client pod to the server pod.
+fn iperf(t: &Topology, secs: u64) -> Throughput {
+    let mut server = ns_cmd(&t.pod("server-b").ns)
+        .args(["iperf3", "-s", "-1", "-B", &SERVER.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server (apt-get install iperf3)");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ns_cmd(&t.pod("client-a").ns)
+        .args([
+            "iperf3",
+            "-c",
+            &SERVER.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .output()
+        .expect("iperf3 client");
+    let _ = server.wait();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let end = &j["end"];
+    Throughput {
+        gbps: end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    }
+}
+
+/// Plain kernel VXLAN between the gateways, pod CIDRs routed over it.
+fn kernel_vxlan(t: &Topology, up: bool) {
+    for (g, gw) in t.gws.iter().enumerate() {
+        if !up {
+            ip(&["-n", &gw.ns, "link", "del", "vx0"]);
+            continue;
+        }
+        let peer = &t.gws[1 - g];
+        let (me, them) = (gw.underlay_ip.to_string(), peer.underlay_ip.to_string());
+        ip(&[
+            "-n",
+            &gw.ns,
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            &me,
+            "remote",
+            &them,
+            "dstport",
+            "8472",
+            "dev",
+            UNDERLAY_IF,
+        ]);
+        ip(&["-n", &gw.ns, "link", "set", "vx0", "mtu", POD_MTU, "up"]);
+        let addr = format!("192.168.255.{}/30", g + 1);
+        ip(&["-n", &gw.ns, "addr", "add", &addr, "dev", "vx0"]);
+        let via = format!("192.168.255.{}", 2 - g);
+        ip(&[
+            "-n",
+            &gw.ns,
+            "route",
+            "add",
+            &peer.pod_cidr,
+            "via",
+            &via,
+            "dev",
+            "vx0",
+        ]);
+    }
+}
+
+async fn run() {
+    let secs: u64 = std::env::var("CM_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let t = Topology::new(
+        "cmb",
+        [
+            &[("client-a", "frontend", CLIENT)],
+            &[("server-b", "frontend", SERVER)],
+        ],
+    );
+    for p in t.gws.iter().flat_map(|g| &g.pods) {
+        ip(&["-n", &p.ns, "link", "set", "eth0", "mtu", POD_MTU]);
+    }
+
+    kernel_vxlan(&t, true);
+    let base = tokio::task::block_in_place(|| iperf(&t, secs));
+    kernel_vxlan(&t, false);
+
+    let dirs = [
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    ];
+    for (g, dir) in dirs.iter().enumerate() {
+        let svc = ServiceSpec {
+            cluster_ip: ["10.96.1.10", "10.97.1.10"][g],
+            affinity: "none",
+            backends: vec![],
+        };
+        write_cluster(dir.path(), &t.gws[g], &svc, false);
+    }
+    let a = start_cluster("east", 1, dirs[0].path()).await;
+    let b = start_cluster("west", 2, dirs[1].path()).await;
+    connect_peer(&a, &b).await;
+    connect_peer(&b, &a).await;
+    let mut agents = Vec::new();
+    for (g, c) in [&a, &b].iter().enumerate() {
+        let gw = &t.gws[g];
+        relay_into_netns(&gw.ns, c.api().grpc.clone()).await;
+        let mut agent = Agent::start(
+            &gw.ns,
+            &gw.node,
+            &c.tls_dir(),
+            &gw.pin_dir,
+            &gw.cgroup,
+            &["--log-interval", "1h"],
+            c.dir.path(),
+        );
+        agent
+            .wait("agent programmed", Duration::from_secs(30), |s| {
+                s["healthy"] == true
+                    && s["datapath"]["local_pods"] == 1
+                    && s["datapath"]["remote_endpoints"].as_u64() >= Some(1)
+            })
+            .await;
+        agents.push(agent);
+    }
+    let ours = tokio::task::block_in_place(|| iperf(&t, secs));
+    drop(agents);
+    drop((a, b));
+
+    let ratio = ours.gbps / base.gbps;
+    println!("\n| path | TCP throughput | retransmits |\n|---|---|---|");
+    println!(
+        "| clustermesh datapath (eBPF, VXLAN, VNI = identity) | {:.2} Gbit/s | {} |",
+        ours.gbps, ours.retransmits
+    );
+    println!(
+        "| plain kernel VXLAN routing | {:.2} Gbit/s | {} |",
+        base.gbps, base.retransmits
+    );
+    println!(
+        "\nratio (ours / kernel VXLAN): {:.1} %  ({secs} s per run, one stream)",
+        ratio * 100.0
+    );
+}
+
+fn main() {
+    if !require_root("datapath_throughput") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run());
+}
