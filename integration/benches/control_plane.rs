@@ -58,7 +58,7 @@ fn rss_bytes(pid: u32) -> u64 {
 fn record(i: usize, cluster: &str) -> Vec<u8> {
     Endpoint {
         ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-        identity: 0x02_0100 + (i as u32 % 4000),
+        identity: 0x01_0100 + (i as u32 % 4000), // cluster ID 1: every bench cluster that exports is ID 1
         node_ip: format!("192.168.{}.{}", (i >> 8) & 255, i & 255),
         node_name: format!("node-{}", i % 100),
         namespace: "bench".into(),
