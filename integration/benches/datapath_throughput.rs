@@ -8,8 +8,10 @@
 //! cargo build --release --workspace --bins
 //! cargo bench -p clustermesh-integration --bench datapath_throughput
 //! ```
-//! `CM_BENCH_SECONDS` sets the iperf3 duration (default 10 s). Results are
-//! printed as a Markdown table (docs/benchmarks.md).
+//! `CM_BENCH_SECONDS` sets the iperf3 duration (default 10 s),
+//! `CM_BENCH_ROUNDS` the number of rounds (default 1; each round measures
+//! both paths), `CM_BENCH_AGENT_ARGS` extra agent flags. Results are printed
+//! as a Markdown table (docs/benchmarks.md).
 
 #[path = "../tests/datapath_support/mod.rs"]
 mod datapath_support;
@@ -138,13 +140,15 @@ async fn start_agents(t: &Topology, clusters: &[&Cluster]) -> Vec<Agent> {
     let mut agents = Vec::new();
     for (g, c) in clusters.iter().enumerate() {
         let gw = &t.gws[g];
+        let extra = std::env::var("CM_BENCH_AGENT_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
         let mut agent = Agent::start(
             &gw.ns,
             &gw.node,
             &c.tls_dir(),
             &gw.pin_dir,
             &gw.cgroup,
-            &[],
+            &extra,
             c.dir.path(),
         );
         agent

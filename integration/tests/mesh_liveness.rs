@@ -285,17 +285,19 @@ async fn leader_change_on_the_mirroring_side_rewrites_nothing() {
     })
     .await
     .unwrap();
-    let st = replica_status(&b.replicas[follower]).await;
-    let alpha = st
-        .peers
-        .iter()
-        .find(|p| p.name == "alpha")
-        .cloned()
+    // The leader persists peer status asynchronously (on change, at most
+    // every ~2 s): the follower shows it once that write has landed.
+    let follower_api = &b.replicas[follower];
+    let alpha =
+        clustermesh_integration::eventually("the follower shows the leader's view", T, || async {
+            let st = replica_status(follower_api).await;
+            st.peers
+                .iter()
+                .find(|p| p.name == "alpha" && p.connected)
+                .cloned()
+        })
+        .await
         .unwrap();
-    assert!(
-        alpha.connected,
-        "the follower shows the leader's view: {alpha:?}"
-    );
 
     // SIGKILL beta's leader: the follower takes over, seeds its mirror from
     // the store and writes nothing for records that did not change.

@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clustermesh_proto::v1::{BatchType, ClusterInfo, Kind, Scope, WatchBatch};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info};
 
-use crate::view::{Start, Subscription, View};
+use crate::view::{Batch, Start, Subscription, View};
+
+/// Most events merged into one EVENTS message when a subscriber is behind.
+const COALESCE_EVENTS: usize = 1024;
 
 /// Events per SNAPSHOT message.
 const SNAPSHOT_CHUNK: usize = 512;
@@ -113,56 +117,95 @@ impl Pump {
         }
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A batch taken while coalescing that must be handled on its own.
+        let mut carry: Option<Result<Arc<Batch>, RecvError>> = None;
         loop {
-            tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(b) if b.reset => {
-                        let mut out = batch(BatchType::Resync, &epoch, rev);
-                        out.reason = "the store was replaced (new epoch); watch again".into();
-                        let _ = send(out).await;
-                        info!(%peer, "watch cut: store epoch changed");
-                        return;
-                    }
-                    Ok(b) => {
-                        if b.revision <= rev {
-                            continue;
-                        }
-                        rev = b.revision;
-                        let events: Vec<_> = b.events.iter().filter_map(|e| e.to_wire(scope, &kinds)).collect();
-                        if events.is_empty() {
-                            continue;
-                        }
-                        let mut out = batch(BatchType::Events, &epoch, rev);
-                        out.events = events;
-                        if !send(out).await {
+            let r = match carry.take() {
+                Some(r) => r,
+                None => tokio::select! {
+                    r = rx.recv() => r,
+                    _ = tick.tick() => {
+                        if let Some(why) = revalidate.as_ref().and_then(|check| check()) {
+                            info!(%peer, reason = %why, "watch cut: access revoked");
+                            let _ = tx.send(Err(Status::permission_denied(why))).await;
                             return;
                         }
+                        if !send(batch(BatchType::Heartbeat, &epoch, rev)).await {
+                            return;
+                        }
+                        continue;
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        let mut out = batch(BatchType::Resync, &epoch, rev);
-                        out.reason = format!(
-                            "watcher fell {n} batches behind the server's buffer; resume from revision {rev}"
-                        );
-                        info!(%peer, behind = n, revision = rev, "watch cut: subscriber too slow");
-                        let _ = send(out).await;
+                    _ = tx.closed() => {
+                        debug!(%peer, "watch client went away");
                         return;
                     }
-                    Err(RecvError::Closed) => return,
                 },
-                _ = tick.tick() => {
-                    if let Some(why) = revalidate.as_ref().and_then(|check| check()) {
-                        info!(%peer, reason = %why, "watch cut: access revoked");
-                        let _ = tx.send(Err(Status::permission_denied(why))).await;
-                        return;
-                    }
-                    if !send(batch(BatchType::Heartbeat, &epoch, rev)).await {
-                        return;
-                    }
-                }
-                _ = tx.closed() => {
-                    debug!(%peer, "watch client went away");
+            };
+            match r {
+                Ok(b) if b.reset => {
+                    let mut out = batch(BatchType::Resync, &epoch, rev);
+                    out.reason = "the store was replaced (new epoch); watch again".into();
+                    let _ = send(out).await;
+                    info!(%peer, "watch cut: store epoch changed");
                     return;
                 }
+                Ok(b) => {
+                    if b.revision <= rev {
+                        continue;
+                    }
+                    rev = b.revision;
+                    let mut events: Vec<_> = b
+                        .events
+                        .iter()
+                        .filter_map(|e| e.to_wire(scope, &kinds))
+                        .collect();
+                    // Behind? Everything already waiting goes out in one
+                    // message (in order): fewer, larger writes exactly when
+                    // the subscriber needs to catch up.
+                    while events.len() < COALESCE_EVENTS {
+                        match rx.try_recv() {
+                            Ok(next) if !next.reset => {
+                                if next.revision > rev {
+                                    rev = next.revision;
+                                    events.extend(
+                                        next.events.iter().filter_map(|e| e.to_wire(scope, &kinds)),
+                                    );
+                                }
+                            }
+                            Ok(next) => {
+                                carry = Some(Ok(next));
+                                break;
+                            }
+                            Err(TryRecvError::Lagged(n)) => {
+                                carry = Some(Err(RecvError::Lagged(n)));
+                                break;
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Closed) => {
+                                carry = Some(Err(RecvError::Closed));
+                                break;
+                            }
+                        }
+                    }
+                    if events.is_empty() {
+                        continue;
+                    }
+                    let mut out = batch(BatchType::Events, &epoch, rev);
+                    out.events = events;
+                    if !send(out).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let mut out = batch(BatchType::Resync, &epoch, rev);
+                    out.reason = format!(
+                        "watcher fell {n} batches behind the server's buffer; resume from revision {rev}"
+                    );
+                    info!(%peer, behind = n, revision = rev, "watch cut: subscriber too slow");
+                    let _ = send(out).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
             }
         }
     }
