@@ -205,19 +205,24 @@ async fn run() {
     }
 
     let (mut ours, mut idle, mut base) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        datapath_off(&t);
-        kernel_vxlan(&t, true);
-        base.push(tokio::task::block_in_place(|| iperf(&t, secs)));
-        kernel_vxlan(&t, false);
-
-        let mut agents = start_agents(&t, &[&a, &b]).await;
-        ours.push(tokio::task::block_in_place(|| iperf(&t, secs)));
-        // The programs stay attached (pinned links) when the agents stop.
-        for ag in &mut agents {
-            ag.stop();
+    for round in 0..rounds {
+        // Alternate the order, so a drift in background load favours neither.
+        for ours_now in [round % 2 == 1, round % 2 == 0] {
+            if ours_now {
+                let mut agents = start_agents(&t, &[&a, &b]).await;
+                ours.push(tokio::task::block_in_place(|| iperf(&t, secs)));
+                // The programs stay attached (pinned links) when the agents stop.
+                for ag in &mut agents {
+                    ag.stop();
+                }
+                idle.push(tokio::task::block_in_place(|| iperf(&t, secs)));
+            } else {
+                datapath_off(&t);
+                kernel_vxlan(&t, true);
+                base.push(tokio::task::block_in_place(|| iperf(&t, secs)));
+                kernel_vxlan(&t, false);
+            }
         }
-        idle.push(tokio::task::block_in_place(|| iperf(&t, secs)));
     }
     let mean = |v: &[Throughput]| v.iter().map(|r| r.gbps).sum::<f64>() / v.len() as f64;
     let list = |v: &[Throughput]| {

@@ -134,9 +134,12 @@ static __always_inline void cm_ct_track(const struct cm_flow *f, __u8 flags)
 	struct cm_ct_value *v = bpf_map_lookup_elem(&cm_ct, &k);
 
 	if (v) {
+		/* Write only when something changes: the entry is read by the
+		 * other direction's program on another CPU for every packet. */
 		if (now - v->last_seen > CM_CT_REFRESH_NS)
 			v->last_seen = now;
-		v->flags |= flags;
+		if ((v->flags & flags) != flags)
+			v->flags |= flags;
 		return;
 	}
 	struct cm_ct_value nv = { .last_seen = now, .flags = flags };

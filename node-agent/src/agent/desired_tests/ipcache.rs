@@ -1,0 +1,107 @@
+//! Local pods, remote endpoints and CIDRs, gateways.
+
+use super::*;
+
+#[test]
+fn local_pods_get_local_entries_and_endpoints() {
+    let c = run(&mesh());
+    let d = &c.desired;
+    assert_eq!(c.local_pods, 2);
+    assert_eq!(
+        d.ipcache[&Ipv4Prefix::host(ip("10.1.0.10"))],
+        IpcacheEntry {
+            identity: C1_FRONT,
+            location: Location::Local { ifindex: 10 }
+        }
+    );
+    assert_eq!(d.endpoints[&10].pod_mac, [2, 1, 1, 1, 1, 10]);
+    assert_eq!(d.endpoints[&10].host_mac, [2, 0, 0, 0, 0, 10]);
+    assert_eq!(
+        d.endpoints[&11].pod_mac, UNKNOWN_POD_MAC,
+        "MAC not known yet"
+    );
+    // The worker's pod is not on this node; its CIDR is not programmed either.
+    assert!(!d.ipcache.contains_key(&Ipv4Prefix::host(ip("10.1.1.10"))));
+    assert!(!d.ipcache.contains_key(&"10.1.1.0/24".parse().unwrap()));
+
+    // A local pod whose interface is not found is pending, not programmed.
+    let mut v = mesh();
+    v.insert_endpoint(endpoint("c1", "10.1.0.12", C1_FRONT, "c1-gw", "shop", &[]));
+    let c = run(&v);
+    assert_eq!(c.pending, vec![ip("10.1.0.12")]);
+    assert!(
+        !c.desired
+            .ipcache
+            .contains_key(&Ipv4Prefix::host(ip("10.1.0.12")))
+    );
+}
+
+#[test]
+fn remote_endpoints_and_cidrs_go_to_their_gateway() {
+    let c = run(&mesh());
+    let d = &c.desired;
+    let remote = |id| IpcacheEntry {
+        identity: id,
+        location: Location::Remote {
+            tunnel_endpoint: GW2,
+        },
+    };
+    assert_eq!(
+        d.ipcache[&Ipv4Prefix::host(ip("10.2.0.11"))],
+        remote(C2_BACK)
+    );
+    // A pod on c2's worker: still via c2's gateway.
+    assert_eq!(
+        d.ipcache[&Ipv4Prefix::host(ip("10.2.1.12"))],
+        remote(C2_TOOL)
+    );
+    assert_eq!(
+        d.ipcache[&"10.2.0.0/24".parse().unwrap()],
+        remote(IDENTITY_WORLD)
+    );
+    assert_eq!(
+        d.ipcache[&"10.2.1.0/24".parse().unwrap()],
+        remote(IDENTITY_WORLD)
+    );
+    assert_eq!(c.remote_endpoints, 3);
+    assert_eq!(c.gateways, [("c2".to_string(), GW2)].into());
+    // Native routes: the CIDRs (endpoints inside them need no route of their own).
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[&"10.2.1.0/24".parse().unwrap()], GW2);
+    assert!(
+        !c.routes.values().any(|g| *g == GW1),
+        "no route to the local cluster"
+    );
+}
+
+#[test]
+fn remote_cluster_without_gateway_or_identity_is_skipped() {
+    let mut v = mesh();
+    v.insert_node(node("c3", "c3-worker", "10.3.255.1", "10.3.0.0/24", false));
+    v.insert_endpoint(endpoint(
+        "c3",
+        "10.3.0.5",
+        C3_FRONT,
+        "c3-worker",
+        "shop",
+        &[],
+    ));
+    v.insert_endpoint(endpoint("c2", "10.2.0.99", 0, "c2-gw", "shop", &[]));
+    // An endpoint outside every CIDR gets a /32 route.
+    v.insert_endpoint(endpoint("c2", "10.9.9.9", C2_FRONT, "c2-gw", "shop", &[]));
+    let c = run(&v);
+    assert_eq!(c.no_gateway, 1);
+    assert_eq!(c.invalid_endpoints, 1);
+    assert!(
+        !c.desired
+            .ipcache
+            .contains_key(&Ipv4Prefix::host(ip("10.3.0.5")))
+    );
+    assert!(
+        !c.desired
+            .ipcache
+            .contains_key(&"10.3.0.0/24".parse().unwrap())
+    );
+    assert_eq!(c.routes[&Ipv4Prefix::host(ip("10.9.9.9"))], GW2);
+    c.desired.to_raw().expect("valid desired state");
+}
