@@ -90,7 +90,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Connect { peer: p, advertise } => {
-            let ours = this_cluster(&cli)?;
+            let ours = this_cluster(cli)?;
             let theirs = peer(p)?.context(
                 "connect needs the peer: --peer-server ADDR --peer-tls-dir DIR, or --peer-context NAME",
             )?;
@@ -103,15 +103,15 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             cmd::connect::run(&ours, &theirs, advertise.as_deref()).await
         }
         Command::Disconnect { peer_name, peer: p } => {
-            let ours = this_cluster(&cli)?;
+            let ours = this_cluster(cli)?;
             let theirs = peer(p)?;
             cmd::disconnect::run(&ours, peer_name, theirs.as_ref()).await
         }
         Command::Status { wait, output } => {
-            cmd::status::run(&this_cluster(&cli)?, *wait, output.format).await
+            cmd::status::run(&this_cluster(cli)?, *wait, output.format).await
         }
         Command::Service { command } => {
-            let conn = this_cluster(&cli)?;
+            let conn = this_cluster(cli)?;
             match command {
                 ServiceCommand::Get { service, output } => {
                     cmd::service::get(&conn, service, output.format).await
@@ -121,9 +121,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Identity { command } => list(&cli, command, What::Identities).await,
-        Command::Endpoint { command } => list(&cli, command, What::Endpoints).await,
-        Command::Node { command } => list(&cli, command, What::Nodes).await,
+        Command::Identity { command } => list(cli, command, What::Identities).await,
+        Command::Endpoint { command } => list(cli, command, What::Endpoints).await,
+        Command::Node { command } => list(cli, command, What::Nodes).await,
         Command::Demo {
             once,
             examples,
