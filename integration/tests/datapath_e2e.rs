@@ -441,12 +441,28 @@ async fn endpoint_removal(m: &Mesh) {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let took = started.elapsed();
+    // A still tunnels 10.2.0.0/24 to B (the pod CIDR); B, which owned the
+    // pod, drops it once its own agent has removed the local entry (that
+    // may land a moment after A's update: the two agents are independent).
+    let pin_b = &m.t.gws[1].pin_dir;
+    eventually("frontend-b gone from B's ipcache", T, || async {
+        (!has_host_entry(pin_b, FRONT_B)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let before = m.agents[1].counter("drop_unknown_dest");
     assert!(
         block_in_place(|| ping_fails(&m.t.pod("frontend-a").ns, FRONT_B)),
         "traffic to a removed endpoint"
     );
+    let after = m.agents[1].counter("drop_unknown_dest");
+    assert!(
+        after > before,
+        "B did not count the drops ({before} -> {after})"
+    );
     println!(
-        "removal: frontend-b left A's ipcache {took:?} after B's manifest changed; traffic stopped"
+        "removal: frontend-b left A's ipcache {took:?} after B's manifest changed; \
+         traffic stopped (dropped at B as unknown destination)"
     );
 }
 

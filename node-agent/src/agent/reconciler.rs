@@ -50,6 +50,8 @@ pub struct Reconciler {
     pod_mtu: u32,
     /// Pod interfaces with `from_pod` attached: name → ifindex.
     attached: BTreeMap<String, u32>,
+    /// Pod interfaces whose pod is in the maps (where `from_pod` belongs).
+    programmed: BTreeMap<String, u32>,
     /// Host-side ifindexes whose peer MTU has been set (or failed for good).
     mtu_done: BTreeSet<u32>,
     ifaces: BTreeMap<Ipv4Addr, PodIface>,
@@ -139,6 +141,7 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
         ids,
         pod_mtu,
         attached: BTreeMap::new(),
+        programmed: BTreeMap::new(),
         mtu_done: BTreeSet::new(),
         ifaces: BTreeMap::new(),
         last: Some(adopted),
@@ -159,9 +162,9 @@ impl Reconciler {
         self.synced
             && (self.last.is_none()
                 || self
-                    .ifaces
-                    .values()
-                    .any(|i| self.attached.get(&i.name) != Some(&i.ifindex)))
+                    .programmed
+                    .iter()
+                    .any(|(name, i)| self.attached.get(name) != Some(i)))
     }
 
     /// Looks for the local pods' interfaces; true if anything changed.
@@ -186,6 +189,13 @@ impl Reconciler {
         let computed =
             desired::compute(&self.view, &self.cfg.node_name, &self.ifaces, &mut self.ids);
         let res = self.apply_maps(&computed);
+        // from_pod goes only on veths of pods that are in the maps.
+        self.programmed = self
+            .ifaces
+            .values()
+            .filter(|i| computed.desired.endpoints.contains_key(&i.ifindex))
+            .map(|i| (i.name.clone(), i.ifindex))
+            .collect();
         self.attach_pods();
         self.set_mtus();
         let route_count = match self.cfg.mode {
@@ -229,11 +239,7 @@ impl Reconciler {
     }
 
     fn attach_pods(&mut self) {
-        let want: BTreeMap<String, u32> = self
-            .ifaces
-            .values()
-            .map(|i| (i.name.clone(), i.ifindex))
-            .collect();
+        let want = self.programmed.clone();
         for (name, ifindex) in &want {
             if self.attached.get(name) == Some(ifindex) {
                 continue;
