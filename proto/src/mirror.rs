@@ -46,6 +46,9 @@ pub struct Mirror {
     pub snapshots: u64,
     /// Snapshots that were resets (a resume that could not continue).
     pub resets: u64,
+    /// Keep a 128-bit digest of each value instead of the value (see
+    /// [`Mirror::compact`]).
+    compact: bool,
 }
 
 fn id_of(e: &Event) -> RecordId {
@@ -56,9 +59,51 @@ fn id_of(e: &Event) -> RecordId {
     )
 }
 
+/// A 128-bit digest of a value: two SipHash-1-3 passes with different prefixes.
+fn digest(v: &[u8]) -> Bytes {
+    use std::hash::{Hash, Hasher};
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(
+            0x636c_7573_7465_726d ^ i as u64,
+            0x6573_685f_6d69_7272,
+        );
+        v.hash(&mut h);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    Bytes::copy_from_slice(&out)
+}
+
 impl Mirror {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A mirror that keeps only a 128-bit digest of each record's value: for
+    /// consumers that act on the reported changes (which still carry the full
+    /// values) and need the mirror only to tell what changed. `records` then
+    /// maps to digests, not values.
+    pub fn compact() -> Self {
+        Mirror {
+            compact: true,
+            ..Self::default()
+        }
+    }
+
+    /// What the mirror keeps for `value`.
+    fn kept(&self, value: &Bytes) -> Bytes {
+        if self.compact {
+            digest(value)
+        } else {
+            value.clone()
+        }
+    }
+
+    /// Seeds one record (e.g. from a store) as if a snapshot had delivered it.
+    pub fn seed(&mut self, id: RecordId, value: &Bytes) {
+        let kept = self.kept(value);
+        self.records.insert(id, kept);
     }
 
     /// Where to resume from, once something has been received.
@@ -106,14 +151,18 @@ impl Mirror {
             }
             BatchType::SnapshotEnd => {
                 if let Some((recs, synced)) = self.staging.take() {
-                    for (id, v) in &recs {
-                        if self.records.get(id) != Some(v) {
+                    let mut kept_recs = BTreeMap::new();
+                    for (id, v) in recs {
+                        let kept = self.kept(&v);
+                        if self.records.get(&id) != Some(&kept) {
                             out.changes.push(Change::Upsert {
                                 id: id.clone(),
-                                value: v.clone(),
+                                value: v,
                             });
                         }
+                        kept_recs.insert(id, kept);
                     }
+                    let recs = kept_recs;
                     for id in self.records.keys() {
                         if !recs.contains_key(id) {
                             out.changes.push(Change::Delete { id: id.clone() });
@@ -143,8 +192,9 @@ impl Mirror {
                     match EventType::try_from(e.r#type) {
                         Ok(EventType::Upsert) => {
                             let id = id_of(e);
-                            if self.records.get(&id) != Some(&e.value) {
-                                self.records.insert(id.clone(), e.value.clone());
+                            let kept = self.kept(&e.value);
+                            if self.records.get(&id) != Some(&kept) {
+                                self.records.insert(id.clone(), kept);
                                 out.changes.push(Change::Upsert {
                                     id,
                                     value: e.value.clone(),
@@ -214,7 +264,49 @@ mod tests {
 
     #[test]
     fn snapshot_mark_and_sweep() {
-        let mut m = Mirror::new();
+        for m in [Mirror::new(), Mirror::compact()] {
+            mark_and_sweep(m);
+        }
+    }
+
+    #[test]
+    fn compact_keeps_digests_but_reports_values() {
+        let mut m = Mirror::compact();
+        m.seed(
+            (Kind::Node, "a".into(), "x".into()),
+            &Bytes::from_static(b"1"),
+        );
+        m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
+        m.apply(&b(
+            BatchType::Snapshot,
+            5,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Upsert, "y", "2"),
+            ],
+        ));
+        let o = m.apply(&b(BatchType::SnapshotEnd, 5, vec![]));
+        assert_eq!(
+            o.changes,
+            vec![Change::Upsert {
+                id: (Kind::Node, "a".into(), "y".into()),
+                value: Bytes::from_static(b"2")
+            }]
+        );
+        assert_eq!(
+            m.records.values().map(|v| v.len()).collect::<Vec<_>>(),
+            [16, 16],
+            "digests, not values"
+        );
+        let o = m.apply(&b(
+            BatchType::Events,
+            6,
+            vec![ev(EventType::Upsert, "x", "3")],
+        ));
+        assert_eq!(o.changes.len(), 1, "a changed value is a change");
+    }
+
+    fn mark_and_sweep(mut m: Mirror) {
         m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
         m.apply(&b(
             BatchType::Snapshot,

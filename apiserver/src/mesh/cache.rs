@@ -57,16 +57,14 @@ impl PeerCache {
     /// A cache holding `records` (cache keys and values read from the store)
     /// and `synced` (the peer's sync markers in the store).
     pub fn seeded(peer: PeerRef, records: Vec<Kv>, synced: Vec<Kv>) -> PeerCache {
-        let mut mirror = Mirror::new();
+        let mut mirror = Mirror::compact();
         for kv in records {
             if let keys::StoreKey::Record {
                 kind, cluster, key, ..
             } = keys::parse(&kv.key)
                 && cluster == peer.name
             {
-                mirror
-                    .records
-                    .insert((kind, cluster.to_owned(), key.to_owned()), kv.value);
+                mirror.seed((kind, cluster.to_owned(), key.to_owned()), &kv.value);
             }
         }
         for kv in synced {
@@ -239,7 +237,7 @@ impl PeerCache {
     /// Withdraws everything of this peer: the range deletes, and an empty
     /// mirror (the next Watch starts with a fresh snapshot).
     pub fn withdraw(&mut self) -> Vec<WriteOp> {
-        self.mirror = Mirror::new();
+        self.mirror = Mirror::compact();
         self.deferred.clear();
         withdraw_ops(&self.peer.name)
     }
