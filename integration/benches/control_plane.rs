@@ -268,6 +268,87 @@ async fn memory(records: usize) {
     );
 }
 
+/// Waits until `client`'s apiserver holds `n` records of `peer`, then settles.
+async fn wait_cached(
+    client: &mut ClusterMeshClient<tonic::transport::Channel>,
+    peer: &str,
+    n: usize,
+) {
+    loop {
+        let st = client
+            .status(StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if st
+            .counts
+            .iter()
+            .filter(|r| r.cluster == peer)
+            .map(|r| r.count)
+            .sum::<u64>() as usize
+            >= n
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Through the real path: cluster A exports N then 2N endpoints, cluster B's
+/// syncer mirrors them; B's RSS slope between N and 2N is what one cached
+/// remote endpoint costs (view entry + the syncer's compact mirror entry).
+async fn memory_mesh(records: usize) {
+    println!("== memory through the mesh syncer: B caching A's endpoints ==");
+    let a = Cluster::start("mem-a", 1, 1, &[]).await.expect("a");
+    let b = Cluster::start("mem-b", 2, 1, &[]).await.expect("b");
+    connect(&a, &b).await;
+    let store = Store::connect(&EtcdOptions {
+        endpoints: a.etcd.endpoints(),
+        ..Default::default()
+    })
+    .await
+    .expect("store");
+    let pid = b.api().child.pid();
+    let ch = b.api().channel(Role::Admin).await.expect("dial");
+    let mut client = ClusterMeshClient::new(ch);
+    let write = |from: usize, to: usize| {
+        let store = store.clone();
+        async move {
+            let mut ops = Vec::with_capacity(128);
+            for i in from..to {
+                let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                ops.push(WriteOp::put(
+                    keys::state(Kind::Endpoint, "mem-a", &ip),
+                    record(i, "mem-a"),
+                ));
+                if ops.len() == 128 {
+                    store.apply(&ops).await.expect("write");
+                    ops.clear();
+                }
+            }
+            store.apply(&ops).await.expect("write");
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r0 = rss_bytes(pid);
+    write(0, records).await;
+    wait_cached(&mut client, "mem-a", records).await;
+    let r1 = rss_bytes(pid);
+    write(records, 2 * records).await;
+    wait_cached(&mut client, "mem-a", 2 * records).await;
+    let r2 = rss_bytes(pid);
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!(
+        "B's apiserver RSS {:.1} → {:.1} → {:.1} MiB at 0 / {records} / {} cached endpoints: {:.0} B per record marginal (view + syncer mirror)",
+        mib(r0),
+        mib(r1),
+        mib(r2),
+        2 * records,
+        (r2.saturating_sub(r1)) as f64 / records as f64
+    );
+}
+
 async fn wire(backends: usize) {
     println!("== wire: one backend change in a {backends}-backend global service ==");
     let c = Cluster::start("wire", 1, 1, &[]).await.expect("cluster");
@@ -525,6 +606,9 @@ fn main() {
         }
         if run("memory") {
             memory(env_usize("BENCH_RECORDS", 100_000)).await;
+        }
+        if run("memory_mesh") {
+            memory_mesh(env_usize("BENCH_RECORDS", 100_000)).await;
         }
         if run("wire") {
             wire(5000).await;
