@@ -191,6 +191,30 @@ async fn fanout(watchers: usize, events: usize) {
     );
 }
 
+/// Writes endpoint records `range` of `cluster` in transactions of 128, at
+/// the key `key(ip)`; returns the bytes of the values written.
+async fn put_endpoints(
+    store: &Store,
+    cluster: &str,
+    range: std::ops::Range<usize>,
+    key: impl Fn(&str) -> String,
+) -> usize {
+    let mut ops = Vec::with_capacity(128);
+    let mut bytes = 0;
+    for i in range {
+        let v = record(i, cluster);
+        bytes += v.len();
+        let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+        ops.push(WriteOp::put(key(&ip), v));
+        if ops.len() == 128 {
+            store.apply(&ops).await.expect("write");
+            ops.clear();
+        }
+    }
+    store.apply(&ops).await.expect("write");
+    bytes
+}
+
 /// Writes `records` cached endpoints of peer `peer` and waits until the view holds them.
 async fn fill_cache(
     store: &Store,
@@ -198,19 +222,10 @@ async fn fill_cache(
     peer: &str,
     records: usize,
 ) -> usize {
-    let mut ops = Vec::with_capacity(128);
-    let mut bytes = 0usize;
-    for i in 0..records {
-        let v = record(i, peer);
-        bytes += v.len();
-        let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
-        ops.push(WriteOp::put(keys::cache(Kind::Endpoint, peer, &ip), v));
-        if ops.len() == 128 {
-            store.apply(&ops).await.expect("write");
-            ops.clear();
-        }
-    }
-    store.apply(&ops).await.expect("write");
+    let bytes = put_endpoints(store, peer, 0..records, |ip| {
+        keys::cache(Kind::Endpoint, peer, ip)
+    })
+    .await;
     loop {
         let st = client
             .status(StatusRequest {})
@@ -312,30 +327,13 @@ async fn memory_mesh(records: usize) {
     let pid = b.api().child.pid();
     let ch = b.api().channel(Role::Admin).await.expect("dial");
     let mut client = ClusterMeshClient::new(ch);
-    let write = |from: usize, to: usize| {
-        let store = store.clone();
-        async move {
-            let mut ops = Vec::with_capacity(128);
-            for i in from..to {
-                let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
-                ops.push(WriteOp::put(
-                    keys::state(Kind::Endpoint, "mem-a", &ip),
-                    record(i, "mem-a"),
-                ));
-                if ops.len() == 128 {
-                    store.apply(&ops).await.expect("write");
-                    ops.clear();
-                }
-            }
-            store.apply(&ops).await.expect("write");
-        }
-    };
+    let key = |ip: &str| keys::state(Kind::Endpoint, "mem-a", ip);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r0 = rss_bytes(pid);
-    write(0, records).await;
+    put_endpoints(&store, "mem-a", 0..records, key).await;
     wait_cached(&mut client, "mem-a", records).await;
     let r1 = rss_bytes(pid);
-    write(records, 2 * records).await;
+    put_endpoints(&store, "mem-a", records..2 * records, key).await;
     wait_cached(&mut client, "mem-a", 2 * records).await;
     let r2 = rss_bytes(pid);
     let mib = |b: u64| b as f64 / 1048576.0;
