@@ -105,12 +105,14 @@ pub async fn run(
     clustermesh_proto::validate::cluster_info(&cfg.cluster)?;
     let server_cfg = clustermesh_certs::server_config(&cfg.tls_dir, &[])?;
     let ca_path = cfg.tls_dir.join(clustermesh_certs::CA_CERT_FILE);
-    let own_ca_pem: Arc<str> = std::fs::read_to_string(&ca_path)
-        .map_err(|source| AppError::Read {
-            path: ca_path.display().to_string(),
-            source,
-        })?
-        .into();
+    let own_ca_pem: tls::SharedCa = Arc::new(RwLock::new(
+        std::fs::read_to_string(&ca_path)
+            .map_err(|source| AppError::Read {
+                path: ca_path.display().to_string(),
+                source,
+            })?
+            .into(),
+    ));
     let Some(store) = connect_store(&cfg.etcd, &mut stop).await? else {
         return Ok(());
     };
@@ -178,7 +180,7 @@ pub async fn run(
         },
         runtime: runtime.clone(),
         heartbeat: cfg.heartbeat,
-        own_ca_pem,
+        own_ca_pem: own_ca_pem.clone(),
     };
 
     let health = TcpListener::bind(cfg.health_listen)
@@ -204,6 +206,7 @@ pub async fn run(
         cluster: cfg.cluster.clone(),
         tls_dir: cfg.tls_dir.clone(),
         tls: shared.clone(),
+        own_ca: own_ca_pem,
         config: cfg.mesh,
         fence: Some(token.clone()),
     };

@@ -73,6 +73,8 @@ pub struct MeshContext {
     pub tls_dir: PathBuf,
     /// The gRPC server's TLS config, rebuilt when the registered peers change.
     pub tls: SharedConfig,
+    /// This cluster's CA as auth checks it; reloaded with the TLS files.
+    pub own_ca: crate::server::tls::SharedCa,
     pub config: MeshConfig,
     /// With leader election: the token every write is fenced on.
     pub fence: Option<String>,

@@ -3,12 +3,17 @@
 //! task rebuilds the rustls server config whenever the registered CAs change
 //! and swaps it in (new connections use it). Which role a peer CA may carry
 //! (`remote` only, of that peer only) is checked per call in `server::auth`.
+//!
+//! It also re-reads this cluster's TLS files (`ca.crt`, `server.crt`,
+//! `server.key`) when they change on disk (checked every few seconds), so a
+//! rotated certificate takes effect without a restart; a broken file is
+//! logged and the config in force is kept.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clustermesh_certs::{CertError, server_config};
+use clustermesh_certs::{CA_CERT_FILE, CertError, Role, cert_file, key_file, server_config};
 use tracing::{info, warn};
 
 use super::{MeshContext, peers_may_have_changed};
@@ -50,21 +55,52 @@ pub fn build(tls_dir: &Path, pems: &[String]) -> Result<Arc<rustls::ServerConfig
     }
 }
 
+/// Modification time and size of each of this cluster's server-side TLS files.
+type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn fingerprint(tls_dir: &Path) -> Fingerprint {
+    [
+        CA_CERT_FILE,
+        cert_file(Role::Server),
+        key_file(Role::Server),
+    ]
+    .iter()
+    .map(|f| {
+        let m = std::fs::metadata(tls_dir.join(f)).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    })
+    .collect()
+}
+
 pub async fn run(ctx: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut changes = ctx.view.changes();
-    let mut current: Option<Vec<String>> = None;
+    let mut current: Option<(Vec<String>, Fingerprint)> = None;
+    // The files as the process loaded them at start.
+    let mut files = fingerprint(&ctx.tls_dir);
     loop {
         if ctx.view.ready() {
-            let pems = peer_cas(&ctx);
-            if current.as_ref() != Some(&pems) {
-                match build(&ctx.tls_dir, &pems) {
+            let state = (peer_cas(&ctx), fingerprint(&ctx.tls_dir));
+            if current.as_ref() != Some(&state) {
+                let files_changed = files != state.1;
+                let pems = &state.0;
+                match build(&ctx.tls_dir, pems) {
                     Ok(cfg) => {
                         match ctx.tls.write() {
                             Ok(mut g) => *g = cfg,
                             Err(p) => *p.into_inner() = cfg,
                         }
+                        if let Ok(ca) = std::fs::read_to_string(ctx.tls_dir.join(CA_CERT_FILE)) {
+                            match ctx.own_ca.write() {
+                                Ok(mut g) => *g = ca.into(),
+                                Err(p) => *p.into_inner() = ca.into(),
+                            }
+                        }
+                        if files_changed {
+                            info!(dir = %ctx.tls_dir.display(), "TLS files changed on disk; reloaded");
+                            files = state.1.clone();
+                        }
                         info!(peer_cas = pems.len(), "server TLS trust updated");
-                        current = Some(pems);
+                        current = Some(state);
                     }
                     Err(e) => {
                         warn!(error = %e, "rebuilding the server TLS config failed; keeping the old one")
@@ -73,7 +109,7 @@ pub async fn run(ctx: Arc<MeshContext>, mut stop: tokio::sync::watch::Receiver<b
             }
         }
         let idle = if ctx.view.ready() {
-            Duration::from_secs(10)
+            Duration::from_secs(3)
         } else {
             Duration::from_millis(100)
         };

@@ -44,14 +44,17 @@ pub struct ApiServer {
     pub runtime: Arc<Runtime>,
     pub heartbeat: Duration,
     /// This cluster's CA (PEM): admin and agent certificates must chain to it.
-    pub own_ca_pem: Arc<str>,
+    pub own_ca_pem: tls::SharedCa,
 }
 
 impl ApiServer {
     fn caller<T>(&self, req: &Request<T>) -> Result<auth::Caller, Status> {
-        auth::caller(req, &self.cluster.name, &self.own_ca_pem, |peer| {
-            admin::get(&self.view, peer).map(|p| p.ca_pem)
-        })
+        auth::caller(
+            req,
+            &self.cluster.name,
+            &tls::current_ca(&self.own_ca_pem),
+            |peer| admin::get(&self.view, peer).map(|p| p.ca_pem),
+        )
     }
 
     fn peer_addr<T>(req: &Request<T>) -> String {

@@ -15,6 +15,16 @@ use tracing::{debug, warn};
 /// The server config in force; replace it to trust new peer CAs.
 pub type SharedConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
+/// This cluster's CA (PEM) as auth checks it; replaced when `ca.crt` changes.
+pub type SharedCa = Arc<RwLock<Arc<str>>>;
+
+/// The current value of a [`SharedCa`].
+pub fn current_ca(ca: &SharedCa) -> Arc<str> {
+    ca.read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After a refused handshake the alert has been written; with TLS 1.3 the
