@@ -21,8 +21,8 @@ use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{
-    Backend, BatchType, ConnectPeerRequest, Endpoint, EventType, Kind, PeerConfig, Scope, Service,
-    StatusRequest, admin_client::AdminClient, cluster_mesh_client::ClusterMeshClient,
+    Backend, BatchType, Endpoint, EventType, Kind, Scope, Service, StatusRequest,
+    cluster_mesh_client::ClusterMeshClient,
 };
 use etcd_client::WatchOptions;
 use prost::Message;
@@ -226,25 +226,7 @@ async fn fill_cache(
         keys::cache(Kind::Endpoint, peer, ip)
     })
     .await;
-    loop {
-        let st = client
-            .status(StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner();
-        if st
-            .counts
-            .iter()
-            .filter(|r| r.cluster == peer)
-            .map(|r| r.count)
-            .sum::<u64>() as usize
-            >= records
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_cached(client, peer, records).await;
     bytes
 }
 
@@ -317,7 +299,9 @@ async fn memory_mesh(records: usize) {
     println!("== memory through the mesh syncer: B caching A's endpoints ==");
     let a = Cluster::start("mem-a", 1, 1, &[]).await.expect("a");
     let b = Cluster::start("mem-b", 2, 1, &[]).await.expect("b");
-    connect(&a, &b).await;
+    clustermesh_integration::apiserver::connect(&a, &b)
+        .await
+        .expect("connect");
     let store = Store::connect(&EtcdOptions {
         endpoints: a.etcd.endpoints(),
         ..Default::default()
@@ -429,24 +413,6 @@ fn summary(name: &str, mut v: Vec<Duration>) {
     );
 }
 
-async fn connect(a: &Cluster, b: &Cluster) {
-    for (on, peer) in [(a, b), (b, a)] {
-        let ca = std::fs::read_to_string(peer.tls_dir().join("ca.crt")).expect("ca");
-        let cfg = PeerConfig {
-            name: peer.name.clone(),
-            addresses: vec![peer.api().grpc.clone()],
-            ca_pem: ca,
-            enabled: true,
-            cluster_id: peer.id,
-        };
-        let ch = on.api().channel(Role::Admin).await.expect("dial");
-        AdminClient::new(ch)
-            .connect_peer(ConnectPeerRequest { peer: Some(cfg) })
-            .await
-            .expect("connect");
-    }
-}
-
 /// Writes `count` changes at `rate`/s into `cluster`'s state with `store`,
 /// remembering when each key was written.
 async fn paced_writes(
@@ -482,7 +448,9 @@ async fn propagation(rate: u64, count: usize) {
     println!("== propagation: {count} changes at {rate}/s, cluster A → cluster B's merged view ==");
     let a = Cluster::start("prop-a", 1, 1, &[]).await.expect("a");
     let b = Cluster::start("prop-b", 2, 1, &[]).await.expect("b");
-    connect(&a, &b).await;
+    clustermesh_integration::apiserver::connect(&a, &b)
+        .await
+        .expect("connect");
     let store = Store::connect(&EtcdOptions {
         endpoints: a.etcd.endpoints(),
         ..Default::default()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clustermesh_certs::{InitOptions, Role, dial};
+use clustermesh_proto::v1::{ConnectPeerRequest, PeerConfig, admin_client::AdminClient};
 use tonic::transport::Channel;
 
 use crate::etcd::EtcdCluster;
@@ -201,4 +202,41 @@ impl Cluster {
     pub fn api(&self) -> &Apiserver {
         &self.replicas[0]
     }
+
+    /// This cluster as a peer registration, as `clustermesh connect` writes it
+    /// on the other side: its name, ID, first replica's address and CA.
+    pub fn peer_config(&self) -> anyhow::Result<PeerConfig> {
+        let ca_pem = std::fs::read_to_string(self.tls_dir().join(clustermesh_certs::CA_CERT_FILE))
+            .with_context(|| format!("reading {}'s ca.crt", self.name))?;
+        Ok(PeerConfig {
+            name: self.name.clone(),
+            addresses: vec![self.api().grpc.clone()],
+            ca_pem,
+            enabled: true,
+            cluster_id: self.id,
+        })
+    }
+
+    /// Admin ConnectPeer on this cluster.
+    pub async fn register_peer(&self, peer: PeerConfig) -> Result<(), tonic::Status> {
+        let ch = self
+            .api()
+            .channel(Role::Admin)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+        AdminClient::new(ch)
+            .connect_peer(ConnectPeerRequest { peer: Some(peer) })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Registers each cluster as the other's peer (both directions).
+pub async fn connect(a: &Cluster, b: &Cluster) -> anyhow::Result<()> {
+    for (on, peer) in [(a, b), (b, a)] {
+        on.register_peer(peer.peer_config()?)
+            .await
+            .map_err(|e| anyhow::anyhow!("ConnectPeer {} on {}: {e}", peer.name, on.name))?;
+    }
+    Ok(())
 }

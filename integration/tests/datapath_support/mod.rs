@@ -18,9 +18,7 @@ use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_node_agent::datapath::{Datapath, Frontend, Ipv4Prefix, types::ip_from_be32};
-use clustermesh_proto::v1::{
-    ConnectPeerRequest, Endpoint, Kind, PeerConfig, Scope, admin_client::AdminClient,
-};
+use clustermesh_proto::v1::{Endpoint, Kind, Scope};
 use prost::Message;
 
 /// True if the test may run. Not root: panics when CI is set (it must not
@@ -56,18 +54,8 @@ pub async fn start_cluster(name: &str, id: u32, dir: &Path) -> Cluster {
 
 /// Admin ConnectPeer on `on` for `peer` (trusting the peer's CA).
 pub async fn connect_peer(on: &Cluster, peer: &Cluster) {
-    let ca_pem = std::fs::read_to_string(peer.tls_dir().join("ca.crt")).expect("peer ca.crt");
-    let ch = on.api().channel(Role::Admin).await.expect("admin channel");
-    AdminClient::new(ch)
-        .connect_peer(ConnectPeerRequest {
-            peer: Some(PeerConfig {
-                name: peer.name.clone(),
-                addresses: vec![peer.api().grpc.clone()],
-                ca_pem,
-                enabled: true,
-                cluster_id: peer.id,
-            }),
-        })
+    let cfg = peer.peer_config().expect("peer config");
+    on.register_peer(cfg)
         .await
         .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
 }

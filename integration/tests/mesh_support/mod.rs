@@ -13,9 +13,9 @@ use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::v1::{
-    Backend, BackendPort, ConnectPeerRequest, Endpoint, Identity, Kind, Node, PeerConfig,
-    PeerStatus, Scope, Service, ServicePort, StatusRequest, StatusResponse, SyncedMarker,
-    admin_client::AdminClient, cluster_mesh_client::ClusterMeshClient,
+    Backend, BackendPort, Endpoint, Identity, Kind, Node, PeerConfig, PeerStatus, Scope, Service,
+    ServicePort, StatusRequest, StatusResponse, SyncedMarker,
+    cluster_mesh_client::ClusterMeshClient,
 };
 use clustermesh_proto::{RECORD_KINDS, keys};
 use prost::Message;
@@ -58,28 +58,19 @@ pub fn ca_pem(c: &Cluster) -> String {
 
 /// The registration of `peer` as its Admin `connect` would write it.
 pub fn peer_config(peer: &Cluster) -> PeerConfig {
-    PeerConfig {
-        name: peer.name.clone(),
-        addresses: vec![peer.api().grpc.clone()],
-        ca_pem: ca_pem(peer),
-        enabled: true,
-        cluster_id: peer.id,
-    }
+    peer.peer_config().expect("peer config")
 }
 
 /// ConnectPeer on `on`.
 pub async fn register(on: &Cluster, peer: PeerConfig) -> Result<(), tonic::Status> {
-    let ch = on.api().channel(Role::Admin).await.expect("admin channel");
-    AdminClient::new(ch)
-        .connect_peer(ConnectPeerRequest { peer: Some(peer) })
-        .await
-        .map(|_| ())
+    on.register_peer(peer).await
 }
 
 /// Registers each cluster as the other's peer.
 pub async fn connect(a: &Cluster, b: &Cluster) {
-    register(a, peer_config(b)).await.expect("register b on a");
-    register(b, peer_config(a)).await.expect("register a on b");
+    clustermesh_integration::apiserver::connect(a, b)
+        .await
+        .expect("connect");
 }
 
 pub async fn status(c: &Cluster) -> StatusResponse {
