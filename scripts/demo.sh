@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --bins
-exec target/debug/clustermesh demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/clustermesh" demo "$@"

