@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clustermesh_integration::apiserver::Cluster;
+use clustermesh_localmesh::apiserver::Cluster;
 use common::{cli, on, peer_flags};
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use clustermesh_certs::InitOptions;
-use clustermesh_integration::apiserver::Cluster;
+use clustermesh_localmesh::apiserver::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_ca_is_explained() {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use clustermesh_apiserver::store::{EtcdOptions, Store, WriteOp};
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
+use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{

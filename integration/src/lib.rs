@@ -4,18 +4,23 @@
 //! cleans them up when the owning handle is dropped — also when a test panics. Every child gets
 //! `PR_SET_PDEATHSIG(SIGKILL)`, so nothing outlives the test process even if it is killed.
 //!
+//! The launcher of real processes (ports, child processes, etcd clusters, apiserver replicas,
+//! HTTP probes) is the crate `clustermesh-localmesh`, shared with the CLI's `demo`; its modules
+//! are re-exported here so tests name one place:
 //! * [`ports`] — unique free loopback ports.
-//! * [`etcd`] — 1- or 3-member etcd clusters ([`etcd::EtcdCluster`]).
+//! * [`etcd`] — 1- or 3-member etcd clusters ([`etcd::EtcdCluster`]) and, here only, their
+//!   etcd clients ([`etcd::EtcdClients`]).
 //! * [`process`] — child processes with log files ([`process::ChildProcess`]), locating
-//!   workspace binaries, minimal HTTP probing.
+//!   workspace binaries.
+//! * [`http`] — plain HTTP GET and readiness polling.
+//! * [`apiserver`] — apiserver replicas and whole clusters ([`apiserver::Cluster`]).
 //! * [`eventually`] — polling helper for asynchronous conditions.
 
-pub mod apiserver;
 pub mod etcd;
 pub mod manifests;
-pub mod ports;
-pub mod process;
 pub mod watcher;
+
+pub use clustermesh_localmesh::{apiserver, http, ports, process};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
+use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{BatchType, EventType, Kind, Node, Scope};
@@ -78,7 +79,7 @@ async fn killing_an_etcd_member_loses_no_event() {
     // The member comes back and the apiserver is still serving.
     c.etcd.restart_member(0).await.unwrap();
     assert_eq!(
-        clustermesh_integration::process::http_get(&c.api().health, "/readyz")
+        clustermesh_integration::http::http_get(&c.api().health, "/readyz")
             .await
             .unwrap()
             .0,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_integration::etcd::EtcdCluster;
 use clustermesh_integration::eventually;
 use clustermesh_integration::process::ChildProcess;

@@ -28,7 +28,7 @@ async fn foreign_store_is_refused_naming_both_clusters() {
     }
     // The rightful owner still runs and restarts fine.
     assert!(
-        clustermesh_integration::process::http_get(&c.api().health, "/readyz")
+        clustermesh_integration::http::http_get(&c.api().health, "/readyz")
             .await
             .unwrap()
             .0

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clustermesh_integration::apiserver::Cluster;
+use clustermesh_localmesh::apiserver::Cluster;
 use clustermesh_proto::v1::StatusResponse;
 
 use super::{Conn, connect, service, status};

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use clustermesh_integration::apiserver::Cluster;
+use clustermesh_localmesh::apiserver::Cluster;
 
 /// What one run of the CLI produced.
 #[derive(Debug)]

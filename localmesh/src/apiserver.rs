@@ -10,8 +10,9 @@ use clustermesh_proto::v1::{ConnectPeerRequest, PeerConfig, admin_client::AdminC
 use tonic::transport::Channel;
 
 use crate::etcd::EtcdCluster;
+use crate::http::wait_http_ok;
 use crate::ports::free_port;
-use crate::process::{ChildProcess, wait_http_ok, workspace_bin};
+use crate::process::{ChildProcess, workspace_bin};
 
 /// How to start one apiserver replica.
 #[derive(Debug, Clone)]

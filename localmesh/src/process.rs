@@ -11,7 +11,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Lines of log included in startup-failure errors.
 pub const STARTUP_LOG_LINES: usize = 30;
@@ -360,121 +359,6 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Overall time limit of one [`http_get`].
-pub const HTTP_GET_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Plain-TCP HTTP/1.1 GET of `http://{addr}{path}`; returns the status code and the (de-chunked)
-/// body as lossy UTF-8. Times out after [`HTTP_GET_TIMEOUT`].
-pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    tokio::time::timeout(HTTP_GET_TIMEOUT, http_get_inner(addr, path))
-        .await
-        .with_context(|| format!("GET http://{addr}{path} timed out after {HTTP_GET_TIMEOUT:?}"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
-}
-
-async fn http_get_inner(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .context("connecting")?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .context("writing request")?;
-    let mut buf = Vec::new();
-    stream
-        .read_to_end(&mut buf)
-        .await
-        .context("reading response")?;
-    parse_response(&buf)
-}
-
-fn parse_response(buf: &[u8]) -> anyhow::Result<(u16, String)> {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| {
-            format!(
-                "malformed HTTP response (no end of headers): {:?}",
-                String::from_utf8_lossy(&buf[..buf.len().min(200)])
-            )
-        })?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let body = &buf[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let proto = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !proto.starts_with("HTTP/") {
-        bail!("malformed HTTP status line {status_line:?}");
-    }
-    let code: u16 = code
-        .parse()
-        .with_context(|| format!("malformed HTTP status line {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-        })
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("malformed chunked body (no chunk size line)")?;
-        let size_line = String::from_utf8_lossy(&data[..eol]);
-        let size_str = size_line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .with_context(|| format!("malformed chunk size {size_str:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size {
-            bail!("truncated chunked body");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size..];
-        data = data.strip_prefix(b"\r\n").unwrap_or(data);
-    }
-}
-
-/// Polls `GET http://{addr}{path}` until it answers 200 or `timeout` elapses; the error carries
-/// the last status (and body) or the last connection error.
-pub async fn wait_http_ok(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let per_try = remaining.min(Duration::from_secs(2));
-        let last = match tokio::time::timeout(per_try, http_get_inner(addr, path)).await {
-            Ok(Ok((200, _))) => return Ok(()),
-            Ok(Ok((code, body))) => format!("status {code}, body {:?}", tail(&body, 5)),
-            Ok(Err(e)) => format!("error: {e:#}"),
-            Err(_) => format!("attempt timed out after {per_try:?}"),
-        };
-        if Instant::now() >= deadline {
-            bail!("GET http://{addr}{path} did not return 200 within {timeout:?}; last: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Opens (creating) a file for appending; used for harness-written notes in log files.
 pub(crate) fn append_to_log(path: &Path, line: &str) {
     use std::io::Write;
@@ -689,55 +573,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cargo build --workspace --bins"), "{err}");
-    }
-
-    #[test]
-    fn parse_plain_and_chunked() {
-        let (c, b) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
-        assert_eq!((c, b.as_str()), (200, "ok"));
-        let (c, b) = parse_response(
-            b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!((c, b.as_str()), (503, "abcde"));
-        assert!(parse_response(b"garbage").is_err());
-    }
-
-    #[tokio::test]
-    async fn http_against_local_server() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let mut n = 0;
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0u8; 1024];
-                let _ = s.read(&mut buf).await;
-                n += 1;
-                let resp: &[u8] = if n < 3 {
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 8\r\n\r\nnotready"
-                } else {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                };
-                let _ = s.write_all(resp).await;
-            }
-        });
-        let (code, body) = http_get(&addr, "/healthz").await.unwrap();
-        assert_eq!((code, body.as_str()), (503, "notready"));
-        wait_http_ok(&addr, "/healthz", Duration::from_secs(5))
-            .await
-            .unwrap();
-        server.abort();
-
-        let port = crate::ports::free_port();
-        let err = wait_http_ok(
-            &format!("127.0.0.1:{port}"),
-            "/x",
-            Duration::from_millis(200),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("did not return 200"), "{err}");
     }
 }
