@@ -61,6 +61,22 @@ expect ha 'initial-cluster=.*-etcd-2=' "a 3-member etcd"
 expect external-etcd-tls '--etcd-ca-file=' "the etcd TLS flags"
 expect_not external-etcd-tls '^kind: StatefulSet' "etcd StatefulSet"
 expect_not no-agent '^kind: DaemonSet' "node-agent DaemonSet"
+expect required '^kind: NetworkPolicy' "the etcd NetworkPolicy"
+expect required '"--client-cert-auth=true"' "etcd with client-certificate auth"
+expect ha '"--peer-client-cert-auth=true"' "etcd members with peer certificate auth"
+expect_not external-etcd-tls '^kind: NetworkPolicy' "etcd NetworkPolicy for an etcd it does not run"
+
+# The rendered etcd TLS, run: a real etcd with the StatefulSet's arguments and
+# the generated Secret, a real apiserver with the Deployment's (a no-op build
+# after scripts/test.sh).
+cargo build --quiet --workspace --bins
+target=${CARGO_TARGET_DIR:-target}
+if python3 scripts/check-chart-etcd-tls.py "$work/required.yaml" \
+  "$target/debug/clustermesh-apiserver" "$target/debug/clustermesh"; then
+  ok "the chart's etcd admits the apiserver's certificate only"
+else
+  bad "the chart's etcd TLS (scripts/check-chart-etcd-tls.py)"
+fi
 
 # Values that must be refused, each with the reason it must name.
 refuse() {

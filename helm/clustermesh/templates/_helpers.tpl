@@ -105,14 +105,39 @@ Call with (list "0.0.0.0" 7443).
 {{- end }}
 
 {{/*
+URL scheme of the embedded etcd's client and peer URLs.
+*/}}
+{{- define "clustermesh.etcd.scheme" -}}
+{{- if .Values.etcd.tls.enabled }}https{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
+The Secret with the embedded etcd's certificates: etcd.tls.secretName, or the
+one the chart generates (templates/etcd-tls-secret.yaml).
+*/}}
+{{- define "clustermesh.etcd.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "clustermesh.etcd.name" .)) .Values.etcd.tls.secretName }}
+{{- end }}
+
+{{/*
+Whether the apiserver presents a client certificate to etcd: the embedded etcd
+with TLS, or an external etcd with etcd.external.tlsSecretName.
+*/}}
+{{- define "clustermesh.etcd.clientTls" -}}
+{{- if eq .Values.etcd.mode "embedded" }}{{ if .Values.etcd.tls.enabled }}true{{ end }}
+{{- else if .Values.etcd.external.tlsSecretName }}true{{ end }}
+{{- end }}
+
+{{/*
 Comma-separated etcd endpoints: the embedded members, or etcd.external.endpoints.
 */}}
 {{- define "clustermesh.etcd.endpoints" -}}
 {{- if eq .Values.etcd.mode "embedded" }}
 {{- $name := include "clustermesh.etcd.name" . }}
+{{- $scheme := include "clustermesh.etcd.scheme" . }}
 {{- $endpoints := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $endpoints = append $endpoints (printf "http://%s-%d.%s.%s.svc:%d" $name $i $name $.Release.Namespace (int $.Values.etcd.clientPort)) }}
+{{- $endpoints = append $endpoints (printf "%s://%s-%d.%s.%s.svc:%d" $scheme $name $i $name $.Release.Namespace (int $.Values.etcd.clientPort)) }}
 {{- end }}
 {{- join "," $endpoints }}
 {{- else }}
@@ -125,9 +150,10 @@ etcd's --initial-cluster for the embedded members.
 */}}
 {{- define "clustermesh.etcd.initialCluster" -}}
 {{- $name := include "clustermesh.etcd.name" . }}
+{{- $scheme := include "clustermesh.etcd.scheme" . }}
 {{- $members := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $members = append $members (printf "%s-%d=http://%s-%d.%s.%s.svc:%d" $name $i $name $i $name $.Release.Namespace (int $.Values.etcd.peerPort)) }}
+{{- $members = append $members (printf "%s-%d=%s://%s-%d.%s.%s.svc:%d" $name $i $scheme $name $i $name $.Release.Namespace (int $.Values.etcd.peerPort)) }}
 {{- end }}
 {{- join "," $members }}
 {{- end }}
