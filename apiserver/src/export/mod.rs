@@ -286,10 +286,19 @@ impl Exporter {
             }
         }
         if !ops.is_empty() {
-            self.store.apply_fenced(&ops, token).await?;
-            debug!(writes = ops.len(), "exported");
+            let applied = self.store.apply_fenced(&ops, token).await?;
+            debug!(
+                writes = ops.len(),
+                refused = applied.refused.len(),
+                "exported"
+            );
+            // A refused record (too large for the store) stays unwritten; the
+            // store logged and counted it, and it is offered again (refused
+            // again, without a request to etcd) only when the source changes.
+            let refused: BTreeSet<&str> = applied.refused.iter().map(|r| r.key.as_str()).collect();
             for op in ops {
                 match op {
+                    WriteOp::Put { key, .. } if refused.contains(key.as_str()) => {}
                     WriteOp::Put { key, value } => {
                         term.written.insert(key, value);
                     }
@@ -327,7 +336,7 @@ impl Exporter {
                     ops.push(WriteOp::put(key, marker.encode_to_vec()));
                 }
             }
-            self.store.apply_fenced(&ops, token).await?;
+            self.store.apply_fenced(&ops, token).await?.all_written()?;
             term.markers_done = true;
             info!("all kinds exported; sync markers written");
         }
