@@ -57,10 +57,10 @@ async fn a_record_over_the_write_limit_is_refused_counted_and_the_rest_flows() {
     ops.extend(markers("alpha"));
     sa.apply(&ops).await.unwrap();
 
-    // A global service with 20,000 backends: bigger than one store write,
+    // A global service with 34,000 backends: bigger than one store write,
     // still under etcd's own request limit, so it can exist in alpha's store
     // when something other than our store layer wrote it.
-    let ips: Vec<String> = (0..20_000)
+    let ips: Vec<String> = (0..34_000)
         .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
         .collect();
     let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
