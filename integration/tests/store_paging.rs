@@ -17,7 +17,8 @@ use clustermesh_integration::eventually;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys::{self, StoreKey};
 use clustermesh_proto::v1::{
-    Endpoint, Kind, Scope, StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
+    Endpoint, Kind, PeerConfig, Scope, StatusRequest, StatusResponse,
+    cluster_mesh_client::ClusterMeshClient,
 };
 use prost::Message;
 
@@ -90,8 +91,24 @@ fn bookkeeping(key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_more_than_4_mib_of_records_reads_in_pages_and_rewrites_nothing() {
-    let mut c = Cluster::start("paging", 1, 1, &[]).await.expect("cluster");
+    let flags = ["--stale-ttl".to_string(), "10m".to_string()];
+    let mut c = Cluster::start("paging", 1, 1, &flags)
+        .await
+        .expect("cluster");
     let s = store(&c).await;
+    // The records belong to a registered peer (one that is not reachable:
+    // its records are kept for --stale-ttl); a new leader withdraws the
+    // records of peers that are not registered.
+    let ca_pem = std::fs::read_to_string(c.tls_dir().join("ca.crt")).expect("ca.crt");
+    c.register_peer(PeerConfig {
+        name: PEER.into(),
+        addresses: vec!["127.0.0.1:9".into()],
+        ca_pem,
+        enabled: true,
+        cluster_id: 2,
+    })
+    .await
+    .expect("register peer");
 
     // 100,000 cached endpoints in the store's real format, written as the
     // syncer writes them (transactions bounded by count and bytes).
@@ -174,9 +191,11 @@ async fn restart_with_more_than_4_mib_of_records_reads_in_pages_and_rewrites_not
     // changed since is the apiserver's own bookkeeping.
     let (rev_after, after) = mod_revisions(&s).await;
     let changed: Vec<&String> = after
-        .iter()
-        .filter(|(k, r)| before.get(*k) != Some(r))
-        .map(|(k, _)| k)
+        .keys()
+        .chain(before.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect();
     println!(
         "store revision {rev_before} -> {rev_after}; keys changed: {:?}",
@@ -184,7 +203,7 @@ async fn restart_with_more_than_4_mib_of_records_reads_in_pages_and_rewrites_not
     );
     assert!(
         changed.iter().all(|k| bookkeeping(k)),
-        "only bookkeeping keys changed: {changed:?}"
+        "only bookkeeping keys changed (none deleted): {changed:?}"
     );
     let records = |m: &BTreeMap<String, i64>| {
         m.iter()
@@ -203,21 +222,20 @@ async fn restart_with_more_than_4_mib_of_records_reads_in_pages_and_rewrites_not
 async fn a_record_too_large_for_one_request_is_refused_and_the_rest_written() {
     let c = Cluster::start("bigrec", 1, 1, &[]).await.expect("cluster");
     let s = store(&c).await;
-    let small = |i: usize| WriteOp::put(keys::cache(Kind::Endpoint, PEER, &ip(i)), endpoint(i));
-    let big_key = keys::cache(Kind::Endpoint, PEER, "huge");
+    // Keys outside the apiserver's keyspace: nothing but this test touches them.
+    const PREFIX: &str = "store-paging-test/";
+    let small = |i: usize| WriteOp::put(format!("{PREFIX}small/{i:04}"), endpoint(i));
+    let big_key = format!("{PREFIX}huge");
     let mut ops: Vec<WriteOp> = (0..200).map(small).collect();
     ops.insert(
         100,
         WriteOp::put(big_key.clone(), vec![7u8; MAX_RECORD_BYTES + 1]),
     );
-    // A batch whose records together are far over one request: several
-    // transactions, each under etcd's limit.
-    ops.extend((0..6).map(|i| {
-        WriteOp::put(
-            keys::cache(Kind::Endpoint, PEER, &format!("wide-{i}")),
-            vec![1u8; 400 * 1024],
-        )
-    }));
+    // Records that together are far over one request (and over one 4 MiB
+    // read response): several transactions, and pages of fewer keys.
+    ops.extend(
+        (0..12).map(|i| WriteOp::put(format!("{PREFIX}wide/{i:02}"), vec![1u8; 400 * 1024])),
+    );
 
     let applied = s.apply(&ops).await.expect("the rest is written");
     assert_eq!(applied.refused.len(), 1);
@@ -227,10 +245,7 @@ async fn a_record_too_large_for_one_request_is_refused_and_the_rest_written() {
     assert!(err.to_string().contains("not written"));
     assert_eq!(s.refused_records(), 1);
 
-    let (_, kvs) = s
-        .list(&keys::cache_prefix(Kind::Endpoint, PEER))
-        .await
-        .expect("list");
-    assert_eq!(kvs.len(), 206, "everything but the oversized record");
+    let (_, kvs) = s.list(PREFIX).await.expect("a paged read of 5 MiB");
+    assert_eq!(kvs.len(), 212, "everything but the oversized record");
     assert!(kvs.iter().all(|kv| kv.key != big_key));
 }
