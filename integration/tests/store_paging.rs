@@ -249,3 +249,44 @@ async fn a_record_too_large_for_one_request_is_refused_and_the_rest_written() {
     assert_eq!(kvs.len(), 212, "everything but the oversized record");
     assert!(kvs.iter().all(|kv| kv.key != big_key));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_read_whose_revision_is_compacted_fails_clearly_and_list_starts_over() {
+    let c = Cluster::start("compact", 1, 1, &[]).await.expect("cluster");
+    let s = store(&c).await;
+    const PREFIX: &str = "store-compact-test/";
+    let ops: Vec<WriteOp> = (0..2500)
+        .map(|i| WriteOp::put(format!("{PREFIX}{i:05}"), endpoint(i)))
+        .collect();
+    s.apply(&ops).await.expect("write");
+    let mut raw = c.etcd.client().await.expect("etcd client");
+
+    // Compact the store under the read, after its first page.
+    let rt = tokio::runtime::Handle::current();
+    let mut pages = 0;
+    let r = s
+        .list_pages(PREFIX, |page| {
+            pages += 1;
+            assert!(page.len() as i64 <= PAGE_KEYS);
+            if pages == 1 {
+                tokio::task::block_in_place(|| {
+                    rt.block_on(async {
+                        let put = raw.put(format!("{PREFIX}later"), "x", None).await;
+                        let rev = put.expect("put").header().expect("header").revision();
+                        raw.compact(rev, None).await.expect("compact");
+                    })
+                });
+            }
+        })
+        .await;
+    let err = r.expect_err("the read's revision was compacted");
+    println!("paged read: {err}");
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err:?}");
+    assert!(err.to_string().contains("compacted during the paged read"));
+    assert_eq!(pages, 1);
+
+    // `list` reads again at the current revision: every key, one snapshot.
+    let (rev, kvs) = s.list(PREFIX).await.expect("list");
+    assert_eq!(kvs.len(), 2501);
+    assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
+}

@@ -46,7 +46,7 @@ pub enum StoreError {
     TooLarge(#[from] TooLarge),
     #[error(
         "reading {prefix} at store revision {revision}: that revision was compacted during the \
-         paged read (the read starts over at the current revision)"
+         paged read; read it again at the current revision"
     )]
     Compacted { prefix: String, revision: i64 },
     #[error("reading etcd TLS file {path}: {source}")]
