@@ -53,32 +53,41 @@ impl Allocator {
         self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Every allocated (digest → identity) pair in the store.
+    /// Every allocated (digest → identity) pair in the store, read page by page.
     pub async fn load(&self) -> Result<BTreeMap<String, u32>, StoreError> {
-        let (_, kvs) = self.store.list(&keys::identity_index_prefix()).await?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| match keys::parse(&kv.key) {
-                StoreKey::IdentityIndex(d) => std::str::from_utf8(&kv.value)
-                    .ok()?
-                    .parse::<u32>()
-                    .ok()
-                    .map(|id| (d.to_owned(), id)),
-                _ => None,
+        let mut out = BTreeMap::new();
+        self.store
+            .list_pages(&keys::identity_index_prefix(), |page| {
+                out.extend(page.into_iter().filter_map(|kv| {
+                    match keys::parse(&kv.key) {
+                        StoreKey::IdentityIndex(d) => std::str::from_utf8(&kv.value)
+                            .ok()?
+                            .parse::<u32>()
+                            .ok()
+                            .map(|id| (d.to_owned(), id)),
+                        _ => None,
+                    }
+                }))
             })
-            .collect())
+            .await?;
+        Ok(out)
     }
 
-    /// Numbers claimed in the store (by any writer).
+    /// Numbers claimed in the store (by any writer), read page by page.
     async fn claimed(&self) -> Result<BTreeSet<u32>, StoreError> {
-        let (_, kvs) = self.store.list(&keys::identity_claim_prefix()).await?;
-        Ok(kvs
-            .into_iter()
-            .filter_map(|kv| match keys::parse(&kv.key) {
-                StoreKey::IdentityClaim(id) => id.parse().ok(),
-                _ => None,
+        let mut out = BTreeSet::new();
+        self.store
+            .list_pages(&keys::identity_claim_prefix(), |page| {
+                out.extend(
+                    page.into_iter()
+                        .filter_map(|kv| match keys::parse(&kv.key) {
+                            StoreKey::IdentityClaim(id) => id.parse::<u32>().ok(),
+                            _ => None,
+                        }),
+                )
             })
-            .collect())
+            .await?;
+        Ok(out)
     }
 
     fn first_free(&self, used: &BTreeSet<u32>) -> Result<u32, AllocError> {

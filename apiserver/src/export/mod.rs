@@ -33,6 +33,9 @@ struct Term {
     index: BTreeMap<String, u32>,
     unused_since: HashMap<String, Instant>,
     markers_done: bool,
+    /// Records the store refused as too large, with the value refused: not
+    /// offered again until the source changes them.
+    refused: BTreeMap<String, Bytes>,
 }
 
 pub struct Exporter {
@@ -201,6 +204,7 @@ impl Exporter {
             index,
             unused_since: HashMap::new(),
             markers_done: false,
+            refused: BTreeMap::new(),
         })
     }
 
@@ -275,8 +279,9 @@ impl Exporter {
         }
         let released: BTreeSet<&String> = release.iter().map(|(_, _, k)| k).collect();
         let mut ops = Vec::new();
+        term.refused.retain(|k, v| want.get(k) == Some(v));
         for (k, v) in &want {
-            if term.written.get(k) != Some(v) {
+            if term.written.get(k) != Some(v) && !term.refused.contains_key(k) {
                 ops.push(WriteOp::put(k.clone(), v.clone()));
             }
         }
@@ -286,10 +291,21 @@ impl Exporter {
             }
         }
         if !ops.is_empty() {
-            self.store.apply_fenced(&ops, token).await?;
-            debug!(writes = ops.len(), "exported");
+            let applied = self.store.apply_fenced(&ops, token).await?;
+            debug!(
+                writes = ops.len(),
+                refused = applied.refused.len(),
+                "exported"
+            );
+            // A refused record (too large for the store) is not written; the
+            // store logged and counted it, and it is offered again only when
+            // the source changes it.
+            let refused: BTreeSet<&str> = applied.refused.iter().map(|r| r.key.as_str()).collect();
             for op in ops {
                 match op {
+                    WriteOp::Put { key, value } if refused.contains(key.as_str()) => {
+                        term.refused.insert(key, value);
+                    }
                     WriteOp::Put { key, value } => {
                         term.written.insert(key, value);
                     }
@@ -297,6 +313,25 @@ impl Exporter {
                         term.written.remove(&key);
                     }
                     WriteOp::DeletePrefix { .. } => {}
+                }
+            }
+            // An older version of a refused record would be stale: withdraw it.
+            let stale: Vec<WriteOp> = term
+                .refused
+                .keys()
+                .filter(|k| term.written.contains_key(*k))
+                .map(|k| WriteOp::delete(k.clone()))
+                .collect();
+            if !stale.is_empty() {
+                warn!(
+                    records = stale.len(),
+                    "withdrawing the stored version of records now too large to write"
+                );
+                self.store.apply_fenced(&stale, token).await?;
+                for op in stale {
+                    if let WriteOp::Delete { key } = op {
+                        term.written.remove(&key);
+                    }
                 }
             }
         }
@@ -327,7 +362,7 @@ impl Exporter {
                     ops.push(WriteOp::put(key, marker.encode_to_vec()));
                 }
             }
-            self.store.apply_fenced(&ops, token).await?;
+            self.store.apply_fenced(&ops, token).await?.all_written()?;
             term.markers_done = true;
             info!("all kinds exported; sync markers written");
         }

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::server::tls::SharedConfig;
-use crate::store::{Store, StoreError, WriteOp};
+use crate::store::{Applied, Store, StoreError, WriteOp};
 use crate::view::{Batch, Class, View};
 
 /// How long a peer may stay silent before it is shown disconnected
@@ -82,7 +82,8 @@ pub struct MeshContext {
 
 impl MeshContext {
     /// Writes `ops` in order, fenced on leadership when there is a token.
-    pub async fn write(&self, ops: &[WriteOp]) -> Result<i64, StoreError> {
+    /// Puts too large for the store are left out and returned.
+    pub async fn write(&self, ops: &[WriteOp]) -> Result<Applied, StoreError> {
         match &self.fence {
             Some(token) => self.store.apply_fenced(ops, token).await,
             None => self.store.apply(ops).await,

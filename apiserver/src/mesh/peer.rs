@@ -283,7 +283,14 @@ impl PeerLoop {
             return true;
         }
         match self.ctx.write(ops).await {
-            Ok(_) => true,
+            Ok(applied) => {
+                if let Some(last) = applied.refused.last() {
+                    // Counted like any rejected record; the rest was written.
+                    self.status.rejected_records += applied.refused.len() as u64;
+                    self.status.last_error = format!("rejected record: {last}");
+                }
+                true
+            }
             Err(e) => {
                 self.error(format!(
                     "writing peer {}'s records to the local store: {e}",

@@ -9,10 +9,17 @@ use clustermesh_proto::{ClusterMode, ValidationError, validate};
 use prost::Message;
 use thiserror::Error;
 
-/// The largest record (encoded bytes) accepted from a peer.
+/// The largest record (encoded bytes) accepted from a peer. A quarter of
+/// what one store write may hold ([`crate::store::MAX_RECORD_BYTES`]), so a
+/// peer's record is refused here, counted in its status, before it could
+/// ever be refused by the store.
 pub const MAX_RECORD_BYTES: usize = 256 * 1024;
 /// The longest record key accepted from a peer.
 pub const MAX_KEY_BYTES: usize = 512;
+
+// A record that passes these checks, under its `cache/<kind>/<peer>/` key
+// (a few dozen bytes more than the peer's key), always fits one store write.
+const _: () = assert!(MAX_RECORD_BYTES + 2 * MAX_KEY_BYTES < crate::store::MAX_RECORD_BYTES);
 
 /// Why a peer's ClusterInfo is refused (nothing is mirrored from it).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

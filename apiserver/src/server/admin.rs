@@ -8,7 +8,7 @@ use clustermesh_proto::{RECORD_KINDS, validate};
 use prost::Message;
 use tonic::Status;
 
-use crate::store::{Store, WriteOp};
+use crate::store::{Applied, Store, StoreError, WriteOp};
 use crate::view::View;
 
 /// Every registered peer, from the view.
@@ -77,7 +77,13 @@ pub async fn connect(
     store
         .apply(&[WriteOp::put(keys::peer(&peer.name), peer.encode_to_vec())])
         .await
-        .map_err(|e| Status::unavailable(format!("writing peer {}: {e}", peer.name)))?;
+        .and_then(Applied::all_written)
+        .map_err(|e| match e {
+            StoreError::TooLarge(_) => {
+                Status::invalid_argument(format!("registration of peer {}: {e}", peer.name))
+            }
+            e => Status::unavailable(format!("writing peer {}: {e}", peer.name)),
+        })?;
     Ok(())
 }
 
@@ -104,6 +110,7 @@ pub async fn disconnect(store: &Store, view: &View, name: &str) -> Result<bool, 
     store
         .apply(&ops)
         .await
+        .and_then(Applied::all_written)
         .map_err(|e| Status::unavailable(format!("removing peer {name}: {e}")))?;
     Ok(existed)
 }

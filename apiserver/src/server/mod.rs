@@ -89,6 +89,7 @@ impl ApiServer {
                 .map(|e| e.clone())
                 .unwrap_or_default(),
             ready: self.view.ready() && self.view.feed_error().is_none(),
+            store_refused_records: self.store.refused_records(),
         }
     }
 }

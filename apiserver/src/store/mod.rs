@@ -5,15 +5,22 @@
 //! `StoreError`.
 
 mod meta;
+mod read;
 mod write;
 
 pub use meta::OwnershipError;
-pub use write::{MAX_TXN_OPS, WriteOp};
+pub use read::PAGE_KEYS;
+pub use write::{
+    Applied, ETCD_MAX_REQUEST_BYTES, MAX_RECORD_BYTES, MAX_TXN_BYTES, MAX_TXN_OPS, TooLarge,
+    WriteOp,
+};
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
-use etcd_client::{Client, ConnectOptions, GetOptions, TlsOptions};
+use etcd_client::{Client, ConnectOptions, TlsOptions};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -35,6 +42,13 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
+    #[error(
+        "reading {prefix} at store revision {revision}: that revision was compacted during the \
+         paged read; read it again at the current revision"
+    )]
+    Compacted { prefix: String, revision: i64 },
     #[error("reading etcd TLS file {path}: {source}")]
     TlsFile {
         path: String,
@@ -91,6 +105,8 @@ pub struct Kv {
 pub struct Store {
     client: Client,
     endpoints: String,
+    /// Puts refused as too large (shared by clones).
+    refused: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -103,7 +119,11 @@ impl Store {
                 endpoints: endpoints.clone(),
                 source,
             })?;
-        Ok(Store { client, endpoints })
+        Ok(Store {
+            client,
+            endpoints,
+            refused: Arc::default(),
+        })
     }
 
     pub fn endpoints(&self) -> &str {
@@ -120,49 +140,5 @@ impl Store {
     /// The raw client, for the view feed's watch and for leader election.
     pub(crate) fn client(&self) -> Client {
         self.client.clone()
-    }
-
-    /// Every key under `prefix`, with the store revision the read was taken at.
-    pub async fn list(&self, prefix: &str) -> Result<(i64, Vec<Kv>), StoreError> {
-        let mut c = self.client.clone();
-        let mut resp = c
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| self.err(e))?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp
-            .take_kvs()
-            .into_iter()
-            .map(|kv| Kv {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                mod_revision: kv.mod_revision(),
-                value: Bytes::copy_from_slice(kv.value()),
-            })
-            .collect();
-        Ok((rev, kvs))
-    }
-
-    /// One key, if present.
-    pub async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c.get(key, None).await.map_err(|e| self.err(e))?;
-        Ok(resp.kvs().first().map(|kv| Kv {
-            key: key.to_owned(),
-            mod_revision: kv.mod_revision(),
-            value: Bytes::copy_from_slice(kv.value()),
-        }))
-    }
-
-    /// The current store revision.
-    pub async fn revision(&self) -> Result<i64, StoreError> {
-        let mut c = self.client.clone();
-        let resp = c
-            .get(
-                clustermesh_proto::keys::meta_epoch(),
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 }

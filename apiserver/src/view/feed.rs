@@ -62,7 +62,7 @@ async fn feed_once(store: &Store, view: &View, info: &ClusterInfo) -> Result<(),
         view.load(&epoch, rev, kvs);
         rev + 1
     };
-    let mut client = store.client();
+    let mut client = store.watch_client();
     let mut stream = client
         .watch(
             keys::PREFIX,

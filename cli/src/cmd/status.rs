@@ -34,6 +34,7 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
         "synced": kinds(&s.synced),
         "records": s.counts.iter().map(|c| json!({"cluster": c.cluster, "kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
         "source_errors": s.source_errors.iter().map(|e| json!({"file": e.file, "line": e.line, "message": e.message})).collect::<Vec<_>>(),
+        "store_refused_records": s.store_refused_records,
         "peers": s.peers.iter().map(|p| json!({
             "name": p.name, "cluster_id": p.cluster_id, "addresses": p.addresses, "enabled": p.enabled,
             "connected": p.connected, "last_heartbeat_unix_millis": p.last_heartbeat_unix_millis,
@@ -85,6 +86,12 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
         out.push_str(&format!(
             "Source error: {}:{}: {}\n",
             e.file, e.line, e.message
+        ));
+    }
+    if s.store_refused_records > 0 {
+        out.push_str(&format!(
+            "Records refused as too large for one store write: {} (see the apiserver log)\n",
+            s.store_refused_records
         ));
     }
     let rows: Vec<Vec<String>> = s
