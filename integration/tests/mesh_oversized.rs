@@ -12,6 +12,7 @@
 mod mesh_support;
 
 use clustermesh_apiserver::store::{ETCD_MAX_REQUEST_BYTES, MAX_RECORD_BYTES};
+use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::Kind;
 use mesh_support::*;

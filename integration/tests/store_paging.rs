@@ -13,6 +13,7 @@ use clustermesh_apiserver::store::{
 };
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
+use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_integration::eventually;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys::{self, StoreKey};
