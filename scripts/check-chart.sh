@@ -66,6 +66,35 @@ expect required '"--client-cert-auth=true"' "etcd with client-certificate auth"
 expect ha '"--peer-client-cert-auth=true"' "etcd members with peer certificate auth"
 expect_not external-etcd-tls '^kind: NetworkPolicy' "etcd NetworkPolicy for an etcd it does not run"
 
+# Monitoring: the alert rules are valid and fire as their unit tests say, the
+# PrometheusRule the chart renders holds the same valid rules, and every metric
+# the rules and the dashboard query is one the binaries export (docs/metrics.md).
+files="$chart/files"
+if out=$(promtool check rules "$files/alerts.yaml" 2>&1) && out=$(cd "$files" && promtool test rules alerts-test.yaml 2>&1); then
+  ok "alert rules: promtool check rules and test rules"
+else
+  bad "alert rules: $out"
+fi
+python3 - "$work/monitoring.yaml" "$work/rendered-rules.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rule = [d for d in docs if d["kind"] == "PrometheusRule"]
+assert len(rule) == 1, f"expected one PrometheusRule, found {len(rule)}"
+yaml.safe_dump(rule[0]["spec"], open(sys.argv[2], "w"))
+PY
+if out=$(promtool check rules "$work/rendered-rules.yaml" 2>&1); then
+  ok "the rendered PrometheusRule holds valid rules"
+else
+  bad "the rendered PrometheusRule: $out"
+fi
+if out=$(python3 scripts/check-metric-names.py "$files/alerts.yaml" "$files/dashboard.json" docs/metrics.md 2>&1); then
+  ok "alerts and dashboard query only documented metrics ($out)"
+else
+  bad "alerts or dashboard: $out"
+fi
+expect monitoring '^kind: ServiceMonitor' "ServiceMonitors"
+expect monitoring 'grafana_dashboard: "1"' "the dashboard ConfigMap"
+
 # The rendered etcd TLS, run: a real etcd with the StatefulSet's arguments and
 # the generated Secret, a real apiserver with the Deployment's (a no-op build
 # after scripts/test.sh).

