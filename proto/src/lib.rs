@@ -6,6 +6,7 @@ pub mod duration;
 pub mod identity;
 pub mod keys;
 pub mod mirror;
+pub mod selection;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for `clustermesh.v1`.

@@ -1,9 +1,10 @@
 //! The global service view: a service's records from this cluster and from
 //! every cached peer, backends grouped by cluster, affinity applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clustermesh_proto::keys::{self, StoreKey};
+use clustermesh_proto::selection::{self, Candidate};
 use clustermesh_proto::v1::{
     Affinity, Backend, ClusterBackends, Kind, LookupServiceResponse, Service, ServiceSummary,
 };
@@ -34,33 +35,29 @@ fn services(view: &View) -> BTreeMap<String, BTreeMap<String, Service>> {
     out
 }
 
-/// Which backends a client in `local` would use.
-pub fn select(affinity: Affinity, local: &str, clusters: &[ClusterBackends]) -> Vec<Backend> {
-    let usable = |b: &&Backend| b.ready || b.serving;
-    let side = |want_local: bool| -> Vec<Backend> {
-        clusters
-            .iter()
-            .filter(|c| (c.cluster == local) == want_local)
-            .flat_map(|c| c.backends.iter().filter(usable).cloned())
-            .collect()
-    };
-    let all = || {
-        clusters
-            .iter()
-            .flat_map(|c| c.backends.iter().filter(usable).cloned())
-            .collect()
-    };
-    match affinity {
-        Affinity::None => all(),
-        Affinity::Local | Affinity::Remote => {
-            let preferred = side(affinity == Affinity::Local);
-            if preferred.is_empty() {
-                side(affinity != Affinity::Local)
-            } else {
-                preferred
-            }
-        }
-    }
+/// Which backends a client in `local` is sent to: the one decision the
+/// datapath also uses (`clustermesh_proto::selection`). `contributing` names
+/// the clusters whose records count (this one, and peers whose record is
+/// global and shared).
+pub fn select(
+    affinity: Affinity,
+    local: &str,
+    clusters: &[ClusterBackends],
+    contributing: &BTreeSet<String>,
+) -> Vec<Backend> {
+    let candidates: Vec<Candidate<&Backend>> = clusters
+        .iter()
+        .filter(|c| contributing.contains(&c.cluster))
+        .flat_map(|c| {
+            c.backends
+                .iter()
+                .map(|b| Candidate::of(c.cluster == local, b))
+        })
+        .collect();
+    selection::select(affinity, &candidates)
+        .into_iter()
+        .cloned()
+        .collect()
 }
 
 pub fn lookup(view: &View, namespace: &str, name: &str) -> Option<LookupServiceResponse> {
@@ -71,9 +68,18 @@ pub fn lookup(view: &View, namespace: &str, name: &str) -> Option<LookupServiceR
         .get(&local)
         .or_else(|| by_cluster.values().next())?
         .clone();
+    let local_svc = by_cluster.get(&local);
     let mut frontends = Vec::new();
     let mut clusters = Vec::new();
+    let mut contributing = BTreeSet::new();
     for (cluster, svc) in &by_cluster {
+        if cluster == &local {
+            if svc.global {
+                contributing.insert(cluster.clone());
+            }
+        } else if selection::peer_contributes(local_svc, svc) {
+            contributing.insert(cluster.clone());
+        }
         // A peer's backends count only for a global service.
         if cluster != &local && !(svc.global && primary.global) {
             continue;
@@ -94,7 +100,7 @@ pub fn lookup(view: &View, namespace: &str, name: &str) -> Option<LookupServiceR
         });
     }
     let affinity = Affinity::try_from(primary.affinity).unwrap_or(Affinity::None);
-    let selected = select(affinity, &local, &clusters);
+    let selected = select(affinity, &local, &clusters, &contributing);
     Some(LookupServiceResponse {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -157,20 +163,21 @@ mod tests {
         let cs = vec![
             cb("a", &[("1.0.0.1", true)]),
             cb("b", &[("2.0.0.1", true), ("2.0.0.2", false)]),
+            cb("c", &[("3.0.0.1", true)]),
         ];
+        // c's record is not shared: it never contributes.
+        let contributing: BTreeSet<String> = ["a".into(), "b".into()].into();
         let ips = |v: Vec<Backend>| v.into_iter().map(|b| b.ip).collect::<Vec<_>>();
-        assert_eq!(
-            ips(select(Affinity::None, "a", &cs)),
-            ["1.0.0.1", "2.0.0.1"]
-        );
-        assert_eq!(ips(select(Affinity::Local, "a", &cs)), ["1.0.0.1"]);
-        assert_eq!(ips(select(Affinity::Remote, "a", &cs)), ["2.0.0.1"]);
+        let sel = |aff, cs: &[ClusterBackends]| ips(select(aff, "a", cs, &contributing));
+        assert_eq!(sel(Affinity::None, &cs), ["1.0.0.1", "2.0.0.1"]);
+        assert_eq!(sel(Affinity::Local, &cs), ["1.0.0.1"]);
+        assert_eq!(sel(Affinity::Remote, &cs), ["2.0.0.1"]);
         let no_local = vec![
             cb("a", &[("1.0.0.1", false)]),
             cb("b", &[("2.0.0.1", true)]),
         ];
         assert_eq!(
-            ips(select(Affinity::Local, "a", &no_local)),
+            sel(Affinity::Local, &no_local),
             ["2.0.0.1"],
             "falls back to remote"
         );

@@ -2,14 +2,12 @@
 //!
 //! A frontend is programmed for every global service **of the local
 //! cluster** (its ClusterIPs × ports; clients of this cluster connect to
-//! those). Its candidate backends are the local service's ready backends and
-//! the ready backends of the same `namespace/name` in every other cluster
-//! where it is global and shared (Cilium's rule: a global service must exist
-//! in each cluster that uses it). Affinity picks the set that goes into the
-//! BPF slots — the programs choose uniformly among the slots:
-//! - `none`: local and remote together;
-//! - `local`: the local ready backends while there is one, else the remote ones;
-//! - `remote`: the remote ready backends while there is one, else the local ones.
+//! those; Cilium's rule: a global service must exist in each cluster that
+//! uses it). Which backends go into its BPF slots (the programs choose
+//! uniformly among them) is decided by `clustermesh_proto::selection`, the
+//! same function `LookupService` (and so `clustermesh service get`) uses:
+//! peers contribute when their record is global and shared; ready backends,
+//! serving ones only when none is ready; affinity local/remote/none.
 //!
 //! A backend's port is the one named like the service port (a single unnamed
 //! service port takes the backend's only port). SCTP ports are not
@@ -18,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use clustermesh_proto::selection::{self, Candidate};
 use clustermesh_proto::v1::{
     Affinity as ProtoAffinity, Backend as ProtoBackend, Service as ProtoService, ServicePort,
 };
@@ -90,32 +89,31 @@ fn backend_port(b: &ProtoBackend, sp: &ServicePort) -> Option<u16> {
     u16::try_from(port.port).ok().filter(|p| *p != 0)
 }
 
-fn ready_backends<'a>(
-    svcs: impl Iterator<Item = &'a ProtoService>,
+/// The backends of `sp` that clients are sent to: every candidate that
+/// serves the port, then the one selection the CLI's lookup also uses.
+fn backends_for<'a>(
+    aff: ProtoAffinity,
+    local: &'a ProtoService,
+    remotes: &[&'a ProtoService],
     sp: &ServicePort,
-) -> BTreeSet<Backend> {
-    let mut out = BTreeSet::new();
-    for s in svcs {
-        for b in s.backends.iter().filter(|b| b.ready) {
+) -> Vec<Backend> {
+    let mut candidates = Vec::new();
+    for (is_local, s) in std::iter::once((true, local)).chain(remotes.iter().map(|r| (false, *r))) {
+        for b in &s.backends {
             let (Ok(ip), Some(port)) = (b.ip.parse::<Ipv4Addr>(), backend_port(b, sp)) else {
                 continue;
             };
-            out.insert(Backend { ip, port });
+            candidates.push(Candidate {
+                local: is_local,
+                ready: b.ready,
+                serving: b.serving,
+                item: Backend { ip, port },
+            });
         }
     }
-    out
-}
-
-/// Picks the backend set by affinity.
-pub fn choose(aff: Affinity, local: BTreeSet<Backend>, remote: BTreeSet<Backend>) -> Vec<Backend> {
-    let set = match aff {
-        Affinity::None => local.union(&remote).copied().collect(),
-        Affinity::Local if !local.is_empty() => local,
-        Affinity::Local => remote,
-        Affinity::Remote if !remote.is_empty() => remote,
-        Affinity::Remote => local,
-    };
-    set.into_iter().collect()
+    // The BPF slots are a set: each (ip, port) once, in a stable order.
+    let chosen: BTreeSet<Backend> = selection::select(aff, &candidates).into_iter().collect();
+    chosen.into_iter().collect()
 }
 
 /// Computes the LB entries for `local_cluster` from all service records.
@@ -134,13 +132,13 @@ pub fn compute<'a>(
             .into_iter()
             .filter(|r| {
                 r.cluster != local_cluster
-                    && r.global
-                    && r.shared
                     && r.namespace == svc.namespace
                     && r.name == svc.name
+                    && selection::peer_contributes(Some(svc), r)
             })
             .collect();
         let aff = affinity(svc);
+        let proto_affinity = ProtoAffinity::try_from(svc.affinity).unwrap_or(ProtoAffinity::None);
         for sp in &svc.ports {
             let proto = match protocol_number(&sp.protocol) {
                 Some(p @ (PROTO_TCP | PROTO_UDP)) => p,
@@ -149,9 +147,7 @@ pub fn compute<'a>(
             let Some(port) = u16::try_from(sp.port).ok().filter(|p| *p != 0) else {
                 continue;
             };
-            let local = ready_backends(std::iter::once(svc), sp);
-            let remote = ready_backends(remotes.iter().copied(), sp);
-            let backends = choose(aff, local, remote);
+            let backends = backends_for(proto_affinity, svc, &remotes, sp);
             for ip in svc
                 .frontend_ips
                 .iter()
