@@ -1,6 +1,7 @@
 //! Plain HTTP health endpoints: `/healthz` (the process serves) and
 //! `/readyz` (the store is loaded and the feed is healthy), plus `/status`
-//! (JSON summary, for humans and scripts on the node).
+//! (JSON summary, for humans and scripts on the node) and `/metrics`
+//! (Prometheus, OpenMetrics text; see [`crate::metrics`] and docs/metrics.md).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,13 +48,39 @@ fn route(api: &ApiServer, path: &str) -> Response<Full<Bytes>> {
                     |c| serde_json::json!({"cluster": c.cluster, "kind": c.kind, "count": c.count}),
                 )
                 .collect();
+            let peers: Vec<_> = st
+                .peers
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "name": p.name, "enabled": p.enabled, "connected": p.connected,
+                        "ready": crate::metrics::peer_ready(p), "synced_kinds": p.synced.len(),
+                        "failures": p.failures, "rejected_records": p.rejected_records,
+                        "withdrawn": p.withdrawn, "last_error": p.last_error,
+                    })
+                })
+                .collect();
             let body = serde_json::json!({
                 "cluster": api.cluster.name, "cluster_id": api.cluster.id, "replica": st.replica,
                 "epoch": st.epoch, "revision": st.revision, "ready": st.ready, "leader": st.leader,
-                "watchers": st.watchers, "counts": counts,
+                "watchers": st.watchers, "counts": counts, "peers": peers,
             });
             reply(StatusCode::OK, format!("{body}\n"))
         }
+        "/metrics" => match api.metrics.encode() {
+            Ok(text) => {
+                let mut r = reply(StatusCode::OK, text);
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                r
+            }
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics: {e}\n"),
+            ),
+        },
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
