@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::metrics::Format;
 use crate::server::ApiServer;
 
 fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -21,7 +22,7 @@ fn reply(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(api: &ApiServer, path: &str) -> Response<Full<Bytes>> {
+fn route(api: &ApiServer, path: &str, accept: Option<&str>) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => reply(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
@@ -67,20 +68,23 @@ fn route(api: &ApiServer, path: &str) -> Response<Full<Bytes>> {
             });
             reply(StatusCode::OK, format!("{body}\n"))
         }
-        "/metrics" => match api.metrics.encode() {
-            Ok(text) => {
-                let mut r = reply(StatusCode::OK, text);
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-                );
-                r
+        "/metrics" => {
+            let format = Format::negotiate(accept);
+            match api.metrics.encode(format) {
+                Ok(text) => {
+                    let mut r = reply(StatusCode::OK, text);
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(format.content_type()),
+                    );
+                    r
+                }
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
             }
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding metrics: {e}\n"),
-            ),
-        },
+        }
         _ => reply(StatusCode::NOT_FOUND, "not found\n".into()),
     }
 }
@@ -98,7 +102,11 @@ pub async fn serve(listener: TcpListener, api: ApiServer) {
         let api = api.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = route(&api, req.uri().path());
+                let accept = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let resp = route(&api, req.uri().path(), accept);
                 async move { Ok::<_, Infallible>(resp) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()

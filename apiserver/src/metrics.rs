@@ -33,8 +33,59 @@ use crate::view::View;
 /// Prefix of every family.
 pub const PREFIX: &str = "clustermesh_apiserver";
 
-/// The Content-Type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What `/metrics` answers: OpenMetrics when the scraper asks for it
+/// (Prometheus does), else the Prometheus text format 0.0.4 (curl, older
+/// scrapers and parsers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    Text,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
+            _ => Format::Text,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text (as `prometheus-client` writes it) in the Prometheus
+/// text format 0.0.4: a counter's HELP and TYPE name its samples' `_total`
+/// name, and there is no `# EOF`. Gauges and histograms are written alike
+/// in both (no units, exemplars or `_created` are used here).
+fn to_text_format(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta.and_then(|(p, rest)| Some((p, rest.split_once(' ')?))) {
+            Some((p, (name, tail))) if counters.contains(name) => {
+                out.push_str(&format!("{p}{name}_total {tail}"));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// Buckets of `propagation_delay_seconds`: 0.5 ms to 30 s.
 pub const PROPAGATION_BUCKETS: [f64; 16] = [
@@ -159,11 +210,14 @@ impl Metrics {
         })
     }
 
-    /// The OpenMetrics text of every family.
-    pub fn encode(&self) -> Result<String, fmt::Error> {
+    /// Every family, in `format`.
+    pub fn encode(&self, format: Format) -> Result<String, fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-        Ok(out)
+        Ok(match format {
+            Format::OpenMetrics => out,
+            Format::Text => to_text_format(&out),
+        })
     }
 
     /// The view was loaded for the first time: records the bootstrap time.
@@ -314,7 +368,7 @@ mod tests {
         m.rejected("beta", "too_large", 2);
         m.watch_events(3);
         m.etcd_error("feed");
-        let text = m.encode().expect("encode");
+        let text = m.encode(Format::OpenMetrics).expect("encode");
         for (name, ty) in [
             ("remote_clusters", "gauge"),
             ("remote_cluster_readiness_status", "gauge"),
@@ -337,6 +391,21 @@ mod tests {
         ));
         assert!(text.contains("clustermesh_apiserver_watch_events_total 3"));
         assert!(text.ends_with("# EOF\n"));
+
+        let plain = m.encode(Format::Text).expect("encode");
+        assert!(plain.contains("# TYPE clustermesh_apiserver_watch_events_total counter\n"));
+        assert!(plain.contains("# HELP clustermesh_apiserver_watch_events_total Record events"));
+        assert!(plain.contains("clustermesh_apiserver_watch_events_total 3\n"));
+        assert!(plain.contains("# TYPE clustermesh_apiserver_leader gauge\n"));
+        assert!(!plain.contains("# EOF"));
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        assert_eq!(Format::negotiate(None), Format::Text);
     }
 
     #[test]

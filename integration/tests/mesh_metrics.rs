@@ -1,6 +1,7 @@
 //! `/metrics` on the apiserver's health port, scraped over HTTP and parsed
-//! by a real parser (Python's `prometheus_client`, see
-//! scripts/install-deps.sh): every family of DESIGN §12 with its type; a
+//! by real parsers (Python's `prometheus_client`, see
+//! scripts/install-deps.sh; OpenMetrics as Prometheus asks for it, and the
+//! Prometheus text format otherwise): every family of DESIGN §12 with its type; a
 //! peer's readiness is 1 when synced and 0 within 2 s after its apiserver is
 //! SIGKILLed (status says disconnected at the same time, its records are
 //! still served, although `--peer-timeout` is 10 s); refused records are
@@ -28,21 +29,56 @@ struct Family {
 
 type Families = BTreeMap<String, Family>;
 
-/// Parses OpenMetrics text with prometheus_client's OpenMetrics parser (the
-/// format `/metrics` declares in its Content-Type; the strict one: it
-/// refuses a missing `# EOF`, bad names, bad values).
+/// Parses `/metrics` with Python's prometheus_client: its Prometheus text
+/// format parser (`prometheus_client.parser`) for `text/plain`, its
+/// OpenMetrics parser (strict: a missing `# EOF`, bad names or values are
+/// refused) for `application/openmetrics-text`.
 const PARSE: &str = r#"
 import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+parse = openmetrics if sys.argv[1] == "openmetrics" else text
 out = {}
-for f in text_string_to_metric_families(sys.stdin.read()):
+for f in parse(sys.stdin.read()):
     out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
 print(json.dumps(out))
 "#;
 
-async fn parse(text: &str) -> Families {
+/// The two formats `/metrics` serves, with the Accept header asking for each.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Format {
+    /// What Prometheus asks for.
+    OpenMetrics,
+    /// What a client that asks for nothing in particular (curl) gets.
+    Text,
+}
+
+impl Format {
+    fn accept(self) -> Option<&'static str> {
+        match self {
+            Format::OpenMetrics => Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            ),
+            Format::Text => None,
+        }
+    }
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0",
+            Format::Text => "text/plain; version=0.0.4",
+        }
+    }
+    fn parser(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "openmetrics",
+            Format::Text => "text",
+        }
+    }
+}
+
+async fn parse(text: &str, format: Format) -> Families {
     let mut child = tokio::process::Command::new("python3")
-        .args(["-c", PARSE])
+        .args(["-c", PARSE, format.parser()])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -54,7 +90,7 @@ async fn parse(text: &str) -> Families {
     let out = child.wait_with_output().await.expect("python3 ran");
     assert!(
         out.status.success(),
-        "the Prometheus parser refused /metrics: {}\n--- text:\n{text}",
+        "the {format:?} parser refused /metrics: {}\n--- text:\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
@@ -84,13 +120,40 @@ async fn parse(text: &str) -> Families {
     fams
 }
 
-/// Scrapes `c`'s `/metrics` and parses it.
+/// `GET /metrics` over plain HTTP/1.1 with `format`'s Accept header:
+/// checks the status and Content-Type, returns the body.
+async fn get_metrics(addr: &str, format: Format) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let accept = format
+        .accept()
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    assert!(header("transfer-encoding").is_none(), "{head}");
+    let ct = header("content-type").unwrap_or_default();
+    assert!(ct.starts_with(format.content_type()), "{format:?}: {ct}");
+    body.to_owned()
+}
+
+/// Scrapes `c`'s `/metrics` as Prometheus does and parses it.
 async fn scrape(c: &Cluster) -> Families {
-    let (code, body) = http_get(&c.api().health, "/metrics")
-        .await
-        .expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    parse(&body).await
+    scrape_as(c, Format::OpenMetrics).await
+}
+
+async fn scrape_as(c: &Cluster, format: Format) -> Families {
+    parse(&get_metrics(&c.api().health, format).await, format).await
 }
 
 /// The value of the sample `sample` of family `family` whose labels include `labels`.
@@ -114,22 +177,6 @@ fn readiness(f: &Families, peer: &str) -> Option<f64> {
         "remote_cluster_readiness_status",
         &[("target_cluster", peer)],
     )
-}
-
-/// The Content-Type header of `GET path`.
-async fn content_type(addr: &str, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// Heartbeats every 200 ms, but the default peer-timeout (10 s): a killed
@@ -207,9 +254,6 @@ async fn metrics_families_and_honest_readiness() {
     .await
     .expect("alpha mirrored");
 
-    let ct = content_type(&b.api().health, "/metrics").await;
-    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-
     // Synced: readiness 1, alpha's records counted.
     let f = eventually("beta's metrics show alpha ready", T, || async {
         let f = scrape(&b).await;
@@ -217,13 +261,23 @@ async fn metrics_families_and_honest_readiness() {
     })
     .await
     .expect("alpha ready in metrics");
-    for (name, ty) in FAMILIES {
-        let full = format!("clustermesh_apiserver_{name}");
-        let fam = f
-            .get(&full)
-            .unwrap_or_else(|| panic!("family {full} missing: {:?}", f.keys()));
-        assert_eq!(fam.ty, ty, "type of {full}");
+    // Both formats: every family with its type, the same samples.
+    let plain = scrape_as(&b, Format::Text).await;
+    for (fams, format) in [(&f, Format::OpenMetrics), (&plain, Format::Text)] {
+        for (name, ty) in FAMILIES {
+            let full = format!("clustermesh_apiserver_{name}");
+            let fam = fams
+                .get(&full)
+                .unwrap_or_else(|| panic!("{format:?}: family {full} missing: {:?}", fams.keys()));
+            assert_eq!(fam.ty, ty, "{format:?}: type of {full}");
+        }
+        assert_eq!(readiness(fams, "alpha"), Some(1.0), "{format:?}");
     }
+    assert_eq!(
+        f.keys().collect::<Vec<_>>(),
+        plain.keys().collect::<Vec<_>>(),
+        "the same families in both formats"
+    );
     let one = |name: &str| value(&f, name, name, &[]);
     assert_eq!(one("remote_clusters"), Some(1.0));
     assert_eq!(one("leader"), Some(1.0));
