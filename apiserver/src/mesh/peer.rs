@@ -5,8 +5,8 @@
 //!        ▲                        │ fail: failures+1, last_error,   │ batches: validate records,
 //!        │ store write failed     │ jittered backoff 100 ms → 10 s  │ write the differences
 //!        └────────────────────────┴──────────◀───── stream ends ────┘
-//! stream ends             → redialed; shown disconnected at once if that redial
-//!                            fails or takes over 1 s (records stay)
+//! stream ends              → redialed; shown disconnected at once if that
+//!                            redial fails or takes over 1 s (records stay)
 //! silent for peer-timeout  → shown disconnected (records stay), session redialed
 //! disconnected + stale-ttl → records withdrawn (range deletes), mirror emptied
 //! ```
