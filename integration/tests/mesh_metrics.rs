@@ -5,7 +5,7 @@
 //! peer's readiness is 1 when synced and 0 within 2 s after its apiserver is
 //! SIGKILLed (status says disconnected at the same time, its records are
 //! still served, although `--peer-timeout` is 10 s); refused records are
-//! counted by reason.
+//! counted by reason; a follower replica shows the same readiness.
 
 mod mesh_support;
 
@@ -153,7 +153,11 @@ async fn scrape(c: &Cluster) -> Families {
 }
 
 async fn scrape_as(c: &Cluster, format: Format) -> Families {
-    parse(&get_metrics(&c.api().health, format).await, format).await
+    scrape_replica(&c.api().health, format).await
+}
+
+async fn scrape_replica(health: &str, format: Format) -> Families {
+    parse(&get_metrics(health, format).await, format).await
 }
 
 /// The value of the sample `sample` of family `family` whose labels include `labels`.
@@ -460,4 +464,33 @@ async fn refused_records_are_counted_by_reason() {
         ),
         None
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_the_leaders_view_of_the_peers() {
+    let a = start_slow("alpha", 1).await;
+    let mut b = start_slow("beta", 2).await;
+    b.add_replica(&slow_timeout_flags())
+        .await
+        .expect("second beta replica");
+    seed_alpha(&a).await;
+    connect(&a, &b).await;
+    // Both replicas: alpha ready (the follower reads the status the leader
+    // persisted), exactly one of them leading.
+    let leaders = eventually("alpha ready on both beta replicas", T, || async {
+        let mut leaders = Vec::new();
+        for r in &b.replicas {
+            let f = scrape_replica(&r.health, Format::OpenMetrics).await;
+            if readiness(&f, "alpha") != Some(1.0) {
+                return None;
+            }
+            leaders.push(value(&f, "leader", "leader", &[])?);
+        }
+        Some(leaders)
+    })
+    .await
+    .expect("alpha ready on every replica");
+    let mut sorted = leaders.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(sorted, vec![0.0, 1.0], "one leader: {leaders:?}");
 }
