@@ -38,6 +38,7 @@ checks=(
   "tcpdump                                         tcpdump"            # VNI captures
   "iperf3                                          iperf3"             # throughput bench
   "curl                                            curl"               # LB tests
+  "python3                                         python3"            # mesh_metrics (the metrics parser below)
 )
 if [ "$want_images" = 1 ]; then
   checks+=(
@@ -79,6 +80,29 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
   done
 fi
+
+# Python modules the tests import, from PyPI (pinned).
+# module             requirement
+py_checks=(
+  "prometheus_client  prometheus-client==0.26.0"  # mesh_metrics: parses /metrics (OpenMetrics parser)
+)
+for line in "${py_checks[@]}"; do
+  read -r mod req <<<"$line"
+  if ! python3 -c "import $mod" >/dev/null 2>&1; then
+    echo "missing python module $mod ($req)"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    # Debian's own python3 refuses pip installs outside a venv (PEP 668)
+    # unless told; a pyenv or venv python ignores the variable.
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "$req"
+    if ! python3 -c "import $mod" >/dev/null 2>&1; then
+      echo "install-deps.sh: python module $mod is still missing after installing $req" >&2
+      exit 1
+    fi
+  fi
+done
 
 # Debian's etcd-server package starts a system etcd on 2379; the project never
 # uses it (every test and the demo start their own on free ports).

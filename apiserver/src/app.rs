@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::export::Exporter;
 use crate::leader;
+use crate::metrics::Metrics;
 use crate::server::{ApiServer, ReplicaInfo, Runtime, tls};
 use crate::store::{EtcdOptions, Store, StoreError};
 use crate::view::{View, ViewConfig, feed};
@@ -102,6 +103,7 @@ pub async fn run(
     cfg: Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), AppError> {
+    let started = std::time::Instant::now();
     clustermesh_proto::validate::cluster_info(&cfg.cluster)?;
     let server_cfg = clustermesh_certs::server_config(&cfg.tls_dir, &[])?;
     let ca_path = cfg.tls_dir.join(clustermesh_certs::CA_CERT_FILE);
@@ -122,13 +124,15 @@ pub async fn run(
     info!(cluster = %cfg.cluster.name, id = cfg.cluster.id, %epoch, etcd = store.endpoints(), "store claimed");
 
     let view = View::new(&cfg.cluster.name, cfg.view);
+    let runtime = Arc::new(Runtime::default());
+    let metrics = Metrics::new(view.clone(), runtime.clone(), started);
     tokio::spawn(feed::run(
         store.clone(),
         view.clone(),
         cfg.cluster.clone(),
+        metrics.clone(),
         stop.clone(),
     ));
-    let runtime = Arc::new(Runtime::default());
 
     // Leader election: `leading` says whether this replica writes.
     let token = leader::token(&cfg.replica_id);
@@ -181,6 +185,7 @@ pub async fn run(
         runtime: runtime.clone(),
         heartbeat: cfg.heartbeat,
         own_ca_pem: own_ca_pem.clone(),
+        metrics: metrics.clone(),
     };
 
     let health = TcpListener::bind(cfg.health_listen)
@@ -209,6 +214,7 @@ pub async fn run(
         own_ca: own_ca_pem,
         config: cfg.mesh,
         fence: Some(token.clone()),
+        metrics,
     };
     crate::mesh::spawn(mesh_ctx, leading.clone(), stop.clone());
     let incoming = tls::incoming(listener, shared);

@@ -5,6 +5,7 @@ pub mod export;
 pub mod health;
 pub mod leader;
 pub mod mesh;
+pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod store;

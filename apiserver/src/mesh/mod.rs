@@ -78,6 +78,7 @@ pub struct MeshContext {
     pub config: MeshConfig,
     /// With leader election: the token every write is fenced on.
     pub fence: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl MeshContext {

@@ -5,6 +5,8 @@
 //!        ▲                        │ fail: failures+1, last_error,   │ batches: validate records,
 //!        │ store write failed     │ jittered backoff 100 ms → 10 s  │ write the differences
 //!        └────────────────────────┴──────────◀───── stream ends ────┘
+//! stream ends              → redialed; shown disconnected at once if that
+//!                            redial fails or takes over 1 s (records stay)
 //! silent for peer-timeout  → shown disconnected (records stay), session redialed
 //! disconnected + stale-ttl → records withdrawn (range deletes), mirror emptied
 //! ```
@@ -34,6 +36,10 @@ use crate::store::{StoreError, WriteOp};
 const MAX_OPS_PER_WRITE: usize = 4096;
 /// Pause before retrying after a local store failure.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How long a peer whose stream just ended is still shown connected while
+/// the redial runs: a redial that fails (or takes longer) shows it
+/// disconnected at once, not after peer-timeout.
+pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
 
 fn unix_millis() -> i64 {
     SystemTime::now()
@@ -55,6 +61,9 @@ struct PeerLoop {
     session: Option<Session>,
     /// When the current session was validated and started watching.
     session_up: Option<Instant>,
+    /// A stream that was up has ended and is being redialed: shown
+    /// connected until this moment unless the redial fails first.
+    redial_until: Option<Instant>,
     /// The server asked for a resync: the end of the stream is no failure.
     resync: bool,
     retry_at: Instant,
@@ -91,6 +100,7 @@ pub async fn run(
         cache: None,
         session: None,
         session_up: None,
+        redial_until: None,
         resync: false,
         retry_at: now,
         store_retry_at: now,
@@ -206,6 +216,7 @@ impl PeerLoop {
         match ev {
             Some(SessionEvent::Connected { addr, info }) => {
                 self.session_up = Some(now);
+                self.redial_until = None;
                 self.seen(now);
                 info!(peer = %self.peer.name, %addr, id = info.id, resume = self.cache.as_ref().and_then(|c| c.resume_point()).is_some(), "connected to peer; watching its exported records");
             }
@@ -260,6 +271,9 @@ impl PeerLoop {
         }
         if let Some(first) = rejected.first() {
             self.status.rejected_records += rejected.len() as u64;
+            for r in &rejected {
+                self.ctx.metrics.rejected(&self.peer.name, r.reason(), 1);
+            }
             let last = rejected.last().unwrap_or(first).to_string();
             warn!(peer = %self.peer.name, count = rejected.len(), error = %last, "rejected records from peer; not written");
             self.status.last_error = format!("rejected record: {last}");
@@ -292,6 +306,7 @@ impl PeerLoop {
                 true
             }
             Err(e) => {
+                self.ctx.metrics.etcd_error("mesh_write");
                 self.error(format!(
                     "writing peer {}'s records to the local store: {e}",
                     self.peer.name
@@ -314,8 +329,11 @@ impl PeerLoop {
 
     fn ended(&mut self, e: Option<SessionError>) {
         self.session = None;
-        self.session_up = None;
         let now = Instant::now();
+        // A stream that was up gets one redial before it is shown
+        // disconnected; the end of an attempt that never came up (the
+        // redial itself failing) shows it disconnected at once.
+        self.redial_until = self.session_up.take().map(|_| now + REDIAL_GRACE);
         if std::mem::take(&mut self.resync) {
             self.retry_at = now;
             return;
@@ -341,7 +359,7 @@ impl PeerLoop {
 
     fn publish(&mut self) {
         let now = Instant::now();
-        self.status.connected = self.cfg.enabled && self.live.connected(now);
+        self.status.connected = self.cfg.enabled && self.link_up(now);
         if let Some(cache) = &self.cache {
             self.status.synced = cache.synced_kinds().into_iter().map(|k| k as i32).collect();
             if self
@@ -353,6 +371,13 @@ impl PeerLoop {
             }
         }
         self.board.publish(self.status.clone());
+    }
+
+    /// Whether the peer is connected: a stream is up (or was until just now
+    /// and is being redialed) and the peer is not silent for peer-timeout.
+    fn link_up(&self, now: Instant) -> bool {
+        let stream = self.session_up.is_some() || self.redial_until.is_some_and(|t| now < t);
+        stream && self.live.connected(now)
     }
 
     /// The next moment something is due without a message from the peer.
@@ -371,6 +396,9 @@ impl PeerLoop {
         }
         if let Some(up) = self.session_up {
             at(up.max(self.live.last_seen) + self.live.peer_timeout);
+        }
+        if let Some(t) = self.redial_until.filter(|t| *t > now) {
+            at(t);
         }
         if !self.status.withdrawn
             && let Some(t) = self.live.withdraw_at()

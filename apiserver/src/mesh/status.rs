@@ -179,6 +179,7 @@ pub async fn writer(ctx: Arc<MeshContext>, board: Arc<Board>, mut stop: watch::R
             }
             Err(e) => {
                 warn!(error = %e, "writing peer status failed; retrying");
+                ctx.metrics.etcd_error("status_write");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return,

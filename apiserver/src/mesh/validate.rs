@@ -159,6 +159,22 @@ pub enum RejectError {
     },
 }
 
+impl RejectError {
+    /// A short, stable name of the reason (the `reason` label of
+    /// `clustermesh_apiserver_rejected_records_total`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RejectError::ForeignEvent { .. } => "foreign_event",
+            RejectError::UnknownKind(..) => "unknown_kind",
+            RejectError::BadKey { .. } => "bad_key",
+            RejectError::TooLarge { .. } => "too_large",
+            RejectError::Undecodable { .. } => "undecodable",
+            RejectError::ForeignRecord { .. } => "foreign_record",
+            RejectError::IdentityOutOfRange { .. } => "identity_out_of_range",
+        }
+    }
+}
+
 /// The peer a stream belongs to, for record checks.
 #[derive(Debug, Clone)]
 pub struct PeerRef {

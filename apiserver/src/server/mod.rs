@@ -45,6 +45,7 @@ pub struct ApiServer {
     pub heartbeat: Duration,
     /// This cluster's CA (PEM): admin and agent certificates must chain to it.
     pub own_ca_pem: tls::SharedCa,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ApiServer {
@@ -160,6 +161,7 @@ impl ClusterMesh for ApiServer {
             heartbeat: self.heartbeat,
             peer,
             revalidate,
+            metrics: self.metrics.clone(),
         };
         tokio::spawn(pump.run(tx));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use tracing::{debug, info};
 
+use crate::metrics::Metrics;
 use crate::view::{Batch, Start, Subscription, View};
 
 /// Most events merged into one EVENTS message when a subscriber is behind.
@@ -48,6 +49,7 @@ pub struct Pump {
     pub heartbeat: Duration,
     pub peer: String,
     pub revalidate: Option<Revalidate>,
+    pub metrics: Arc<Metrics>,
 }
 
 type Tx = mpsc::Sender<Result<WatchBatch, Status>>;
@@ -73,6 +75,7 @@ impl Pump {
             heartbeat,
             peer,
             revalidate,
+            metrics,
             ..
         } = self;
         let Subscription {
@@ -83,7 +86,19 @@ impl Pump {
         } = sub;
         let send = |b: WatchBatch| {
             let tx = tx.clone();
-            async move { tx.send(Ok(b)).await.is_ok() }
+            let metrics = metrics.clone();
+            async move {
+                let events = b.events.len();
+                let resync = b.r#type == BatchType::Resync as i32;
+                let sent = tx.send(Ok(b)).await.is_ok();
+                if sent {
+                    metrics.watch_events(events);
+                    if resync {
+                        metrics.watch_resync();
+                    }
+                }
+                sent
+            }
         };
         match start {
             Start::Snapshot {

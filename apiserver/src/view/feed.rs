@@ -14,6 +14,7 @@ use tokio_util_shim::CancelToken;
 use tracing::{debug, info, warn};
 
 use super::View;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// Minimal cancellation: a watch channel that flips to `true`.
@@ -23,11 +24,17 @@ pub mod tokio_util_shim {
 
 /// Runs until `stop` flips. Errors are logged, shown through the view's feed
 /// error (and so /readyz), and retried with capped exponential backoff.
-pub async fn run(store: Store, view: Arc<View>, info: ClusterInfo, mut stop: CancelToken) {
+pub async fn run(
+    store: Store,
+    view: Arc<View>,
+    info: ClusterInfo,
+    metrics: Arc<Metrics>,
+    mut stop: CancelToken,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
-            r = feed_once(&store, &view, &info) => r,
+            r = feed_once(&store, &view, &info, &metrics) => r,
             _ = stop.changed() => return,
         };
         match result {
@@ -37,6 +44,7 @@ pub async fn run(store: Store, view: Arc<View>, info: ClusterInfo, mut stop: Can
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store feed failed");
+                metrics.etcd_error("feed");
                 view.set_feed_error(Some(e.to_string()));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -48,7 +56,12 @@ pub async fn run(store: Store, view: Arc<View>, info: ClusterInfo, mut stop: Can
     }
 }
 
-async fn feed_once(store: &Store, view: &View, info: &ClusterInfo) -> Result<(), StoreError> {
+async fn feed_once(
+    store: &Store,
+    view: &View,
+    info: &ClusterInfo,
+    metrics: &Metrics,
+) -> Result<(), StoreError> {
     // The store may have been wiped and recreated while we ran: reclaim it
     // (ownership is checked again, so a store swapped for another cluster's
     // is refused, not served).
@@ -60,6 +73,7 @@ async fn feed_once(store: &Store, view: &View, info: &ClusterInfo) -> Result<(),
         let (rev, kvs) = store.list(keys::PREFIX).await?;
         info!(revision = rev, keys = kvs.len(), epoch = %epoch, "view loaded from store");
         view.load(&epoch, rev, kvs);
+        metrics.bootstrapped();
         rev + 1
     };
     let mut client = store.watch_client();

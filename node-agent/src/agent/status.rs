@@ -132,70 +132,86 @@ impl Status {
     /// `/metrics` body (Prometheus text format).
     pub fn to_prometheus(&self, metrics: Option<&Metrics>) -> String {
         let mut s = String::new();
-        let mut gauge = |name: &str, help: &str, v: f64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
         let d = &self.datapath;
-        gauge(
-            "clustermesh_agent_watch_connected",
-            "1 while the Watch stream is open.",
-            f64::from(u8::from(self.watch.connected)),
-        );
-        gauge(
-            "clustermesh_agent_watch_reconnects",
-            "Watch reconnects since start.",
-            self.watch.reconnects as f64,
-        );
-        gauge(
-            "clustermesh_agent_watch_revision",
-            "Last store revision applied.",
-            self.watch.revision as f64,
-        );
-        gauge(
-            "clustermesh_agent_synced",
-            "1 once the first snapshot is programmed.",
-            f64::from(u8::from(d.synced)),
-        );
-        gauge(
-            "clustermesh_agent_local_pods",
-            "Local pods programmed.",
-            d.local_pods as f64,
-        );
-        gauge(
-            "clustermesh_agent_pending_pods",
-            "Local pods whose interface is not found.",
-            d.pending_pods.len() as f64,
-        );
-        gauge(
-            "clustermesh_agent_remote_endpoints",
-            "Remote endpoints programmed.",
-            d.remote_endpoints as f64,
-        );
-        gauge(
-            "clustermesh_agent_ipcache_entries",
-            "Desired ipcache entries.",
-            d.ipcache_entries as f64,
-        );
-        gauge(
-            "clustermesh_agent_policy_entries",
-            "Desired policy entries.",
-            d.policy_entries as f64,
-        );
-        gauge(
-            "clustermesh_agent_services",
-            "Programmed frontends.",
-            d.services as f64,
-        );
-        gauge(
-            "clustermesh_agent_applies",
-            "Reconciliations applied.",
-            d.applies as f64,
-        );
-        gauge(
-            "clustermesh_agent_apply_errors",
-            "Reconciliations that failed.",
-            d.apply_errors as f64,
-        );
+        let flag = |b: bool| f64::from(u8::from(b));
+        // Counters (monotonic since the agent started) end in `_total`.
+        let families: [(&str, &str, &str, f64); 12] = [
+            (
+                "gauge",
+                "clustermesh_agent_watch_connected",
+                "1 while the Watch stream is open.",
+                flag(self.watch.connected),
+            ),
+            (
+                "counter",
+                "clustermesh_agent_watch_reconnects_total",
+                "Watch reconnects since start.",
+                self.watch.reconnects as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_watch_revision",
+                "Last store revision applied.",
+                self.watch.revision as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_synced",
+                "1 once the first snapshot is programmed.",
+                flag(d.synced),
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_local_pods",
+                "Local pods programmed.",
+                d.local_pods as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_pending_pods",
+                "Local pods whose interface is not found.",
+                d.pending_pods.len() as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_remote_endpoints",
+                "Remote endpoints programmed.",
+                d.remote_endpoints as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_ipcache_entries",
+                "Desired ipcache entries.",
+                d.ipcache_entries as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_policy_entries",
+                "Desired policy entries.",
+                d.policy_entries as f64,
+            ),
+            (
+                "gauge",
+                "clustermesh_agent_services",
+                "Programmed frontends.",
+                d.services as f64,
+            ),
+            (
+                "counter",
+                "clustermesh_agent_applies_total",
+                "Reconciliations applied since start.",
+                d.applies as f64,
+            ),
+            (
+                "counter",
+                "clustermesh_agent_apply_errors_total",
+                "Reconciliations that failed since start.",
+                d.apply_errors as f64,
+            ),
+        ];
+        for (kind, name, help, v) in families {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
         if let Some(m) = metrics {
             let _ = writeln!(
                 s,
@@ -246,5 +262,9 @@ mod tests {
         let p = st.to_prometheus(Some(&m));
         assert!(p.contains("clustermesh_datapath_packets_total{reason=\"drop_policy_deny\"} 0"));
         assert!(p.contains("clustermesh_agent_synced 1"));
+        assert!(p.contains("# TYPE clustermesh_agent_watch_reconnects_total counter\n"));
+        assert!(p.contains("# TYPE clustermesh_agent_applies_total counter\n"));
+        assert!(p.contains("# TYPE clustermesh_agent_apply_errors_total counter\n"));
+        assert!(!p.contains("counter\nclustermesh_agent_synced"));
     }
 }
