@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
-use clustermesh_integration::process::http_get;
+use clustermesh_integration::http::http_get;
 use clustermesh_proto::v1::Kind;
 use mesh_support::*;
 use serde_json::Value;
