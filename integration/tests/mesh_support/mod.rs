@@ -183,6 +183,8 @@ pub fn service(cluster: &str, ns: &str, name: &str, backends: &[&str]) -> Bytes 
         namespace: ns.into(),
         name: name.into(),
         global: true,
+        // What the sources write for a global service without `shared: "false"`.
+        shared: true,
         ports: vec![ServicePort {
             name: "http".into(),
             port: 80,
