@@ -28,9 +28,11 @@ pub use maps::{Datapath, PolicyStats};
 pub use metrics::{Counter, Metrics, Reason};
 pub use netdev::TunnelKind;
 pub use pins::default_pin_dir;
-pub use reconcile::{ApplyReport, RawState};
+pub use reconcile::ApplyReport;
 pub use rules::{
     Affinity, Backend, Direction, Frontend, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PolicyRule, Service,
     Verdict,
 };
-pub use state::{DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location};
+pub use state::{
+    DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location, RawState,
+};

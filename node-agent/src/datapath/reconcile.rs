@@ -17,22 +17,11 @@ use tracing::debug;
 use super::error::Result;
 use super::maps::{Datapath, collect};
 use super::pins::{MAP_ENFORCED, MAP_POLICY};
-use super::state::DesiredState;
+use super::state::{DesiredState, RawState};
 use super::types::{
     BackendKey, BackendValue, EndpointValue, EnforcedKey, FrontendKey, FrontendValue, IpcacheKey,
     IpcacheValue, PolicyKey,
 };
-
-/// Map contents in raw form (policy as key -> action; counters and CT excluded).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RawState {
-    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
-    pub endpoints: BTreeMap<u32, EndpointValue>,
-    pub policy: BTreeMap<PolicyKey, u8>,
-    pub enforced: BTreeSet<EnforcedKey>,
-    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
-    pub backends: BTreeMap<BackendKey, BackendValue>,
-}
 
 /// One map write, in the order [`plan`] emits them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

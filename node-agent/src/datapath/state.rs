@@ -7,12 +7,22 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use super::error::{DatapathError, Result};
-use super::reconcile::RawState;
 use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
 use super::types::{
-    self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendValue,
-    IpcacheKey, IpcacheValue, be16, be32, ip_from_be32,
+    self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendKey,
+    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, be16, be32, ip_from_be32,
 };
+
+/// Map contents in raw form (policy as key -> action; counters and CT excluded).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawState {
+    pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
+    pub endpoints: BTreeMap<u32, EndpointValue>,
+    pub policy: BTreeMap<PolicyKey, u8>,
+    pub enforced: BTreeSet<EnforcedKey>,
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    pub backends: BTreeMap<BackendKey, BackendValue>,
+}
 
 /// An IPv4 prefix with the host bits cleared (LPM key of the ipcache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
