@@ -18,6 +18,7 @@
 
 pub mod etcd;
 pub mod manifests;
+pub mod mock_peers;
 pub mod watcher;
 
 pub use clustermesh_localmesh::{apiserver, http, ports, process};
