@@ -48,14 +48,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// How long ago `then_ms` was, or None when it is unset (0).
 pub fn age_millis(then_ms: i64, now_ms: i64) -> Option<i64> {
     (then_ms > 0).then(|| (now_ms - then_ms).max(0))

@@ -2,6 +2,8 @@
 //! helpers every side needs: the 24-bit identity layout, store key names and
 //! validation of cluster names and IDs.
 
+pub mod backoff;
+pub mod clock;
 pub mod duration;
 pub mod identity;
 pub mod keys;

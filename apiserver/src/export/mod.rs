@@ -357,7 +357,7 @@ impl Exporter {
                         cluster: cluster.clone(),
                         kind: kind as i32,
                         records: records as u64,
-                        unix_millis: unix_millis(),
+                        unix_millis: clustermesh_proto::clock::unix_millis(),
                     };
                     ops.push(WriteOp::put(key, marker.encode_to_vec()));
                 }
@@ -368,11 +368,4 @@ impl Exporter {
         }
         Ok(())
     }
-}
-
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
 /// Liveness of one peer.
@@ -57,38 +56,7 @@ impl Liveness {
     }
 }
 
-/// Jittered exponential backoff: each delay is drawn from [d/2, d], d doubling
-/// from `min` up to `max`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-
-    /// The delay before the next attempt.
-    pub fn delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = d / 2;
-        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
-        half + Duration::from_millis(jitter)
-    }
-
-    /// After a success: start again from `min`.
-    pub fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
+pub use clustermesh_proto::backoff::Backoff;
 
 #[cfg(test)]
 mod tests {
@@ -114,25 +82,5 @@ mod tests {
         let never = Liveness::new(t0, s(1), Duration::ZERO);
         assert_eq!(never.withdraw_at(), None);
         assert!(!never.stale(t0 + s(1_000_000)));
-    }
-
-    #[test]
-    fn backoff_grows_jittered_and_caps() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let mut last_cap = Duration::ZERO;
-        for i in 0..20 {
-            let cap =
-                (Duration::from_millis(100) * 2u32.pow(i.min(10))).min(Duration::from_secs(10));
-            let d = b.delay();
-            assert!(
-                d >= cap / 2 && d <= cap,
-                "attempt {i}: {d:?} not in [{:?}, {cap:?}]",
-                cap / 2
-            );
-            assert!(cap >= last_cap);
-            last_cap = cap;
-        }
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
     }
 }

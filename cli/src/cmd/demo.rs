@@ -12,7 +12,6 @@ use clustermesh_localmesh::apiserver::Cluster;
 use clustermesh_proto::v1::StatusResponse;
 
 use super::{Conn, connect, service, status};
-use crate::output::now_millis;
 use crate::progress::Progress;
 
 /// The service the demo looks up on each side.
@@ -168,7 +167,7 @@ pub async fn run(once: bool, examples: &Path, timeout: Duration) -> anyhow::Resu
     let statuses = wait_synced(&a, &b, (&c1.name, &c2.name), timeout)
         .await
         .map_err(|e| anyhow::anyhow!("{e:#}\n{}", log_tails(&[&c1, &c2])))?;
-    let now = now_millis();
+    let now = clustermesh_proto::clock::unix_millis();
     for (c, s) in [&c1, &c2].iter().zip(&statuses) {
         println!("=== status of {} ===", c.name);
         println!("{}", status::to_text(s, now));

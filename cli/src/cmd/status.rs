@@ -6,7 +6,7 @@ use clustermesh_proto::v1::{Kind, PeerStatus, StatusRequest, StatusResponse};
 use serde_json::{Value, json};
 
 use super::{Conn, rpc_error};
-use crate::output::{Format, age_millis, age_text, json_text, now_millis, table};
+use crate::output::{Format, age_millis, age_text, json_text, table};
 use crate::progress::Progress;
 
 pub fn kind_name(k: i32) -> &'static str {
@@ -234,7 +234,7 @@ pub async fn run(conn: &Conn, wait_for: Option<Duration>, format: Format) -> any
         Some(t) => wait(conn, t).await?,
         None => (fetch(conn).await?, None),
     };
-    let now = now_millis();
+    let now = clustermesh_proto::clock::unix_millis();
     match format {
         Format::Json => print!("{}", json_text(&to_json(&status, now))),
         Format::Table => print!("{}", to_text(&status, now)),

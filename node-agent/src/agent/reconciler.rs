@@ -21,7 +21,7 @@ use super::config::{AgentConfig, Mode};
 use super::desired::{self, Computed, PodIface};
 use super::host::PodFinder;
 use super::services::ServiceIds;
-use super::status::{Status, now_ms};
+use super::status::Status;
 use super::view::View;
 use super::{mtu, routes};
 use crate::datapath::{
@@ -315,7 +315,7 @@ impl Reconciler {
             Ok(r) => {
                 d.last_apply = Some(r);
                 d.last_error = None;
-                d.last_apply_unix_ms = now_ms();
+                d.last_apply_unix_ms = clustermesh_proto::clock::unix_millis();
             }
             Err(e) => {
                 warn!(error = %e, "applying the desired state failed; will retry");

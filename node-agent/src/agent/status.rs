@@ -4,7 +4,6 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
@@ -63,14 +62,6 @@ pub struct Status {
     pub datapath: DatapathStatus,
     /// Records in the view: nodes, endpoints, identities, services, policies.
     pub records: [usize; 5],
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Status {

@@ -17,7 +17,6 @@ use clustermesh_proto::mirror::{Change, Mirror};
 use clustermesh_proto::v1::{
     BatchType, ClusterInfo, Scope, WatchRequest, cluster_mesh_client::ClusterMeshClient,
 };
-use rand::Rng;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -45,31 +44,7 @@ pub struct WatchConfig {
     pub idle_timeout: Duration,
 }
 
-/// Exponential backoff with full jitter in [cur/2, cur].
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    cur: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, cur: min }
-    }
-
-    /// The next delay; doubles the base up to the maximum.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.cur;
-        self.cur = (self.cur * 2).min(self.max);
-        let ms = base.as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
-    }
-
-    pub fn reset(&mut self) {
-        self.cur = self.min;
-    }
-}
+pub use clustermesh_proto::backoff::Backoff;
 
 /// How a session ended without an error.
 enum End {
@@ -93,14 +68,14 @@ pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex
             }
             Ok(End::Closed) => {
                 warn!("watch stream ended; reconnecting");
-                backoff.next_delay()
+                backoff.delay()
             }
             Err(e) => {
                 warn!(error = %e, "watch failed; reconnecting");
                 if let Ok(mut s) = status.lock() {
                     s.watch.last_error = Some(e);
                 }
-                backoff.next_delay()
+                backoff.delay()
             }
         };
         if let Ok(mut s) = status.lock() {
@@ -176,20 +151,5 @@ async fn session(
         if let Some(reason) = out.resync {
             return Ok(End::Resync(reason));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
-        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[5] >= Duration::from_millis(500) && d[5] <= Duration::from_millis(1000));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }
