@@ -80,6 +80,33 @@ if [ ${#need[@]} -gt 0 ]; then
   done
 fi
 
+# Python modules the tests import, and the pinned PyPI requirement that
+# provides each (checked by importing it).
+#   module      requirement
+py_checks=(
+  "grpc         grpcio==1.85.1"         # integration/tests/hostile_peer/server.py
+  "grpc_tools   grpcio-tools==1.85.1"   # the same: compiles proto/ at test time
+)
+py_need=()
+for line in "${py_checks[@]}"; do
+  read -r mod req <<<"$line"
+  if ! python3 -c "import $mod" >/dev/null 2>&1; then
+    echo "missing python module $mod ($req)"
+    py_need+=("$req")
+  fi
+done
+if [ ${#py_need[@]} -gt 0 ]; then
+  echo "installing: ${py_need[*]}"
+  python3 -m pip install --quiet --root-user-action=ignore "${py_need[@]}"
+  for line in "${py_checks[@]}"; do
+    read -r mod req <<<"$line"
+    if ! python3 -c "import $mod" >/dev/null 2>&1; then
+      echo "install-deps.sh: python module $mod is still missing after installing $req" >&2
+      exit 1
+    fi
+  done
+fi
+
 # Debian's etcd-server package starts a system etcd on 2379; the project never
 # uses it (every test and the demo start their own on free ports).
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then

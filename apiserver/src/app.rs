@@ -207,7 +207,7 @@ pub async fn run(
         tls_dir: cfg.tls_dir.clone(),
         tls: shared.clone(),
         own_ca: own_ca_pem,
-        config: cfg.mesh,
+        config: cfg.mesh.clone(),
         fence: Some(token.clone()),
     };
     crate::mesh::spawn(mesh_ctx, leading.clone(), stop.clone());

@@ -23,7 +23,8 @@ use clustermesh_proto::{RECORD_KINDS, v1::ResumePoint};
 use prost::Message;
 use tokio::time::Instant;
 
-use super::validate::{PeerRef, RejectError};
+use super::ingest::gate::{Gate, GateOp, Verdict};
+use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
 
 /// What applying one batch produced.
@@ -31,6 +32,8 @@ use crate::store::{Kv, WriteOp};
 pub struct Applied {
     pub ops: Vec<WriteOp>,
     pub rejected: Vec<RejectError>,
+    /// Records that became pending (held back until a node covers them).
+    pub pending: Vec<RecordId>,
     pub snapshot_done: bool,
     /// The server cut the stream and asked for a resync.
     pub resync: Option<String>,
@@ -44,6 +47,8 @@ pub struct PeerCache {
     /// Records kept in the store after a snapshot dropped them, until the
     /// peer marks their kind synced or the deadline passes.
     deferred: BTreeMap<RecordId, Instant>,
+    /// Endpoints and services waiting for a node of the peer (ingest rules).
+    gate: Gate,
 }
 
 fn now_millis() -> i64 {
@@ -58,13 +63,16 @@ impl PeerCache {
     /// and `synced` (the peer's sync markers in the store).
     pub fn seeded(peer: PeerRef, records: Vec<Kv>, synced: Vec<Kv>) -> PeerCache {
         let mut mirror = Mirror::compact();
+        let mut gate = Gate::default();
         for kv in records {
             if let keys::StoreKey::Record {
                 kind, cluster, key, ..
             } = keys::parse(&kv.key)
                 && cluster == peer.name
             {
-                mirror.seed((kind, cluster.to_owned(), key.to_owned()), &kv.value);
+                let id = (kind, cluster.to_owned(), key.to_owned());
+                gate.seed(id.clone(), &kv.value);
+                mirror.seed(id, &kv.value);
             }
         }
         for kv in synced {
@@ -78,6 +86,7 @@ impl PeerCache {
             peer,
             mirror,
             deferred: BTreeMap::new(),
+            gate,
         }
     }
 
@@ -103,7 +112,12 @@ impl PeerCache {
     /// Records held in the store for this peer, per kind.
     pub fn counts(&self) -> Vec<RecordCount> {
         let mut n: BTreeMap<Kind, u64> = BTreeMap::new();
-        for (kind, _, _) in self.mirror.records.keys().chain(self.deferred.keys()) {
+        let stored = self
+            .mirror
+            .records
+            .keys()
+            .filter(|id| !self.gate.is_pending(id));
+        for (kind, _, _) in stored.chain(self.deferred.keys()) {
             *n.entry(*kind).or_default() += 1;
         }
         n.into_iter()
@@ -113,6 +127,11 @@ impl PeerCache {
                 count,
             })
             .collect()
+    }
+
+    /// Records held pending (neither written nor refused).
+    pub fn pending(&self) -> usize {
+        self.gate.pending_count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,13 +146,19 @@ impl PeerCache {
     /// Validates and applies one batch. Rejected events are dropped (a
     /// rejected update of a known record deletes it: the peer no longer has
     /// a valid version of it).
-    pub fn apply(&mut self, mut batch: WatchBatch, now: Instant, sweep_grace: Duration) -> Applied {
+    pub fn apply(
+        &mut self,
+        mut batch: WatchBatch,
+        now: Instant,
+        sweep_grace: Duration,
+        ctx: &Context,
+    ) -> Applied {
         let mut out = Applied::default();
         let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
             let events = std::mem::take(&mut batch.events);
             for mut e in events {
-                match self.peer.check(&e) {
+                match self.peer.check(&e, ctx) {
                     Ok(()) => batch.events.push(e),
                     Err(err) => {
                         if t == BatchType::Events
@@ -160,10 +185,19 @@ impl PeerCache {
             match change {
                 Change::Upsert { id, value } => {
                     self.deferred.remove(&id);
-                    out.ops.push(WriteOp::put(
-                        keys::cache(id.0, &self.peer.name, &id.2),
-                        value,
-                    ));
+                    let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    match self.gate.upsert(&id, &value) {
+                        Verdict::Admit => out.ops.push(WriteOp::put(key, value)),
+                        Verdict::Pending { was_written } => {
+                            if was_written {
+                                out.ops.push(WriteOp::delete(key));
+                            }
+                            out.pending.push(id);
+                        }
+                    }
+                }
+                Change::Delete { id } if self.gate.is_pending(&id) => {
+                    self.gate.forget_pending(&id);
                 }
                 Change::Delete { id } => {
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
@@ -171,6 +205,7 @@ impl PeerCache {
                         self.deferred.entry(id).or_insert(now + sweep_grace);
                     } else {
                         self.deferred.remove(&id);
+                        self.gate.deleted(&id);
                         out.ops
                             .push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
                     }
@@ -192,7 +227,24 @@ impl PeerCache {
             let synced: BTreeSet<Kind> = self.mirror.synced.iter().map(|(_, k)| *k).collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
         }
+        self.recheck(&mut out.ops, &mut out.pending);
         out
+    }
+
+    /// Writes what the gate admits or takes back after the peer's nodes changed.
+    fn recheck(&mut self, ops: &mut Vec<WriteOp>, pending: &mut Vec<RecordId>) {
+        for op in self.gate.recheck() {
+            match op {
+                GateOp::Put(id, value) => ops.push(WriteOp::put(
+                    keys::cache(id.0, &self.peer.name, &id.2),
+                    value,
+                )),
+                GateOp::Delete(id) => {
+                    ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+                    pending.push(id);
+                }
+            }
+        }
     }
 
     /// Deletes the deferred records matching `pick` that the mirror does not hold.
@@ -206,6 +258,7 @@ impl PeerCache {
         for id in gone {
             self.deferred.remove(&id);
             if !self.mirror.records.contains_key(&id) {
+                self.gate.deleted(&id);
                 ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
             }
         }
@@ -215,6 +268,7 @@ impl PeerCache {
     pub fn sweep_due(&mut self, now: Instant) -> Vec<WriteOp> {
         let mut ops = Vec::new();
         self.sweep(|_, at| *at <= now, &mut ops);
+        self.recheck(&mut ops, &mut Vec::new());
         ops
     }
 
@@ -223,7 +277,7 @@ impl PeerCache {
             .mirror
             .records
             .keys()
-            .filter(|(k, _, _)| *k == kind)
+            .filter(|id| id.0 == kind && !self.gate.is_pending(id))
             .count() as u64;
         let m = SyncedMarker {
             cluster: self.peer.name.clone(),
@@ -239,6 +293,7 @@ impl PeerCache {
     pub fn withdraw(&mut self) -> Vec<WriteOp> {
         self.mirror = Mirror::compact();
         self.deferred.clear();
+        self.gate.clear();
         withdraw_ops(&self.peer.name)
     }
 }
@@ -301,9 +356,19 @@ mod tests {
         let g = Duration::from_secs(5);
         let mut b = batch(BatchType::SnapshotBegin, epoch, vec![]);
         b.reset = true;
-        c.apply(b, now, g);
-        c.apply(batch(BatchType::Snapshot, epoch, events), now, g);
-        c.apply(batch(BatchType::SnapshotEnd, epoch, vec![]), now, g)
+        c.apply(b, now, g, &Context::default());
+        c.apply(
+            batch(BatchType::Snapshot, epoch, events),
+            now,
+            g,
+            &Context::default(),
+        );
+        c.apply(
+            batch(BatchType::SnapshotEnd, epoch, vec![]),
+            now,
+            g,
+            &Context::default(),
+        )
     }
     fn peer() -> PeerRef {
         PeerRef {
@@ -370,9 +435,15 @@ mod tests {
             batch(BatchType::Events, "e2", vec![up("n1", node("n1", "1"))]),
             now,
             g,
+            &Context::default(),
         );
         assert_eq!(a.ops.len(), 1);
-        let a = c.apply(batch(BatchType::Events, "e2", vec![synced()]), now, g);
+        let a = c.apply(
+            batch(BatchType::Events, "e2", vec![synced()]),
+            now,
+            g,
+            &Context::default(),
+        );
         assert_eq!(a.ops.len(), 2, "{:?}", a.ops);
         assert_eq!(
             a.ops[0],
@@ -418,6 +489,7 @@ mod tests {
             batch(BatchType::Events, "e", vec![up("n1", foreign.into())]),
             now,
             g,
+            &Context::default(),
         );
         assert_eq!(a.rejected.len(), 1);
         assert_eq!(

@@ -1,0 +1,306 @@
+//! One test per rule of [`super::RULES`].
+
+use super::*;
+use clustermesh_proto::v1::{Backend, Endpoint, Identity, Node, Policy, Service};
+
+fn ev(t: EventType, kind: Kind, cluster: &str, key: &str, value: Vec<u8>) -> Event {
+    Event {
+        r#type: t as i32,
+        kind: kind as i32,
+        cluster: cluster.into(),
+        key: key.into(),
+        value: value.into(),
+        revision: 1,
+    }
+}
+
+fn peer() -> PeerRef {
+    PeerRef {
+        name: "a".into(),
+        id: 1,
+        mode: ClusterMode::Max255,
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        own_pods: vec![Cidr::parse("10.2.0.0/16").unwrap()],
+        services: vec![Cidr::parse("10.96.0.0/12").unwrap()],
+        others: vec![("c".into(), Cidr::parse("10.3.0.0/16").unwrap())],
+    }
+}
+
+const UP: EventType = EventType::Upsert;
+
+fn reason(kind: Kind, key: &str, value: Vec<u8>) -> Option<&'static str> {
+    peer()
+        .check(&ev(UP, kind, "a", key, value), &ctx())
+        .err()
+        .map(|e| e.reason().label())
+}
+
+fn ident(id: u32, labels: &[(&str, &str)]) -> Vec<u8> {
+    Identity {
+        id,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cluster: "a".into(),
+        exported: true,
+    }
+    .encode_to_vec()
+}
+
+fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Vec<u8> {
+    Node {
+        name: name.into(),
+        internal_ips: ips.iter().map(|s| s.to_string()).collect(),
+        pod_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn ep(ip: &str, id: u32, ns: &str) -> Vec<u8> {
+    Endpoint {
+        ip: ip.into(),
+        identity: id,
+        node_ip: "192.168.1.1".into(),
+        namespace: ns.into(),
+        pod: "web-1".into(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn svc(name: &str, frontends: &[&str], backends: &[&str]) -> Vec<u8> {
+    Service {
+        namespace: "shop".into(),
+        name: name.into(),
+        frontend_ips: frontends.iter().map(|s| s.to_string()).collect(),
+        backends: backends
+            .iter()
+            .map(|ip| Backend {
+                ip: ip.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn stream_level_rules() {
+    let p = peer();
+    let c = ctx();
+    let id_ok = ident(0x01_0100, &[]);
+    assert!(matches!(
+        p.check(&ev(UP, Kind::Identity, "c", "65792", id_ok.clone()), &c),
+        Err(RejectError::ForeignEvent { .. })
+    ));
+    assert!(matches!(
+        p.check(&ev(UP, Kind::Unspecified, "a", "n", vec![]), &c),
+        Err(RejectError::UnknownKind(..))
+    ));
+    assert_eq!(
+        reason(Kind::Node, "n", vec![0; MAX_RECORD_BYTES + 1]),
+        Some("too_large")
+    );
+    assert_eq!(reason(Kind::Node, "", vec![]), Some("bad_key"));
+    assert_eq!(reason(Kind::Node, "n", vec![0xff; 8]), Some("undecodable"));
+    let mut foreign = Identity::decode(id_ok.as_slice()).unwrap();
+    foreign.cluster = "c".into();
+    assert_eq!(
+        reason(Kind::Identity, "65792", foreign.encode_to_vec()),
+        Some("foreign_record")
+    );
+    assert_eq!(
+        p.check(&ev(EventType::Delete, Kind::Node, "a", "n", vec![]), &c),
+        Ok(())
+    );
+    assert_eq!(
+        p.check(&ev(EventType::Synced, Kind::Node, "a", "", vec![]), &c),
+        Ok(())
+    );
+}
+
+#[test]
+fn identities() {
+    assert_eq!(reason(Kind::Identity, "65792", ident(0x01_0100, &[])), None);
+    assert_eq!(
+        reason(Kind::Identity, "2", ident(2, &[])),
+        Some("reserved_identity")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "0", ident(0, &[])),
+        Some("reserved_identity")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "131328", ident(0x02_0100, &[])),
+        Some("identity_out_of_range")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "7", ident(0x01_0100, &[])),
+        Some("key_mismatch")
+    );
+    for label in [
+        "clustermesh.io/cluster",
+        "k8s:clustermesh.io/cluster",
+        "any:clustermesh.io/cluster",
+        "k8s:io.cilium.k8s.policy.cluster",
+    ] {
+        assert_eq!(
+            reason(Kind::Identity, "65792", ident(0x01_0100, &[(label, "b")])),
+            Some("foreign_cluster_label"),
+            "{label}"
+        );
+        assert_eq!(
+            reason(Kind::Identity, "65792", ident(0x01_0100, &[(label, "a")])),
+            None,
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn nodes() {
+    let ok = node("n1", &["10.1.0.0/16"], &["192.168.1.1"]);
+    assert_eq!(reason(Kind::Node, "n1", ok.clone()), None);
+    assert_eq!(reason(Kind::Node, "n2", ok), Some("key_mismatch"));
+    assert_eq!(
+        reason(Kind::Node, "N1", node("N1", &[], &[])),
+        Some("bad_name")
+    );
+    assert_eq!(
+        reason(Kind::Node, "n1", node("n1", &[], &["192.168.1.x"])),
+        Some("bad_address")
+    );
+    let with = |cidr: &str| reason(Kind::Node, "n1", node("n1", &[cidr], &[]));
+    assert_eq!(with("10.1.0.0"), Some("bad_cidr"));
+    assert_eq!(with("10.1.0.1/16"), Some("bad_cidr"));
+    assert_eq!(with("0.0.0.0/0"), Some("default_route"));
+    assert_eq!(with("::/0"), Some("default_route"));
+    assert_eq!(with("12.0.0.0/7"), Some("cidr_too_wide"));
+    assert_eq!(with("fd00::/16"), Some("cidr_too_wide"));
+    assert_eq!(with("fd00:1::/64"), None);
+    assert_eq!(with("10.2.5.0/24"), Some("local_pod_cidr"));
+    assert_eq!(with("10.0.0.0/8"), Some("local_pod_cidr"), "holds ours");
+    assert_eq!(with("10.100.0.0/16"), Some("local_service_cidr"));
+    assert_eq!(with("10.3.0.0/24"), Some("other_peer_cidr"));
+}
+
+#[test]
+fn endpoints() {
+    let id = 0x01_0100;
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", id, "shop")),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "nope", ep("nope", id, "shop")),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.6", ep("10.1.0.5", id, "shop")),
+        Some("key_mismatch")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.2.0.5", ep("10.2.0.5", id, "shop")),
+        Some("local_pod_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.96.0.5", ep("10.96.0.5", id, "shop")),
+        Some("local_service_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.3.0.5", ep("10.3.0.5", id, "shop")),
+        Some("other_peer_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", id, "Shop")),
+        Some("bad_name")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", 2, "shop")),
+        Some("reserved_identity")
+    );
+    let err = peer()
+        .check(
+            &ev(
+                UP,
+                Kind::Endpoint,
+                "a",
+                "10.1.0.1",
+                ep("10.1.0.1", 0x03_0100, "shop"),
+            ),
+            &ctx(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("outside peer \"a\""), "{err}");
+}
+
+#[test]
+fn services_and_policies() {
+    assert_eq!(
+        reason(
+            Kind::Service,
+            "shop/web",
+            svc("web", &["172.20.0.1"], &["10.1.0.5"])
+        ),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &["x"], &[])),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &[], &["10.2.0.9"])),
+        Some("local_pod_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &[], &["10.1.0.x"])),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/other", svc("web", &[], &[])),
+        Some("key_mismatch")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/Web", svc("Web", &[], &[])),
+        Some("bad_name")
+    );
+    let pol = |ns: &str, name: &str| {
+        Policy {
+            namespace: ns.into(),
+            name: name.into(),
+            cluster: "a".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    assert_eq!(
+        reason(Kind::Policy, "shop/allow.web", pol("shop", "allow.web")),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Policy, "sh_op/x", pol("sh_op", "x")),
+        Some("bad_name")
+    );
+}
+
+#[test]
+fn every_reason_has_a_row() {
+    for r in RULES {
+        assert!(!r.reason.label().is_empty() && !r.refuses.is_empty());
+    }
+    assert!(
+        RULES
+            .iter()
+            .any(|r| r.reason == Reason::ForeignClusterLabel)
+    );
+}
