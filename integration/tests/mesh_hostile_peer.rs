@@ -35,6 +35,7 @@ struct Hostile {
     proc: ChildProcess,
     cfg: PeerConfig,
     release: PathBuf,
+    cut: PathBuf,
 }
 
 fn manifest_dir() -> PathBuf {
@@ -55,6 +56,8 @@ async fn hostile(victim: &Cluster, mut spec: Value) -> Hostile {
     let release = dir.path().join("release");
     spec["cluster"] = json!({"name": "alpha", "id": 1, "max_connected_clusters": 255});
     spec["release_file"] = json!(release.display().to_string());
+    let cut = dir.path().join("cut");
+    spec["cut_file"] = json!(cut.display().to_string());
     let spec_path = dir.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).expect("spec");
     let port = free_port();
@@ -106,6 +109,7 @@ async fn hostile(victim: &Cluster, mut spec: Value) -> Hostile {
             cluster_id: 1,
         },
         release,
+        cut,
     }
 }
 
@@ -341,6 +345,40 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     assert_eq!(merged, honest(), "no bad record on the merged watch");
     assert!(b.replicas[0].child.is_running(), "beta's apiserver runs on");
     assert!(peer_a.proc.is_running());
+
+    // The peer cuts the stream; the resent snapshot counts every refusal
+    // again, but each key is logged once.
+    let first = st.rejected_by_reason.clone();
+    std::fs::write(&peer_a.cut, b"cut").expect("cut the stream");
+    let again = wait_status(
+        &b,
+        "alpha",
+        "refusals counted again after the resend",
+        T,
+        |s| {
+            first
+                .iter()
+                .all(|(r, n)| s.rejected_by_reason.get(r).is_some_and(|got| got > n))
+        },
+    )
+    .await;
+    println!("beta after the resend: {:?}", again.rejected_by_reason);
+    assert_eq!(again.pending_records, 2, "pending stays pending");
+    assert_eq!(cached_records(&b).await, honest());
+    let log = b.api().child.log();
+    let logged = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let refused: u64 = refusals().values().sum();
+    assert_eq!(
+        logged("rejected record from peer") as u64,
+        refused,
+        "each refused record is logged once, not on every resend"
+    );
+    assert_eq!(
+        logged("record held pending"),
+        2,
+        "pending records are logged once"
+    );
+    assert!(b.replicas[0].child.is_running(), "beta's apiserver runs on");
     assert_eq!(
         status(&b).await.cluster.map(|c| c.name),
         Some("beta".into())

@@ -17,7 +17,9 @@ spec.json:
    "snapshot_synced": ["KIND_NODE", ...],
    "later": [REC, ...],               # one EVENTS batch after the snapshot,
    "later_synced": ["KIND_NODE"],     #   sent once release_file exists
-   "release_file": "/path"}
+   "release_file": "/path",
+   "cut_file": "/path"}               # once it exists, the open Watch stream
+                                      #   is cut (once): the client resends
   REC = {"kind": "KIND_ENDPOINT", "key": "10.1.0.5", "record": {...}}
 """
 
@@ -98,6 +100,8 @@ def main():
         )
 
     release = spec.get("release_file")
+    cut_file = spec.get("cut_file")
+    cut = threading.Event()
 
     def released():
         return bool(release) and os.path.exists(release)
@@ -127,6 +131,9 @@ def main():
             yield pb.WatchBatch(type=pb.BATCH_TYPE_SNAPSHOT_END, epoch=epoch, revision=revision)
             while context.is_active():
                 time.sleep(heartbeat)
+                if cut_file and os.path.exists(cut_file) and not cut.is_set():
+                    cut.set()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "stream cut by the test")
                 if not later_sent and released():
                     later_sent = True
                     revision = 11
