@@ -304,3 +304,109 @@ fn every_reason_has_a_row() {
             .any(|r| r.reason == Reason::ForeignClusterLabel)
     );
 }
+
+/// Through the peer's cache: the store writes, in both orders of arrival.
+mod through_the_cache {
+    use super::*;
+    use crate::mesh::cache::PeerCache;
+    use crate::store::WriteOp;
+    use clustermesh_proto::keys;
+    use clustermesh_proto::v1::{BatchType, WatchBatch};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn batch(t: BatchType, events: Vec<Event>) -> WatchBatch {
+        WatchBatch {
+            r#type: t as i32,
+            epoch: "e".into(),
+            revision: 10,
+            events,
+            ..Default::default()
+        }
+    }
+    fn apply(c: &mut PeerCache, t: BatchType, events: Vec<Event>) -> Vec<WriteOp> {
+        c.apply(
+            batch(t, events),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        )
+        .ops
+    }
+    fn puts(ops: &[WriteOp]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|o| match o {
+                WriteOp::Put { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    fn node_ev() -> Event {
+        ev(UP, Kind::Node, "a", "n1", node("n1", &["10.1.0.0/16"], &[]))
+    }
+    fn ep_ev() -> Event {
+        ev(
+            UP,
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5",
+            ep("10.1.0.5", 0x01_0100, "shop"),
+        )
+    }
+    fn snapshot(c: &mut PeerCache, chunks: Vec<Vec<Event>>) -> Vec<WriteOp> {
+        apply(c, BatchType::SnapshotBegin, vec![]);
+        for ch in chunks {
+            assert!(apply(c, BatchType::Snapshot, ch).is_empty());
+        }
+        apply(c, BatchType::SnapshotEnd, vec![])
+    }
+
+    #[test]
+    fn order_of_arrival_does_not_matter() {
+        let mut a = PeerCache::seeded(peer(), vec![], vec![]);
+        let mut b = PeerCache::seeded(peer(), vec![], vec![]);
+        let wa = snapshot(&mut a, vec![vec![node_ev()], vec![ep_ev()]]);
+        let wb = snapshot(&mut b, vec![vec![ep_ev()], vec![node_ev()]]);
+        let (mut pa, mut pb) = (puts(&wa), puts(&wb));
+        pa.sort();
+        pb.sort();
+        assert_eq!(pa, pb);
+        assert!(pa.contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
+        // Events: the endpoint first waits, its node then admits it.
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        snapshot(&mut c, vec![]);
+        assert!(apply(&mut c, BatchType::Events, vec![ep_ev()]).is_empty());
+        assert_eq!(c.pending(), 1);
+        assert_eq!(
+            c.counts().len(),
+            0,
+            "a pending record is not counted as stored"
+        );
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(puts(&w).len(), 2, "node and endpoint: {w:?}");
+        assert_eq!(c.pending(), 0);
+        // The node goes: so does the endpoint, which waits again.
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let w = apply(&mut c, BatchType::Events, vec![del]);
+        assert_eq!(
+            w,
+            vec![
+                WriteOp::delete(keys::cache(Kind::Node, "a", "n1")),
+                WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5")),
+            ]
+        );
+        assert_eq!(c.pending(), 1);
+        // The peer drops the endpoint too: forgotten, nothing to write.
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..ep_ev()
+        };
+        assert!(apply(&mut c, BatchType::Events, vec![del]).is_empty());
+        assert_eq!(c.pending(), 0);
+    }
+}
