@@ -13,19 +13,24 @@
 //! synced (then only what is still missing goes), or at most `sweep_grace`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clustermesh_proto::keys;
 use clustermesh_proto::mirror::{Change, Mirror, RecordId};
-use clustermesh_proto::v1::{BatchType, EventType, Kind, RecordCount, SyncedMarker, WatchBatch};
+use clustermesh_proto::v1::{
+    BatchType, Event, EventType, Kind, RecordCount, SyncedMarker, WatchBatch,
+};
 use clustermesh_proto::{RECORD_KINDS, v1::ResumePoint};
 use prost::Message;
 use tokio::time::Instant;
+use tracing::warn;
 
 use super::ingest::gate::{Gate, GateOp, Verdict};
 use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
+use crate::view::View;
 
 /// What applying one batch produced.
 #[derive(Debug, Default)]
@@ -49,7 +54,12 @@ pub struct PeerCache {
     deferred: BTreeMap<RecordId, Instant>,
     /// Endpoints and services waiting for a node of the peer (ingest rules).
     gate: Gate,
+    /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
+    lookup: Option<Lookup>,
 }
+
+/// Reads the value stored under a full key.
+pub type Lookup = Arc<dyn Fn(&str) -> Option<Bytes> + Send + Sync>;
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -62,16 +72,47 @@ impl PeerCache {
     /// A cache holding `records` (cache keys and values read from the store)
     /// and `synced` (the peer's sync markers in the store).
     pub fn seeded(peer: PeerRef, records: Vec<Kv>, synced: Vec<Kv>) -> PeerCache {
+        Self::seeded_checked(peer, records, synced, None).0
+    }
+
+    /// Like [`PeerCache::seeded`], and with `ctx` the stored records pass the
+    /// ingest rules again (they may have been written by an older version, or
+    /// before this cluster's ranges changed): a refused record is left out and
+    /// its delete returned; an endpoint or service that no stored node of the
+    /// peer covers is deleted too and waits pending.
+    pub fn seeded_checked(
+        peer: PeerRef,
+        records: Vec<Kv>,
+        synced: Vec<Kv>,
+        ctx: Option<&Context>,
+    ) -> (PeerCache, Vec<WriteOp>, Vec<RejectError>) {
         let mut mirror = Mirror::compact();
         let mut gate = Gate::default();
-        for kv in records {
+        let mut ops = Vec::new();
+        let mut refused = Vec::new();
+        for kv in &records {
             if let keys::StoreKey::Record {
                 kind, cluster, key, ..
             } = keys::parse(&kv.key)
                 && cluster == peer.name
             {
+                if let Some(ctx) = ctx {
+                    let e = Event {
+                        r#type: EventType::Upsert as i32,
+                        kind: kind as i32,
+                        cluster: cluster.to_owned(),
+                        key: key.to_owned(),
+                        value: kv.value.clone(),
+                        revision: 0,
+                    };
+                    if let Err(err) = peer.check(&e, ctx) {
+                        ops.push(WriteOp::delete(kv.key.clone()));
+                        refused.push(err);
+                        continue;
+                    }
+                }
                 let id = (kind, cluster.to_owned(), key.to_owned());
-                gate.seed(id.clone(), &kv.value);
+                gate.seed(&id, &kv.value);
                 mirror.seed(id, &kv.value);
             }
         }
@@ -82,12 +123,49 @@ impl PeerCache {
                 mirror.synced.insert((cluster.to_owned(), kind));
             }
         }
-        PeerCache {
+        let mut c = PeerCache {
             peer,
             mirror,
             deferred: BTreeMap::new(),
             gate,
+            lookup: None,
+        };
+        if ctx.is_some() {
+            c.gate.mark_dirty();
+            let lost: BTreeSet<RecordId> = c
+                .gate
+                .recheck(c.mirror.records.keys())
+                .into_iter()
+                .filter_map(|op| match op {
+                    GateOp::Withdraw(id) => Some(id),
+                    GateOp::Put(..) => None,
+                })
+                .collect();
+            for kv in &records {
+                if let keys::StoreKey::Record {
+                    kind, cluster, key, ..
+                } = keys::parse(&kv.key)
+                {
+                    let id = (kind, cluster.to_owned(), key.to_owned());
+                    if lost.contains(&id) {
+                        c.gate.hold_withdrawn(id, &kv.value);
+                        ops.push(WriteOp::delete(kv.key.clone()));
+                    }
+                }
+            }
         }
+        (c, ops, refused)
+    }
+
+    /// Where a written record's value is read back when a node change takes
+    /// it out of the store again (it then waits with that value).
+    pub fn with_view(self, view: Arc<View>) -> Self {
+        self.with_lookup(Arc::new(move |key: &str| view.get(key).map(|e| e.value)))
+    }
+
+    pub fn with_lookup(mut self, lookup: Lookup) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// The store prefixes a seed reads.
@@ -197,7 +275,7 @@ impl PeerCache {
                     }
                 }
                 Change::Delete { id } if self.gate.is_pending(&id) => {
-                    self.gate.forget_pending(&id);
+                    self.gate.deleted(&id);
                 }
                 Change::Delete { id } => {
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
@@ -233,14 +311,33 @@ impl PeerCache {
 
     /// Writes what the gate admits or takes back after the peer's nodes changed.
     fn recheck(&mut self, ops: &mut Vec<WriteOp>, pending: &mut Vec<RecordId>) {
-        for op in self.gate.recheck() {
+        for op in self.gate.recheck(self.mirror.records.keys()) {
             match op {
                 GateOp::Put(id, value) => ops.push(WriteOp::put(
                     keys::cache(id.0, &self.peer.name, &id.2),
                     value,
                 )),
-                GateOp::Delete(id) => {
-                    ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+                GateOp::Withdraw(id) => {
+                    let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    // The value: from this very write, or from the view.
+                    let value = ops
+                        .iter()
+                        .rev()
+                        .find_map(|o| match o {
+                            WriteOp::Put { key: k, value } if *k == key => Some(value.clone()),
+                            _ => None,
+                        })
+                        .or_else(|| self.lookup.as_ref()?(&key));
+                    match value {
+                        Some(v) => self.gate.hold_withdrawn(id.clone(), &v),
+                        None => {
+                            // Unknown value: forget it; the peer's next
+                            // snapshot sends it again and it is checked then.
+                            warn!(peer = %self.peer.name, %key, "withdrawn record's value not found; it returns with the peer's next snapshot");
+                            self.mirror.records.remove(&id);
+                        }
+                    }
+                    ops.push(WriteOp::delete(key));
                     pending.push(id);
                 }
             }
@@ -312,7 +409,7 @@ pub fn withdraw_ops(peer: &str) -> Vec<WriteOp> {
 mod tests {
     use super::*;
     use clustermesh_proto::ClusterMode;
-    use clustermesh_proto::v1::{Event, Node};
+    use clustermesh_proto::v1::Node;
 
     fn node(name: &str, v: &str) -> Bytes {
         Node {

@@ -211,7 +211,19 @@ impl PeerLoop {
             records.extend(self.ctx.store.list(&p).await?.1);
         }
         let synced = self.ctx.store.list(&synced_prefix).await?.1;
-        Ok(PeerCache::seeded(self.peer.clone(), records, synced))
+        // What the store holds passes today's rules too (an older version,
+        // or this cluster's ranges, may have let it in).
+        let ctx = ingest_context(&self.ctx, &self.peer.name);
+        let (cache, ops, refused) =
+            PeerCache::seeded_checked(self.peer.clone(), records, synced, Some(&ctx));
+        for r in &refused {
+            warn!(peer = %self.peer.name, reason = r.reason().label(), error = %r, "stored record fails the ingest rules; deleted");
+        }
+        if !ops.is_empty() {
+            info!(peer = %self.peer.name, deletes = ops.len(), "stored records no longer vouched for are deleted");
+            self.ctx.write(&ops).await?;
+        }
+        Ok(cache.with_view(self.ctx.view.clone()))
     }
 
     async fn on_event(&mut self, ev: Option<SessionEvent>) {

@@ -11,9 +11,11 @@
 //! cache again (deleted, and pending until a node covers them once more).
 //! The final state depends only on the peer's final set of records.
 //!
-//! The gate keeps a copy of each written or pending endpoint and service
-//! (the mirror keeps only digests), so it can write or re-admit them without
-//! asking the peer again.
+//! Memory: the gate keeps a copy of each *pending* record only. A written
+//! endpoint costs nothing extra (its key is its IP, checked by the rules);
+//! a written service keeps its backend IPs. When a node change takes a
+//! written record back, the cache fetches its value from what it is just
+//! writing or from the view before deleting it ([`GateOp::Withdraw`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,6 +24,7 @@ use bytes::Bytes;
 use clustermesh_proto::mirror::RecordId;
 use clustermesh_proto::v1::Kind;
 
+use super::net::parse_ip;
 use super::records::covered_ips;
 use super::{Cidr, Context};
 
@@ -31,11 +34,14 @@ struct Held {
     value: Bytes,
 }
 
-/// What the gate asks the cache to write.
+/// What the gate asks the cache to do after the peer's nodes changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateOp {
+    /// A pending record is covered now: write it.
     Put(RecordId, Bytes),
-    Delete(RecordId),
+    /// A written record is no longer covered: delete it and hand its value
+    /// to [`Gate::hold`] (it is pending again).
+    Withdraw(RecordId),
 }
 
 /// What became of an upsert.
@@ -43,7 +49,7 @@ pub enum GateOp {
 pub enum Verdict {
     /// Write it.
     Admit,
-    /// Held pending; `was_written`: an older version is in the store and must go.
+    /// Held pending; `was_written`: an older version may be in the store and must go.
     Pending { was_written: bool },
 }
 
@@ -51,7 +57,8 @@ pub enum Verdict {
 pub struct Gate {
     /// Pod CIDRs of the peer's nodes as stored, by node key.
     nodes: BTreeMap<String, Vec<Cidr>>,
-    written: BTreeMap<RecordId, Held>,
+    /// Backend IPs of the written services.
+    services: BTreeMap<RecordId, Vec<IpAddr>>,
     pending: BTreeMap<RecordId, Held>,
     dirty: bool,
 }
@@ -62,21 +69,19 @@ impl Gate {
             .all(|ip| self.nodes.values().flatten().any(|c| c.contains(ip)))
     }
 
-    fn held(kind: Kind, value: &Bytes) -> Option<Held> {
-        covered_ips(kind, value).map(|ips| Held {
-            ips,
-            // A copy: the value may be a slice of a whole received chunk.
-            value: Bytes::copy_from_slice(value),
-        })
-    }
-
     /// A record already in the store (seeding).
-    pub fn seed(&mut self, id: RecordId, value: &Bytes) {
-        if id.0 == Kind::Node {
-            self.nodes
-                .insert(id.2.clone(), Context::pod_cidrs([value.as_ref()]));
-        } else if let Some(h) = Self::held(id.0, value) {
-            self.written.insert(id, h);
+    pub fn seed(&mut self, id: &RecordId, value: &Bytes) {
+        match id.0 {
+            Kind::Node => {
+                self.nodes
+                    .insert(id.2.clone(), Context::pod_cidrs([value.as_ref()]));
+            }
+            Kind::Service => {
+                if let Some(ips) = covered_ips(id.0, value) {
+                    self.services.insert(id.clone(), ips);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -90,19 +95,37 @@ impl Gate {
             }
             return Verdict::Admit;
         }
-        let Some(h) = Self::held(id.0, value) else {
+        let Some(ips) = covered_ips(id.0, value) else {
             return Verdict::Admit;
         };
-        if self.covered(&h.ips) {
-            self.pending.remove(id);
-            self.written.insert(id.clone(), h);
-            Verdict::Admit
-        } else {
-            self.pending.insert(id.clone(), h);
-            Verdict::Pending {
-                was_written: self.written.remove(id).is_some(),
+        let was_pending = self.pending.remove(id).is_some();
+        let was_service = self.services.remove(id).is_some();
+        if self.covered(&ips) {
+            if id.0 == Kind::Service {
+                self.services.insert(id.clone(), ips);
             }
+            return Verdict::Admit;
         }
+        self.hold(id.clone(), value, ips);
+        // An endpoint's key is its IP, so its coverage changes only with the
+        // peer's nodes, and every such change withdraws what it uncovers: an
+        // uncovered endpoint that is not pending was never written.
+        let _ = was_pending;
+        Verdict::Pending {
+            was_written: was_service,
+        }
+    }
+
+    fn hold(&mut self, id: RecordId, value: &Bytes, ips: Vec<IpAddr>) {
+        // A copy: the value may be a slice of a whole received chunk.
+        let value = Bytes::copy_from_slice(value);
+        self.pending.insert(id, Held { ips, value });
+    }
+
+    /// A withdrawn record ([`GateOp::Withdraw`]) waits again, with its value.
+    pub fn hold_withdrawn(&mut self, id: RecordId, value: &Bytes) {
+        let ips = covered_ips(id.0, value).unwrap_or_default();
+        self.hold(id, value, ips);
     }
 
     /// Whether `id` is held pending (so not in the store).
@@ -110,60 +133,64 @@ impl Gate {
         self.pending.contains_key(id)
     }
 
-    /// The peer dropped `id`, and it was pending: forget it.
-    pub fn forget_pending(&mut self, id: &RecordId) {
-        self.pending.remove(id);
-    }
-
-    /// `id` was deleted from the store.
+    /// `id` is gone: the peer dropped it (pending) or it was deleted from the store.
     pub fn deleted(&mut self, id: &RecordId) {
         if id.0 == Kind::Node {
             if self.nodes.remove(&id.2).is_some() {
                 self.dirty = true;
             }
         } else {
-            self.written.remove(id);
+            self.services.remove(id);
             self.pending.remove(id);
         }
     }
 
     /// After the peer's nodes changed: the pending records now covered are
-    /// written, the written ones no longer covered are deleted (and pending).
-    pub fn recheck(&mut self) -> Vec<GateOp> {
+    /// to be written, the written ones no longer covered withdrawn.
+    /// `records` are the ids the mirror holds (written endpoints among them).
+    pub fn recheck<'a>(&mut self, records: impl Iterator<Item = &'a RecordId>) -> Vec<GateOp> {
         if !std::mem::take(&mut self.dirty) {
             return Vec::new();
         }
         let mut ops = Vec::new();
+        for id in records {
+            if id.0 == Kind::Endpoint
+                && !self.pending.contains_key(id)
+                && !parse_ip(&id.2).is_some_and(|ip| self.covered(&[ip]))
+            {
+                ops.push(GateOp::Withdraw(id.clone()));
+            }
+        }
         let lost: Vec<RecordId> = self
-            .written
+            .services
             .iter()
-            .filter(|(_, h)| !self.covered(&h.ips))
+            .filter(|(_, ips)| !self.covered(ips))
             .map(|(id, _)| id.clone())
             .collect();
+        for id in lost {
+            self.services.remove(&id);
+            ops.push(GateOp::Withdraw(id));
+        }
         let won: Vec<RecordId> = self
             .pending
             .iter()
             .filter(|(_, h)| self.covered(&h.ips))
             .map(|(id, _)| id.clone())
             .collect();
-        for id in lost {
-            if let Some(h) = self.written.remove(&id) {
-                ops.push(GateOp::Delete(id.clone()));
-                self.pending.insert(id, h);
-            }
-        }
         for id in won {
             if let Some(h) = self.pending.remove(&id) {
-                ops.push(GateOp::Put(id.clone(), h.value.clone()));
-                self.written.insert(id, h);
+                if id.0 == Kind::Service {
+                    self.services.insert(id.clone(), h.ips);
+                }
+                ops.push(GateOp::Put(id, h.value));
             }
         }
         ops
     }
 
-    /// Pending records, per kind.
-    pub fn pending_ids(&self) -> impl Iterator<Item = &RecordId> {
-        self.pending.keys()
+    /// Makes the next [`Gate::recheck`] look at everything (after seeding).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     pub fn pending_count(&self) -> usize {
@@ -215,23 +242,29 @@ mod tests {
         );
         assert!(g.is_pending(&e));
         assert_eq!(g.upsert(&n, &node("10.1.0.0/16")), Verdict::Admit);
-        assert_eq!(g.recheck(), vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]);
+        let mirror = [n.clone(), e.clone()];
+        assert_eq!(
+            g.recheck(mirror.iter()),
+            vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]
+        );
         assert_eq!(g.pending_count(), 0);
         // Node first: admitted at once.
         let mut h = Gate::default();
         h.upsert(&n, &node("10.1.0.0/16"));
-        assert!(h.recheck().is_empty());
+        assert!(h.recheck(mirror.iter()).is_empty());
         assert_eq!(h.upsert(&e, &ep("10.1.0.5")), Verdict::Admit);
-        // The node goes: the endpoint leaves the store and waits again.
+        // The node goes: the endpoint is withdrawn and waits again.
         g.deleted(&n);
-        assert_eq!(g.recheck(), vec![GateOp::Delete(e.clone())]);
+        assert_eq!(g.recheck(mirror.iter()), vec![GateOp::Withdraw(e.clone())]);
+        g.hold_withdrawn(e.clone(), &ep("10.1.0.5"));
         assert!(g.is_pending(&e));
+        g.upsert(&n, &node("10.1.0.0/16"));
+        assert_eq!(
+            g.recheck(mirror.iter()),
+            vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]
+        );
         // A node that narrows its range likewise.
         h.upsert(&n, &node("10.2.0.0/16"));
-        assert_eq!(h.recheck(), vec![GateOp::Delete(e.clone())]);
-        assert_eq!(
-            h.upsert(&e, &ep("10.1.0.6")),
-            Verdict::Pending { was_written: false }
-        );
+        assert_eq!(h.recheck(mirror.iter()), vec![GateOp::Withdraw(e.clone())]);
     }
 }

@@ -310,8 +310,11 @@ mod through_the_cache {
     use super::*;
     use crate::mesh::cache::PeerCache;
     use crate::store::WriteOp;
+    use bytes::Bytes;
     use clustermesh_proto::keys;
     use clustermesh_proto::v1::{BatchType, WatchBatch};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use tokio::time::Instant;
 
@@ -372,8 +375,19 @@ mod through_the_cache {
         pb.sort();
         assert_eq!(pa, pb);
         assert!(pa.contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
-        // Events: the endpoint first waits, its node then admits it.
-        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        // Events: the endpoint first waits, its node then admits it. The
+        // lookup plays the store (the view in the apiserver).
+        let stored: Arc<Mutex<BTreeMap<String, Bytes>>> = Default::default();
+        let s2 = stored.clone();
+        let mut c = PeerCache::seeded(peer(), vec![], vec![])
+            .with_lookup(Arc::new(move |k: &str| s2.lock().unwrap().get(k).cloned()));
+        let store = |ops: &[WriteOp]| {
+            for o in ops {
+                if let WriteOp::Put { key, value } = o {
+                    stored.lock().unwrap().insert(key.clone(), value.clone());
+                }
+            }
+        };
         snapshot(&mut c, vec![]);
         assert!(apply(&mut c, BatchType::Events, vec![ep_ev()]).is_empty());
         assert_eq!(c.pending(), 1);
@@ -384,6 +398,7 @@ mod through_the_cache {
         );
         let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
         assert_eq!(puts(&w).len(), 2, "node and endpoint: {w:?}");
+        store(&w);
         assert_eq!(c.pending(), 0);
         // The node goes: so does the endpoint, which waits again.
         let del = Event {
@@ -400,6 +415,25 @@ mod through_the_cache {
             ]
         );
         assert_eq!(c.pending(), 1);
+        // It comes back: so does the endpoint, from the value the gate kept.
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(
+            puts(&w),
+            vec![
+                keys::cache(Kind::Node, "a", "n1"),
+                keys::cache(Kind::Endpoint, "a", "10.1.0.5"),
+            ]
+        );
+        let w = apply(
+            &mut c,
+            BatchType::Events,
+            vec![Event {
+                r#type: EventType::Delete as i32,
+                value: Default::default(),
+                ..node_ev()
+            }],
+        );
+        assert_eq!(w.len(), 2);
         // The peer drops the endpoint too: forgotten, nothing to write.
         let del = Event {
             r#type: EventType::Delete as i32,
@@ -408,5 +442,38 @@ mod through_the_cache {
         };
         assert!(apply(&mut c, BatchType::Events, vec![del]).is_empty());
         assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn stored_records_are_checked_again_when_seeded() {
+        let kv = |kind: Kind, key: &str, value: Vec<u8>| crate::store::Kv {
+            key: keys::cache(kind, "a", key),
+            value: value.into(),
+            mod_revision: 1,
+        };
+        let records = vec![
+            kv(Kind::Node, "bad", node("bad", &["0.0.0.0/0"], &[])),
+            kv(
+                Kind::Endpoint,
+                "10.1.0.5",
+                ep("10.1.0.5", 0x01_0100, "shop"),
+            ),
+            kv(Kind::Identity, "2", ident(2, &[])),
+        ];
+        let (mut c, ops, refused) =
+            PeerCache::seeded_checked(peer(), records, vec![], Some(&ctx()));
+        let reasons: Vec<&str> = refused.iter().map(|r| r.reason().label()).collect();
+        assert_eq!(reasons, ["default_route", "reserved_identity"]);
+        assert_eq!(
+            ops,
+            vec![
+                WriteOp::delete(keys::cache(Kind::Node, "a", "bad")),
+                WriteOp::delete(keys::cache(Kind::Identity, "a", "2")),
+                WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5")),
+            ]
+        );
+        assert_eq!(c.pending(), 1, "the uncovered endpoint waits for its node");
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(puts(&w).len(), 2);
     }
 }
