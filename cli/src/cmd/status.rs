@@ -137,6 +137,7 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
                 p.counts.iter().map(|c| c.count).sum::<u64>().to_string(),
                 p.failures.to_string(),
                 p.rejected_records.to_string(),
+                p.pending_records.to_string(),
                 p.last_error.clone(),
             ]
         })
@@ -151,6 +152,7 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
             "RECORDS",
             "FAILURES",
             "REJECTED",
+            "PENDING",
             "LAST ERROR",
         ],
         &rows,
