@@ -39,6 +39,10 @@ pub struct Applied {
     pub rejected: Vec<RejectError>,
     /// Records that became pending (held back until a node covers them).
     pub pending: Vec<RecordId>,
+    /// Records a node change took out of the store whose value was not at
+    /// hand (neither in this write nor in the view): the caller reads each
+    /// from the store and hands it to [`PeerCache::resolve`].
+    pub unresolved: Vec<RecordId>,
     pub snapshot_done: bool,
     /// The server cut the stream and asked for a resync.
     pub resync: Option<String>,
@@ -305,12 +309,17 @@ impl PeerCache {
             let synced: BTreeSet<Kind> = self.mirror.synced.iter().map(|(_, k)| *k).collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
         }
-        self.recheck(&mut out.ops, &mut out.pending);
+        self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
         out
     }
 
     /// Writes what the gate admits or takes back after the peer's nodes changed.
-    fn recheck(&mut self, ops: &mut Vec<WriteOp>, pending: &mut Vec<RecordId>) {
+    fn recheck(
+        &mut self,
+        ops: &mut Vec<WriteOp>,
+        pending: &mut Vec<RecordId>,
+        unresolved: &mut Vec<RecordId>,
+    ) {
         for op in self.gate.recheck(self.mirror.records.keys()) {
             match op {
                 GateOp::Put(id, value) => ops.push(WriteOp::put(
@@ -330,16 +339,24 @@ impl PeerCache {
                         .or_else(|| self.lookup.as_ref()?(&key));
                     match value {
                         Some(v) => self.gate.hold_withdrawn(id.clone(), &v),
-                        None => {
-                            // Unknown value: forget it; the peer's next
-                            // snapshot sends it again and it is checked then.
-                            warn!(peer = %self.peer.name, %key, "withdrawn record's value not found; it returns with the peer's next snapshot");
-                            self.mirror.records.remove(&id);
-                        }
+                        None => unresolved.push(id.clone()),
                     }
                     ops.push(WriteOp::delete(key));
                     pending.push(id);
                 }
+            }
+        }
+    }
+
+    /// The value of a record a node change took back ([`Applied::unresolved`]),
+    /// read from the store: it waits with it. Without one it is forgotten
+    /// (the peer's next snapshot sends it again and it is checked then).
+    pub fn resolve(&mut self, id: RecordId, value: Option<&Bytes>) {
+        match value {
+            Some(v) => self.gate.hold_withdrawn(id, v),
+            None => {
+                warn!(peer = %self.peer.name, kind = id.0.segment(), key = %id.2, "value of a withdrawn record not found; it returns with the peer's next snapshot");
+                self.mirror.records.remove(&id);
             }
         }
     }
@@ -365,7 +382,11 @@ impl PeerCache {
     pub fn sweep_due(&mut self, now: Instant) -> Vec<WriteOp> {
         let mut ops = Vec::new();
         self.sweep(|_, at| *at <= now, &mut ops);
-        self.recheck(&mut ops, &mut Vec::new());
+        let mut unresolved = Vec::new();
+        self.recheck(&mut ops, &mut Vec::new(), &mut unresolved);
+        for id in unresolved {
+            self.resolve(id, None);
+        }
         ops
     }
 

@@ -278,12 +278,14 @@ impl PeerLoop {
         let mut ops: Vec<WriteOp> = Vec::new();
         let mut rejected = Vec::new();
         let mut pending = Vec::new();
+        let mut unresolved = Vec::new();
         let mut snapshot_done = false;
         for b in batches {
             let a = cache.apply(b, now, grace, &ctx);
             ops.extend(a.ops);
             rejected.extend(a.rejected);
             pending.extend(a.pending);
+            unresolved.extend(a.unresolved);
             if a.reset {
                 info!(peer = %self.peer.name, "peer sends a full snapshot (its store changed or the resume point was too old); writing only the differences");
             }
@@ -292,6 +294,27 @@ impl PeerLoop {
                 info!(peer = %self.peer.name, %reason, "peer asked for a resync");
                 self.resync = true;
             }
+        }
+        // Records a node change took back, whose value is in an earlier batch
+        // of this write or only in the store (not deleted yet: the deletes
+        // are in `ops`).
+        for id in unresolved {
+            let key = keys::cache(id.0, &self.peer.name, &id.2);
+            let mut value = ops.iter().rev().find_map(|o| match o {
+                WriteOp::Put { key: k, value } if *k == key => Some(value.clone()),
+                _ => None,
+            });
+            if value.is_none() {
+                value = self
+                    .ctx
+                    .store
+                    .get(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|kv| kv.value);
+            }
+            cache.resolve(id, value.as_ref());
         }
         for id in pending {
             if self.first_time(&(id.0 as i32, &id.2)) {

@@ -476,4 +476,33 @@ mod through_the_cache {
         let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
         assert_eq!(puts(&w).len(), 2);
     }
+
+    #[test]
+    fn a_withdrawn_value_not_at_hand_is_resolved_from_the_store() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        snapshot(&mut c, vec![]);
+        apply(&mut c, BatchType::Events, vec![node_ev(), ep_ev()]);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let a = c.apply(
+            batch(BatchType::Events, vec![del]),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        let ep_id = (Kind::Endpoint, "a".to_string(), "10.1.0.5".to_string());
+        assert_eq!(a.unresolved, vec![ep_id.clone()]);
+        assert!(a.ops.contains(&WriteOp::delete(keys::cache(
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5"
+        ))));
+        c.resolve(ep_id, Some(&ep_ev().value));
+        assert_eq!(c.pending(), 1);
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
+    }
 }
