@@ -70,7 +70,7 @@ impl Ck<'_> {
         Ok(())
     }
     fn identity(&self, p: &PeerRef, id: u32) -> Result<(), RejectError> {
-        if id <= 255 {
+        if id <= clustermesh_proto::identity::reserved::MAX {
             return Err(self.fail(
                 Reason::ReservedIdentity,
                 format!(
