@@ -15,7 +15,8 @@
 //! endpoint costs nothing extra (its key is its IP, checked by the rules);
 //! a written service keeps its backend IPs. When a node change takes a
 //! written record back, the cache fetches its value from what it is just
-//! writing or from the view before deleting it ([`GateOp::Withdraw`]).
+//! writing, from the view or from etcd before deleting it
+//! ([`GateOp::Withdraw`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,7 +41,7 @@ pub enum GateOp {
     /// A pending record is covered now: write it.
     Put(RecordId, Bytes),
     /// A written record is no longer covered: delete it and hand its value
-    /// to [`Gate::hold`] (it is pending again).
+    /// to [`Gate::hold_withdrawn`] (it is pending again).
     Withdraw(RecordId),
 }
 
@@ -98,7 +99,7 @@ impl Gate {
         let Some(ips) = covered_ips(id.0, value) else {
             return Verdict::Admit;
         };
-        let was_pending = self.pending.remove(id).is_some();
+        self.pending.remove(id);
         let was_service = self.services.remove(id).is_some();
         if self.covered(&ips) {
             if id.0 == Kind::Service {
@@ -110,7 +111,6 @@ impl Gate {
         // An endpoint's key is its IP, so its coverage changes only with the
         // peer's nodes, and every such change withdraws what it uncovers: an
         // uncovered endpoint that is not pending was never written.
-        let _ = was_pending;
         Verdict::Pending {
             was_written: was_service,
         }
