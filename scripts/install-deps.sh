@@ -81,28 +81,39 @@ if [ ${#need[@]} -gt 0 ]; then
   done
 fi
 
-# Python modules the tests import, from PyPI (pinned).
-# module             requirement
+# Python modules the tests import, and the pinned PyPI requirement that
+# provides each (checked by importing it).
+#   module             requirement
 py_checks=(
   "prometheus_client  prometheus-client==0.26.0"  # mesh_metrics: parses /metrics (OpenMetrics parser)
+  "grpc               grpcio==1.85.1"             # integration/tests/hostile_peer/server.py
+  "grpc_tools         grpcio-tools==1.85.1"       # the same: compiles proto/ at test time
 )
+py_need=()
 for line in "${py_checks[@]}"; do
   read -r mod req <<<"$line"
   if ! python3 -c "import $mod" >/dev/null 2>&1; then
     echo "missing python module $mod ($req)"
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-      $SUDO apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
-    fi
-    # Debian's own python3 refuses pip installs outside a venv (PEP 668)
-    # unless told; a pyenv or venv python ignores the variable.
-    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "$req"
+    py_need+=("$req")
+  fi
+done
+if [ ${#py_need[@]} -gt 0 ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "installing: ${py_need[*]}"
+  # Debian's own python3 refuses pip installs outside a venv (PEP 668)
+  # unless told; a pyenv or venv python ignores the variable.
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "${py_need[@]}"
+  for line in "${py_checks[@]}"; do
+    read -r mod req <<<"$line"
     if ! python3 -c "import $mod" >/dev/null 2>&1; then
       echo "install-deps.sh: python module $mod is still missing after installing $req" >&2
       exit 1
     fi
-  fi
-done
+  done
+fi
 
 # Debian's etcd-server package starts a system etcd on 2379; the project never
 # uses it (every test and the demo start their own on free ports).

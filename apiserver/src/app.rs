@@ -212,7 +212,7 @@ pub async fn run(
         tls_dir: cfg.tls_dir.clone(),
         tls: shared.clone(),
         own_ca: own_ca_pem,
-        config: cfg.mesh,
+        config: cfg.mesh.clone(),
         fence: Some(token.clone()),
         metrics,
     };

@@ -73,6 +73,10 @@ struct Args {
     /// from when it became disconnected; 0 keeps them until the peer returns or is disconnected.
     #[arg(long, default_value = "2m", value_parser = duration::parse)]
     stale_ttl: std::time::Duration,
+    /// This cluster's service CIDR (repeatable; default none): a peer's pod CIDRs, endpoint
+    /// IPs and service backends inside it are refused (see docs/mesh.md "Ingest rules").
+    #[arg(long = "service-cidr", value_parser = parse_service_cidr)]
+    service_cidr: Vec<clustermesh_apiserver::mesh::ingest::Cidr>,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -136,6 +140,7 @@ async fn main() {
         mesh: clustermesh_apiserver::mesh::MeshConfig {
             peer_timeout: args.peer_timeout,
             stale_ttl: args.stale_ttl,
+            service_cidrs: args.service_cidr,
             ..Default::default()
         },
     };
@@ -163,4 +168,8 @@ async fn main() {
         eprintln!("clustermesh-apiserver: {e}");
         std::process::exit(e.exit_code());
     }
+}
+
+fn parse_service_cidr(s: &str) -> Result<clustermesh_apiserver::mesh::ingest::Cidr, String> {
+    s.parse()
 }

@@ -22,7 +22,7 @@ use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{
-    Backend, BatchType, Endpoint, EventType, Kind, Scope, Service, StatusRequest,
+    Backend, BatchType, Endpoint, EventType, Kind, Node, Scope, Service, StatusRequest,
     cluster_mesh_client::ClusterMeshClient,
 };
 use etcd_client::WatchOptions;
@@ -281,7 +281,7 @@ async fn wait_cached(
         if st
             .counts
             .iter()
-            .filter(|r| r.cluster == peer)
+            .filter(|r| r.cluster == peer && r.kind == Kind::Endpoint as i32)
             .map(|r| r.count)
             .sum::<u64>() as usize
             >= n
@@ -313,6 +313,23 @@ async fn memory_mesh(records: usize) {
     let ch = b.api().channel(Role::Admin).await.expect("dial");
     let mut client = ClusterMeshClient::new(ch);
     let key = |ip: &str| keys::state(Kind::Endpoint, "mem-a", ip);
+    // The peer's endpoints must lie inside a pod CIDR one of its nodes
+    // announces, or B's syncer holds them pending (docs/mesh.md).
+    let node = Node {
+        name: "node-0".into(),
+        internal_ips: vec!["192.168.0.1".into()],
+        pod_cidrs: vec!["10.0.0.0/8".into()],
+        cluster: "mem-a".into(),
+        exported: true,
+        ..Default::default()
+    };
+    store
+        .apply(&[WriteOp::put(
+            keys::state(Kind::Node, "mem-a", "node-0"),
+            node.encode_to_vec(),
+        )])
+        .await
+        .expect("node");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r0 = rss_bytes(pid);
     put_endpoints(&store, "mem-a", 0..records, key).await;

@@ -67,12 +67,22 @@ async fn exported_records_flow_between_peers_and_disconnect_withdraws() {
     ];
     ops.extend(markers("alpha"));
     sa.apply(&ops).await.unwrap();
-    let mut ops = vec![put(
-        Kind::Service,
-        "beta",
-        "shop/web",
-        service("beta", "shop", "web", &["10.2.0.7", "10.2.0.8"]),
-    )];
+    // Beta's node announces the pod CIDR its service's backends live in:
+    // without it alpha would hold the service pending (docs/mesh.md).
+    let mut ops = vec![
+        put(
+            Kind::Node,
+            "beta",
+            "gw",
+            node("beta", "gw", "192.168.2.1", true),
+        ),
+        put(
+            Kind::Service,
+            "beta",
+            "shop/web",
+            service("beta", "shop", "web", &["10.2.0.7", "10.2.0.8"]),
+        ),
+    ];
     ops.extend(markers("beta"));
     sb.apply(&ops).await.unwrap();
 

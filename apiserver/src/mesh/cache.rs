@@ -13,24 +13,36 @@
 //! synced (then only what is still missing goes), or at most `sweep_grace`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clustermesh_proto::keys;
 use clustermesh_proto::mirror::{Change, Mirror, RecordId};
-use clustermesh_proto::v1::{BatchType, EventType, Kind, RecordCount, SyncedMarker, WatchBatch};
+use clustermesh_proto::v1::{
+    BatchType, Event, EventType, Kind, RecordCount, SyncedMarker, WatchBatch,
+};
 use clustermesh_proto::{RECORD_KINDS, v1::ResumePoint};
 use prost::Message;
 use tokio::time::Instant;
+use tracing::warn;
 
-use super::validate::{PeerRef, RejectError};
+use super::ingest::gate::{Gate, GateOp, Verdict};
+use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
+use crate::view::View;
 
 /// What applying one batch produced.
 #[derive(Debug, Default)]
 pub struct Applied {
     pub ops: Vec<WriteOp>,
     pub rejected: Vec<RejectError>,
+    /// Records that became pending (held back until a node covers them).
+    pub pending: Vec<RecordId>,
+    /// Records a node change took out of the store whose value was not at
+    /// hand (neither in this write nor in the view): the caller reads each
+    /// from the store and hands it to [`PeerCache::resolve`].
+    pub unresolved: Vec<RecordId>,
     pub snapshot_done: bool,
     /// The server cut the stream and asked for a resync.
     pub resync: Option<String>,
@@ -44,7 +56,14 @@ pub struct PeerCache {
     /// Records kept in the store after a snapshot dropped them, until the
     /// peer marks their kind synced or the deadline passes.
     deferred: BTreeMap<RecordId, Instant>,
+    /// Endpoints and services waiting for a node of the peer (ingest rules).
+    gate: Gate,
+    /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
+    lookup: Option<Lookup>,
 }
+
+/// Reads the value stored under a full key.
+pub type Lookup = Arc<dyn Fn(&str) -> Option<Bytes> + Send + Sync>;
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -57,14 +76,48 @@ impl PeerCache {
     /// A cache holding `records` (cache keys and values read from the store)
     /// and `synced` (the peer's sync markers in the store).
     pub fn seeded(peer: PeerRef, records: Vec<Kv>, synced: Vec<Kv>) -> PeerCache {
+        Self::seeded_checked(peer, records, synced, None).0
+    }
+
+    /// Like [`PeerCache::seeded`], and with `ctx` the stored records pass the
+    /// ingest rules again (they may have been written by an older version, or
+    /// before this cluster's ranges changed): a refused record is left out and
+    /// its delete returned; an endpoint or service that no stored node of the
+    /// peer covers is deleted too and waits pending.
+    pub fn seeded_checked(
+        peer: PeerRef,
+        records: Vec<Kv>,
+        synced: Vec<Kv>,
+        ctx: Option<&Context>,
+    ) -> (PeerCache, Vec<WriteOp>, Vec<RejectError>) {
         let mut mirror = Mirror::compact();
-        for kv in records {
+        let mut gate = Gate::default();
+        let mut ops = Vec::new();
+        let mut refused = Vec::new();
+        for kv in &records {
             if let keys::StoreKey::Record {
                 kind, cluster, key, ..
             } = keys::parse(&kv.key)
                 && cluster == peer.name
             {
-                mirror.seed((kind, cluster.to_owned(), key.to_owned()), &kv.value);
+                if let Some(ctx) = ctx {
+                    let e = Event {
+                        r#type: EventType::Upsert as i32,
+                        kind: kind as i32,
+                        cluster: cluster.to_owned(),
+                        key: key.to_owned(),
+                        value: kv.value.clone(),
+                        revision: 0,
+                    };
+                    if let Err(err) = peer.check(&e, ctx) {
+                        ops.push(WriteOp::delete(kv.key.clone()));
+                        refused.push(err);
+                        continue;
+                    }
+                }
+                let id = (kind, cluster.to_owned(), key.to_owned());
+                gate.seed(&id, &kv.value);
+                mirror.seed(id, &kv.value);
             }
         }
         for kv in synced {
@@ -74,11 +127,49 @@ impl PeerCache {
                 mirror.synced.insert((cluster.to_owned(), kind));
             }
         }
-        PeerCache {
+        let mut c = PeerCache {
             peer,
             mirror,
             deferred: BTreeMap::new(),
+            gate,
+            lookup: None,
+        };
+        if ctx.is_some() {
+            c.gate.mark_dirty();
+            let lost: BTreeSet<RecordId> = c
+                .gate
+                .recheck(c.mirror.records.keys())
+                .into_iter()
+                .filter_map(|op| match op {
+                    GateOp::Withdraw(id) => Some(id),
+                    GateOp::Put(..) => None,
+                })
+                .collect();
+            for kv in &records {
+                if let keys::StoreKey::Record {
+                    kind, cluster, key, ..
+                } = keys::parse(&kv.key)
+                {
+                    let id = (kind, cluster.to_owned(), key.to_owned());
+                    if lost.contains(&id) {
+                        c.gate.hold_withdrawn(id, &kv.value);
+                        ops.push(WriteOp::delete(kv.key.clone()));
+                    }
+                }
+            }
         }
+        (c, ops, refused)
+    }
+
+    /// Where a written record's value is read back when a node change takes
+    /// it out of the store again (it then waits with that value).
+    pub fn with_view(self, view: Arc<View>) -> Self {
+        self.with_lookup(Arc::new(move |key: &str| view.get(key).map(|e| e.value)))
+    }
+
+    pub fn with_lookup(mut self, lookup: Lookup) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// The store prefixes a seed reads.
@@ -103,7 +194,12 @@ impl PeerCache {
     /// Records held in the store for this peer, per kind.
     pub fn counts(&self) -> Vec<RecordCount> {
         let mut n: BTreeMap<Kind, u64> = BTreeMap::new();
-        for (kind, _, _) in self.mirror.records.keys().chain(self.deferred.keys()) {
+        let stored = self
+            .mirror
+            .records
+            .keys()
+            .filter(|id| !self.gate.is_pending(id));
+        for (kind, _, _) in stored.chain(self.deferred.keys()) {
             *n.entry(*kind).or_default() += 1;
         }
         n.into_iter()
@@ -113,6 +209,11 @@ impl PeerCache {
                 count,
             })
             .collect()
+    }
+
+    /// Records held pending (neither written nor refused).
+    pub fn pending(&self) -> usize {
+        self.gate.pending_count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -127,13 +228,19 @@ impl PeerCache {
     /// Validates and applies one batch. Rejected events are dropped (a
     /// rejected update of a known record deletes it: the peer no longer has
     /// a valid version of it).
-    pub fn apply(&mut self, mut batch: WatchBatch, now: Instant, sweep_grace: Duration) -> Applied {
+    pub fn apply(
+        &mut self,
+        mut batch: WatchBatch,
+        now: Instant,
+        sweep_grace: Duration,
+        ctx: &Context,
+    ) -> Applied {
         let mut out = Applied::default();
         let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
             let events = std::mem::take(&mut batch.events);
             for mut e in events {
-                match self.peer.check(&e) {
+                match self.peer.check(&e, ctx) {
                     Ok(()) => batch.events.push(e),
                     Err(err) => {
                         if t == BatchType::Events
@@ -160,10 +267,19 @@ impl PeerCache {
             match change {
                 Change::Upsert { id, value } => {
                     self.deferred.remove(&id);
-                    out.ops.push(WriteOp::put(
-                        keys::cache(id.0, &self.peer.name, &id.2),
-                        value,
-                    ));
+                    let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    match self.gate.upsert(&id, &value) {
+                        Verdict::Admit => out.ops.push(WriteOp::put(key, value)),
+                        Verdict::Pending { was_written } => {
+                            if was_written {
+                                out.ops.push(WriteOp::delete(key));
+                            }
+                            out.pending.push(id);
+                        }
+                    }
+                }
+                Change::Delete { id } if self.gate.is_pending(&id) => {
+                    self.gate.deleted(&id);
                 }
                 Change::Delete { id } => {
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
@@ -171,6 +287,7 @@ impl PeerCache {
                         self.deferred.entry(id).or_insert(now + sweep_grace);
                     } else {
                         self.deferred.remove(&id);
+                        self.gate.deleted(&id);
                         out.ops
                             .push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
                     }
@@ -192,7 +309,56 @@ impl PeerCache {
             let synced: BTreeSet<Kind> = self.mirror.synced.iter().map(|(_, k)| *k).collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
         }
+        self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
         out
+    }
+
+    /// Writes what the gate admits or takes back after the peer's nodes changed.
+    fn recheck(
+        &mut self,
+        ops: &mut Vec<WriteOp>,
+        pending: &mut Vec<RecordId>,
+        unresolved: &mut Vec<RecordId>,
+    ) {
+        for op in self.gate.recheck(self.mirror.records.keys()) {
+            match op {
+                GateOp::Put(id, value) => ops.push(WriteOp::put(
+                    keys::cache(id.0, &self.peer.name, &id.2),
+                    value,
+                )),
+                GateOp::Withdraw(id) => {
+                    let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    // The value: from this very write, or from the view.
+                    let value = ops
+                        .iter()
+                        .rev()
+                        .find_map(|o| match o {
+                            WriteOp::Put { key: k, value } if *k == key => Some(value.clone()),
+                            _ => None,
+                        })
+                        .or_else(|| self.lookup.as_ref()?(&key));
+                    match value {
+                        Some(v) => self.gate.hold_withdrawn(id.clone(), &v),
+                        None => unresolved.push(id.clone()),
+                    }
+                    ops.push(WriteOp::delete(key));
+                    pending.push(id);
+                }
+            }
+        }
+    }
+
+    /// The value of a record a node change took back ([`Applied::unresolved`]),
+    /// read from the store: it waits with it. Without one it is forgotten
+    /// (the peer's next snapshot sends it again and it is checked then).
+    pub fn resolve(&mut self, id: RecordId, value: Option<&Bytes>) {
+        match value {
+            Some(v) => self.gate.hold_withdrawn(id, v),
+            None => {
+                warn!(peer = %self.peer.name, kind = id.0.segment(), key = %id.2, "value of a withdrawn record not found; it returns with the peer's next snapshot");
+                self.mirror.records.remove(&id);
+            }
+        }
     }
 
     /// Deletes the deferred records matching `pick` that the mirror does not hold.
@@ -206,6 +372,7 @@ impl PeerCache {
         for id in gone {
             self.deferred.remove(&id);
             if !self.mirror.records.contains_key(&id) {
+                self.gate.deleted(&id);
                 ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
             }
         }
@@ -215,6 +382,11 @@ impl PeerCache {
     pub fn sweep_due(&mut self, now: Instant) -> Vec<WriteOp> {
         let mut ops = Vec::new();
         self.sweep(|_, at| *at <= now, &mut ops);
+        let mut unresolved = Vec::new();
+        self.recheck(&mut ops, &mut Vec::new(), &mut unresolved);
+        for id in unresolved {
+            self.resolve(id, None);
+        }
         ops
     }
 
@@ -223,7 +395,7 @@ impl PeerCache {
             .mirror
             .records
             .keys()
-            .filter(|(k, _, _)| *k == kind)
+            .filter(|id| id.0 == kind && !self.gate.is_pending(id))
             .count() as u64;
         let m = SyncedMarker {
             cluster: self.peer.name.clone(),
@@ -239,6 +411,7 @@ impl PeerCache {
     pub fn withdraw(&mut self) -> Vec<WriteOp> {
         self.mirror = Mirror::compact();
         self.deferred.clear();
+        self.gate.clear();
         withdraw_ops(&self.peer.name)
     }
 }
@@ -257,7 +430,7 @@ pub fn withdraw_ops(peer: &str) -> Vec<WriteOp> {
 mod tests {
     use super::*;
     use clustermesh_proto::ClusterMode;
-    use clustermesh_proto::v1::{Event, Node};
+    use clustermesh_proto::v1::Node;
 
     fn node(name: &str, v: &str) -> Bytes {
         Node {
@@ -301,9 +474,19 @@ mod tests {
         let g = Duration::from_secs(5);
         let mut b = batch(BatchType::SnapshotBegin, epoch, vec![]);
         b.reset = true;
-        c.apply(b, now, g);
-        c.apply(batch(BatchType::Snapshot, epoch, events), now, g);
-        c.apply(batch(BatchType::SnapshotEnd, epoch, vec![]), now, g)
+        c.apply(b, now, g, &Context::default());
+        c.apply(
+            batch(BatchType::Snapshot, epoch, events),
+            now,
+            g,
+            &Context::default(),
+        );
+        c.apply(
+            batch(BatchType::SnapshotEnd, epoch, vec![]),
+            now,
+            g,
+            &Context::default(),
+        )
     }
     fn peer() -> PeerRef {
         PeerRef {
@@ -370,9 +553,15 @@ mod tests {
             batch(BatchType::Events, "e2", vec![up("n1", node("n1", "1"))]),
             now,
             g,
+            &Context::default(),
         );
         assert_eq!(a.ops.len(), 1);
-        let a = c.apply(batch(BatchType::Events, "e2", vec![synced()]), now, g);
+        let a = c.apply(
+            batch(BatchType::Events, "e2", vec![synced()]),
+            now,
+            g,
+            &Context::default(),
+        );
         assert_eq!(a.ops.len(), 2, "{:?}", a.ops);
         assert_eq!(
             a.ops[0],
@@ -418,6 +607,7 @@ mod tests {
             batch(BatchType::Events, "e", vec![up("n1", foreign.into())]),
             now,
             g,
+            &Context::default(),
         );
         assert_eq!(a.rejected.len(), 1);
         assert_eq!(

@@ -7,7 +7,8 @@
 //! - [`peer`]: one peer's state machine (dial → validate → watch → mirror;
 //!   liveness, withdrawal after `stale-ttl`, status).
 //! - [`session`]: one connection attempt; [`cache`]: the seeded mirror and
-//!   the writes it yields; [`validate`]: what is accepted from a peer.
+//!   the writes it yields; [`validate`]: which peer is accepted;
+//!   [`ingest`]: which of its records are (the rules table, pending records).
 //! - [`status`]: per-peer status persisted under `peer-status/<peer>`.
 //! - [`trust`]: rebuilds the server TLS config when `peers/` changes (every
 //!   replica, leader or not).
@@ -15,6 +16,7 @@
 //! See docs/mesh.md for the behaviour and the defaults.
 
 pub mod cache;
+pub mod ingest;
 pub mod liveness;
 pub mod peer;
 pub mod session;
@@ -46,12 +48,15 @@ pub const DEFAULT_STALE_TTL: Duration = Duration::from_secs(120);
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Tunables of the syncer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MeshConfig {
     pub peer_timeout: Duration,
     /// Zero: never withdraw a silent peer's records.
     pub stale_ttl: Duration,
     pub status_interval: Duration,
+    /// This cluster's service CIDRs (`--service-cidr`): no peer's pod CIDR,
+    /// endpoint or backend may lie inside them.
+    pub service_cidrs: Vec<ingest::Cidr>,
 }
 
 impl Default for MeshConfig {
@@ -60,6 +65,7 @@ impl Default for MeshConfig {
             peer_timeout: DEFAULT_PEER_TIMEOUT,
             stale_ttl: DEFAULT_STALE_TTL,
             status_interval: DEFAULT_STATUS_INTERVAL,
+            service_cidrs: Vec::new(),
         }
     }
 }

@@ -15,25 +15,33 @@
 //! goes through the mirror, so whatever happens (reconnect, resume refused,
 //! peer wiped) only real differences are written.
 
+use std::collections::HashSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clustermesh_proto::ClusterMode;
-use clustermesh_proto::v1::{PeerConfig, PeerStatus};
+use clustermesh_proto::v1::{Kind, PeerConfig, PeerStatus};
+use clustermesh_proto::{ClusterMode, keys};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cache::{PeerCache, withdraw_ops};
+use super::ingest::{Context, PeerRef, Reason};
 use super::liveness::{Backoff, Liveness};
 use super::session::{Params, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
-use super::validate::PeerRef;
 use super::{MeshContext, stopped};
 use crate::store::{StoreError, WriteOp};
 
 /// Writes gathered from queued batches before one store write.
 const MAX_OPS_PER_WRITE: usize = 4096;
+/// How long the ingest context (this cluster's and the other peers' CIDRs)
+/// is reused before it is read from the view again.
+const CONTEXT_TTL: Duration = Duration::from_millis(500);
+/// Distinct refusals remembered for "log once per key"; beyond, the memory
+/// is cleared (a key may then be logged once more).
+const MAX_LOGGED: usize = 65_536;
 /// Pause before retrying after a local store failure.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How long a peer whose stream just ended is still shown connected while
@@ -70,6 +78,9 @@ struct PeerLoop {
     store_retry_at: Instant,
     counts_at: Option<Instant>,
     attempts: usize,
+    context: Option<(Instant, Arc<Context>)>,
+    /// Digests of the refusals and pendings already logged.
+    logged: HashSet<u64>,
 }
 
 /// Runs one peer's loop until `stop` flips.
@@ -106,6 +117,8 @@ pub async fn run(
         store_retry_at: now,
         counts_at: None,
         attempts: 0,
+        context: None,
+        logged: HashSet::new(),
     };
     loop {
         if *stop.borrow() {
@@ -208,7 +221,19 @@ impl PeerLoop {
             records.extend(self.ctx.store.list(&p).await?.1);
         }
         let synced = self.ctx.store.list(&synced_prefix).await?.1;
-        Ok(PeerCache::seeded(self.peer.clone(), records, synced))
+        // What the store holds passes today's rules too (an older version,
+        // or this cluster's ranges, may have let it in).
+        let ctx = ingest_context(&self.ctx, &self.peer.name);
+        let (cache, ops, refused) =
+            PeerCache::seeded_checked(self.peer.clone(), records, synced, Some(&ctx));
+        for r in &refused {
+            warn!(peer = %self.peer.name, reason = r.reason().label(), error = %r, "stored record fails the ingest rules; deleted");
+        }
+        if !ops.is_empty() {
+            info!(peer = %self.peer.name, deletes = ops.len(), "stored records no longer vouched for are deleted");
+            self.ctx.write(&ops).await?;
+        }
+        Ok(cache.with_view(self.ctx.view.clone()))
     }
 
     async fn on_event(&mut self, ev: Option<SessionEvent>) {
@@ -253,13 +278,25 @@ impl PeerLoop {
             return;
         };
         let grace = self.ctx.config.stale_ttl;
+        let ctx = match &self.context {
+            Some((at, c)) if now < *at + CONTEXT_TTL => c.clone(),
+            _ => {
+                let c = Arc::new(ingest_context(&self.ctx, &self.peer.name));
+                self.context = Some((now, c.clone()));
+                c
+            }
+        };
         let mut ops: Vec<WriteOp> = Vec::new();
         let mut rejected = Vec::new();
+        let mut pending = Vec::new();
+        let mut unresolved = Vec::new();
         let mut snapshot_done = false;
         for b in batches {
-            let a = cache.apply(b, now, grace);
+            let a = cache.apply(b, now, grace, &ctx);
             ops.extend(a.ops);
             rejected.extend(a.rejected);
+            pending.extend(a.pending);
+            unresolved.extend(a.unresolved);
             if a.reset {
                 info!(peer = %self.peer.name, "peer sends a full snapshot (its store changed or the resume point was too old); writing only the differences");
             }
@@ -269,14 +306,39 @@ impl PeerLoop {
                 self.resync = true;
             }
         }
-        if let Some(first) = rejected.first() {
-            self.status.rejected_records += rejected.len() as u64;
-            for r in &rejected {
-                self.ctx.metrics.rejected(&self.peer.name, r.reason(), 1);
+        // Records a node change took back, whose value is in an earlier batch
+        // of this write or only in the store (not deleted yet: the deletes
+        // are in `ops`).
+        for id in unresolved {
+            let key = keys::cache(id.0, &self.peer.name, &id.2);
+            let mut value = ops.iter().rev().find_map(|o| match o {
+                WriteOp::Put { key: k, value } if *k == key => Some(value.clone()),
+                _ => None,
+            });
+            if value.is_none() {
+                value = self
+                    .ctx
+                    .store
+                    .get(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|kv| kv.value);
             }
-            let last = rejected.last().unwrap_or(first).to_string();
-            warn!(peer = %self.peer.name, count = rejected.len(), error = %last, "rejected records from peer; not written");
-            self.status.last_error = format!("rejected record: {last}");
+            cache.resolve(id, value.as_ref());
+        }
+        for id in pending {
+            if self.first_time(&(id.0 as i32, &id.2)) {
+                info!(peer = %self.peer.name, kind = id.0.segment(), key = %id.2, reason = Reason::OutsidePeerPodCidrs.label(), "record held pending: its IPs are outside every pod CIDR the peer announces (yet); written once a node of the peer covers them");
+            }
+        }
+        for r in &rejected {
+            self.count_rejected(r.reason());
+            let text = r.to_string();
+            if self.first_time(&text) {
+                warn!(peer = %self.peer.name, reason = r.reason().label(), error = %text, "rejected record from peer; not written");
+            }
+            self.status.last_error = format!("rejected record: {text}");
         }
         if ops.is_empty() && !snapshot_done {
             return;
@@ -300,7 +362,9 @@ impl PeerLoop {
             Ok(applied) => {
                 if let Some(last) = applied.refused.last() {
                     // Counted like any rejected record; the rest was written.
-                    self.status.rejected_records += applied.refused.len() as u64;
+                    for _ in &applied.refused {
+                        self.count_rejected(Reason::StoreRefused);
+                    }
                     self.status.last_error = format!("rejected record: {last}");
                 }
                 true
@@ -320,6 +384,28 @@ impl PeerLoop {
                 false
             }
         }
+    }
+
+    fn count_rejected(&mut self, reason: Reason) {
+        self.ctx
+            .metrics
+            .rejected(&self.peer.name, reason.label(), 1);
+        self.status.rejected_records += 1;
+        *self
+            .status
+            .rejected_by_reason
+            .entry(reason.label().to_owned())
+            .or_default() += 1;
+    }
+
+    /// Whether `what` is logged for the first time (log once per key).
+    fn first_time(&mut self, what: &impl Hash) -> bool {
+        let mut h = DefaultHasher::new();
+        what.hash(&mut h);
+        if self.logged.len() >= MAX_LOGGED {
+            self.logged.clear();
+        }
+        self.logged.insert(h.finish())
     }
 
     fn seen(&mut self, now: Instant) {
@@ -362,6 +448,14 @@ impl PeerLoop {
         self.status.connected = self.cfg.enabled && self.link_up(now);
         if let Some(cache) = &self.cache {
             self.status.synced = cache.synced_kinds().into_iter().map(|k| k as i32).collect();
+            let pending = cache.pending() as u64;
+            self.status.pending_records = pending;
+            self.status.pending_by_reason.clear();
+            if pending > 0 {
+                self.status
+                    .pending_by_reason
+                    .insert(Reason::OutsidePeerPodCidrs.label().to_owned(), pending);
+            }
             if self
                 .counts_at
                 .is_none_or(|t| now >= t + Duration::from_secs(1))
@@ -409,5 +503,30 @@ impl PeerLoop {
             at(t);
         }
         wake
+    }
+}
+
+/// What the ingest rules check a peer's records against: this cluster's pod
+/// CIDRs (its own Node records in the view), its `--service-cidr`s, and the
+/// pod CIDRs of every other peer's cached Node records.
+pub fn ingest_context(ctx: &MeshContext, peer: &str) -> Context {
+    let own = ctx
+        .view
+        .entries(&keys::state_prefix(Kind::Node, &ctx.cluster.name));
+    let mut others = Vec::new();
+    let all = format!("{}cache/{}/", keys::PREFIX, Kind::Node.segment());
+    for (k, e) in ctx.view.entries(&all) {
+        if let keys::StoreKey::Record { cluster, .. } = keys::parse(&k)
+            && cluster != peer
+        {
+            for c in Context::pod_cidrs([e.value.as_ref()]) {
+                others.push((cluster.to_owned(), c));
+            }
+        }
+    }
+    Context {
+        own_pods: Context::pod_cidrs(own.iter().map(|(_, e)| e.value.as_ref())),
+        services: ctx.config.service_cidrs.clone(),
+        others,
     }
 }

@@ -41,7 +41,9 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
             "last_heartbeat_age_millis": age_millis(p.last_heartbeat_unix_millis, now_ms),
             "synced": kinds(&p.synced),
             "records": p.counts.iter().map(|c| json!({"kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
-            "failures": p.failures, "rejected_records": p.rejected_records, "withdrawn": p.withdrawn, "last_error": p.last_error,
+            "failures": p.failures, "rejected_records": p.rejected_records, "rejected_by_reason": p.rejected_by_reason,
+            "pending_records": p.pending_records, "pending_by_reason": p.pending_by_reason,
+            "withdrawn": p.withdrawn, "last_error": p.last_error,
         })).collect::<Vec<_>>(),
     })
 }
@@ -135,6 +137,7 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
                 p.counts.iter().map(|c| c.count).sum::<u64>().to_string(),
                 p.failures.to_string(),
                 p.rejected_records.to_string(),
+                p.pending_records.to_string(),
                 p.last_error.clone(),
             ]
         })
@@ -149,6 +152,7 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
             "RECORDS",
             "FAILURES",
             "REJECTED",
+            "PENDING",
             "LAST ERROR",
         ],
         &rows,

@@ -135,10 +135,23 @@ pub async fn read_for(w: &mut Watcher, d: Duration) {
 
 // ---------------------------------------------------------------- records --
 
+/// The pod CIDR the test clusters' nodes announce: peers only accept
+/// endpoints and backends inside a pod CIDR of the sending cluster's nodes
+/// (docs/mesh.md "Ingest rules"), so every node carries its cluster's range.
+pub fn pod_cidr(cluster: &str) -> &'static str {
+    match cluster {
+        "alpha" => "10.1.0.0/16",
+        "beta" => "10.2.0.0/16",
+        "gamma" => "10.3.0.0/16",
+        _ => "10.9.0.0/16",
+    }
+}
+
 pub fn node(cluster: &str, name: &str, ip: &str, exported: bool) -> Bytes {
     Node {
         name: name.into(),
         internal_ips: vec![ip.into()],
+        pod_cidrs: vec![pod_cidr(cluster).into()],
         cluster: cluster.into(),
         exported,
         ..Default::default()

@@ -1,0 +1,508 @@
+//! One test per rule of [`super::RULES`].
+
+use super::*;
+use clustermesh_proto::v1::{Backend, Endpoint, Identity, Node, Policy, Service};
+
+fn ev(t: EventType, kind: Kind, cluster: &str, key: &str, value: Vec<u8>) -> Event {
+    Event {
+        r#type: t as i32,
+        kind: kind as i32,
+        cluster: cluster.into(),
+        key: key.into(),
+        value: value.into(),
+        revision: 1,
+    }
+}
+
+fn peer() -> PeerRef {
+    PeerRef {
+        name: "a".into(),
+        id: 1,
+        mode: ClusterMode::Max255,
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        own_pods: vec![Cidr::parse("10.2.0.0/16").unwrap()],
+        services: vec![Cidr::parse("10.96.0.0/12").unwrap()],
+        others: vec![("c".into(), Cidr::parse("10.3.0.0/16").unwrap())],
+    }
+}
+
+const UP: EventType = EventType::Upsert;
+
+fn reason(kind: Kind, key: &str, value: Vec<u8>) -> Option<&'static str> {
+    peer()
+        .check(&ev(UP, kind, "a", key, value), &ctx())
+        .err()
+        .map(|e| e.reason().label())
+}
+
+fn ident(id: u32, labels: &[(&str, &str)]) -> Vec<u8> {
+    Identity {
+        id,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cluster: "a".into(),
+        exported: true,
+    }
+    .encode_to_vec()
+}
+
+fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Vec<u8> {
+    Node {
+        name: name.into(),
+        internal_ips: ips.iter().map(|s| s.to_string()).collect(),
+        pod_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn ep(ip: &str, id: u32, ns: &str) -> Vec<u8> {
+    Endpoint {
+        ip: ip.into(),
+        identity: id,
+        node_ip: "192.168.1.1".into(),
+        namespace: ns.into(),
+        pod: "web-1".into(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn svc(name: &str, frontends: &[&str], backends: &[&str]) -> Vec<u8> {
+    Service {
+        namespace: "shop".into(),
+        name: name.into(),
+        frontend_ips: frontends.iter().map(|s| s.to_string()).collect(),
+        backends: backends
+            .iter()
+            .map(|ip| Backend {
+                ip: ip.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        cluster: "a".into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn stream_level_rules() {
+    let p = peer();
+    let c = ctx();
+    let id_ok = ident(0x01_0100, &[]);
+    assert!(matches!(
+        p.check(&ev(UP, Kind::Identity, "c", "65792", id_ok.clone()), &c),
+        Err(RejectError::ForeignEvent { .. })
+    ));
+    assert!(matches!(
+        p.check(&ev(UP, Kind::Unspecified, "a", "n", vec![]), &c),
+        Err(RejectError::UnknownKind(..))
+    ));
+    assert_eq!(
+        reason(Kind::Node, "n", vec![0; MAX_RECORD_BYTES + 1]),
+        Some("too_large")
+    );
+    assert_eq!(reason(Kind::Node, "", vec![]), Some("bad_key"));
+    assert_eq!(reason(Kind::Node, "n", vec![0xff; 8]), Some("undecodable"));
+    let mut foreign = Identity::decode(id_ok.as_slice()).unwrap();
+    foreign.cluster = "c".into();
+    assert_eq!(
+        reason(Kind::Identity, "65792", foreign.encode_to_vec()),
+        Some("foreign_record")
+    );
+    assert_eq!(
+        p.check(&ev(EventType::Delete, Kind::Node, "a", "n", vec![]), &c),
+        Ok(())
+    );
+    assert_eq!(
+        p.check(&ev(EventType::Synced, Kind::Node, "a", "", vec![]), &c),
+        Ok(())
+    );
+}
+
+#[test]
+fn identities() {
+    assert_eq!(reason(Kind::Identity, "65792", ident(0x01_0100, &[])), None);
+    assert_eq!(
+        reason(Kind::Identity, "2", ident(2, &[])),
+        Some("reserved_identity")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "0", ident(0, &[])),
+        Some("reserved_identity")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "131328", ident(0x02_0100, &[])),
+        Some("identity_out_of_range")
+    );
+    assert_eq!(
+        reason(Kind::Identity, "7", ident(0x01_0100, &[])),
+        Some("key_mismatch")
+    );
+    for label in [
+        "clustermesh.io/cluster",
+        "k8s:clustermesh.io/cluster",
+        "any:clustermesh.io/cluster",
+        "k8s:io.cilium.k8s.policy.cluster",
+    ] {
+        assert_eq!(
+            reason(Kind::Identity, "65792", ident(0x01_0100, &[(label, "b")])),
+            Some("foreign_cluster_label"),
+            "{label}"
+        );
+        assert_eq!(
+            reason(Kind::Identity, "65792", ident(0x01_0100, &[(label, "a")])),
+            None,
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn nodes() {
+    let ok = node("n1", &["10.1.0.0/16"], &["192.168.1.1"]);
+    assert_eq!(reason(Kind::Node, "n1", ok.clone()), None);
+    assert_eq!(reason(Kind::Node, "n2", ok), Some("key_mismatch"));
+    assert_eq!(
+        reason(Kind::Node, "N1", node("N1", &[], &[])),
+        Some("bad_name")
+    );
+    assert_eq!(
+        reason(Kind::Node, "n1", node("n1", &[], &["192.168.1.x"])),
+        Some("bad_address")
+    );
+    let with = |cidr: &str| reason(Kind::Node, "n1", node("n1", &[cidr], &[]));
+    assert_eq!(with("10.1.0.0"), Some("bad_cidr"));
+    assert_eq!(with("10.1.0.1/16"), Some("bad_cidr"));
+    assert_eq!(with("0.0.0.0/0"), Some("default_route"));
+    assert_eq!(with("::/0"), Some("default_route"));
+    assert_eq!(with("12.0.0.0/7"), Some("cidr_too_wide"));
+    assert_eq!(with("fd00::/16"), Some("cidr_too_wide"));
+    assert_eq!(with("fd00:1::/64"), None);
+    assert_eq!(with("10.2.5.0/24"), Some("local_pod_cidr"));
+    assert_eq!(with("10.0.0.0/8"), Some("local_pod_cidr"), "holds ours");
+    assert_eq!(with("10.100.0.0/16"), Some("local_service_cidr"));
+    assert_eq!(with("10.3.0.0/24"), Some("other_peer_cidr"));
+}
+
+#[test]
+fn endpoints() {
+    let id = 0x01_0100;
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", id, "shop")),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "nope", ep("nope", id, "shop")),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.6", ep("10.1.0.5", id, "shop")),
+        Some("key_mismatch")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.2.0.5", ep("10.2.0.5", id, "shop")),
+        Some("local_pod_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.96.0.5", ep("10.96.0.5", id, "shop")),
+        Some("local_service_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.3.0.5", ep("10.3.0.5", id, "shop")),
+        Some("other_peer_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", id, "Shop")),
+        Some("bad_name")
+    );
+    assert_eq!(
+        reason(Kind::Endpoint, "10.1.0.5", ep("10.1.0.5", 2, "shop")),
+        Some("reserved_identity")
+    );
+    let err = peer()
+        .check(
+            &ev(
+                UP,
+                Kind::Endpoint,
+                "a",
+                "10.1.0.1",
+                ep("10.1.0.1", 0x03_0100, "shop"),
+            ),
+            &ctx(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("outside peer \"a\""), "{err}");
+}
+
+#[test]
+fn services_and_policies() {
+    assert_eq!(
+        reason(
+            Kind::Service,
+            "shop/web",
+            svc("web", &["172.20.0.1"], &["10.1.0.5"])
+        ),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &["x"], &[])),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &[], &["10.2.0.9"])),
+        Some("local_pod_cidr")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/web", svc("web", &[], &["10.1.0.x"])),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/other", svc("web", &[], &[])),
+        Some("key_mismatch")
+    );
+    assert_eq!(
+        reason(Kind::Service, "shop/Web", svc("Web", &[], &[])),
+        Some("bad_name")
+    );
+    let pol = |ns: &str, name: &str| {
+        Policy {
+            namespace: ns.into(),
+            name: name.into(),
+            cluster: "a".into(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    assert_eq!(
+        reason(Kind::Policy, "shop/allow.web", pol("shop", "allow.web")),
+        None
+    );
+    assert_eq!(
+        reason(Kind::Policy, "sh_op/x", pol("sh_op", "x")),
+        Some("bad_name")
+    );
+}
+
+#[test]
+fn every_reason_has_a_row() {
+    for r in RULES {
+        assert!(!r.reason.label().is_empty() && !r.refuses.is_empty());
+    }
+    assert!(
+        RULES
+            .iter()
+            .any(|r| r.reason == Reason::ForeignClusterLabel)
+    );
+}
+
+/// Through the peer's cache: the store writes, in both orders of arrival.
+mod through_the_cache {
+    use super::*;
+    use crate::mesh::cache::PeerCache;
+    use crate::store::WriteOp;
+    use bytes::Bytes;
+    use clustermesh_proto::keys;
+    use clustermesh_proto::v1::{BatchType, WatchBatch};
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    fn batch(t: BatchType, events: Vec<Event>) -> WatchBatch {
+        WatchBatch {
+            r#type: t as i32,
+            epoch: "e".into(),
+            revision: 10,
+            events,
+            ..Default::default()
+        }
+    }
+    fn apply(c: &mut PeerCache, t: BatchType, events: Vec<Event>) -> Vec<WriteOp> {
+        c.apply(
+            batch(t, events),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        )
+        .ops
+    }
+    fn puts(ops: &[WriteOp]) -> Vec<String> {
+        ops.iter()
+            .filter_map(|o| match o {
+                WriteOp::Put { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+    fn node_ev() -> Event {
+        ev(UP, Kind::Node, "a", "n1", node("n1", &["10.1.0.0/16"], &[]))
+    }
+    fn ep_ev() -> Event {
+        ev(
+            UP,
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5",
+            ep("10.1.0.5", 0x01_0100, "shop"),
+        )
+    }
+    fn snapshot(c: &mut PeerCache, chunks: Vec<Vec<Event>>) -> Vec<WriteOp> {
+        apply(c, BatchType::SnapshotBegin, vec![]);
+        for ch in chunks {
+            assert!(apply(c, BatchType::Snapshot, ch).is_empty());
+        }
+        apply(c, BatchType::SnapshotEnd, vec![])
+    }
+
+    #[test]
+    fn order_of_arrival_does_not_matter() {
+        let mut a = PeerCache::seeded(peer(), vec![], vec![]);
+        let mut b = PeerCache::seeded(peer(), vec![], vec![]);
+        let wa = snapshot(&mut a, vec![vec![node_ev()], vec![ep_ev()]]);
+        let wb = snapshot(&mut b, vec![vec![ep_ev()], vec![node_ev()]]);
+        let (mut pa, mut pb) = (puts(&wa), puts(&wb));
+        pa.sort();
+        pb.sort();
+        assert_eq!(pa, pb);
+        assert!(pa.contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
+        // Events: the endpoint first waits, its node then admits it. The
+        // lookup plays the store (the view in the apiserver).
+        let stored: Arc<Mutex<BTreeMap<String, Bytes>>> = Default::default();
+        let s2 = stored.clone();
+        let mut c = PeerCache::seeded(peer(), vec![], vec![])
+            .with_lookup(Arc::new(move |k: &str| s2.lock().unwrap().get(k).cloned()));
+        let store = |ops: &[WriteOp]| {
+            for o in ops {
+                if let WriteOp::Put { key, value } = o {
+                    stored.lock().unwrap().insert(key.clone(), value.clone());
+                }
+            }
+        };
+        snapshot(&mut c, vec![]);
+        assert!(apply(&mut c, BatchType::Events, vec![ep_ev()]).is_empty());
+        assert_eq!(c.pending(), 1);
+        assert_eq!(
+            c.counts().len(),
+            0,
+            "a pending record is not counted as stored"
+        );
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(puts(&w).len(), 2, "node and endpoint: {w:?}");
+        store(&w);
+        assert_eq!(c.pending(), 0);
+        // The node goes: so does the endpoint, which waits again.
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let w = apply(&mut c, BatchType::Events, vec![del]);
+        assert_eq!(
+            w,
+            vec![
+                WriteOp::delete(keys::cache(Kind::Node, "a", "n1")),
+                WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5")),
+            ]
+        );
+        assert_eq!(c.pending(), 1);
+        // It comes back: so does the endpoint, from the value the gate kept.
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(
+            puts(&w),
+            vec![
+                keys::cache(Kind::Node, "a", "n1"),
+                keys::cache(Kind::Endpoint, "a", "10.1.0.5"),
+            ]
+        );
+        let w = apply(
+            &mut c,
+            BatchType::Events,
+            vec![Event {
+                r#type: EventType::Delete as i32,
+                value: Default::default(),
+                ..node_ev()
+            }],
+        );
+        assert_eq!(w.len(), 2);
+        // The peer drops the endpoint too: forgotten, nothing to write.
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..ep_ev()
+        };
+        assert!(apply(&mut c, BatchType::Events, vec![del]).is_empty());
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn stored_records_are_checked_again_when_seeded() {
+        let kv = |kind: Kind, key: &str, value: Vec<u8>| crate::store::Kv {
+            key: keys::cache(kind, "a", key),
+            value: value.into(),
+            mod_revision: 1,
+        };
+        let records = vec![
+            kv(Kind::Node, "bad", node("bad", &["0.0.0.0/0"], &[])),
+            kv(
+                Kind::Endpoint,
+                "10.1.0.5",
+                ep("10.1.0.5", 0x01_0100, "shop"),
+            ),
+            kv(Kind::Identity, "2", ident(2, &[])),
+        ];
+        let (mut c, ops, refused) =
+            PeerCache::seeded_checked(peer(), records, vec![], Some(&ctx()));
+        let reasons: Vec<&str> = refused.iter().map(|r| r.reason().label()).collect();
+        assert_eq!(reasons, ["default_route", "reserved_identity"]);
+        assert_eq!(
+            ops,
+            vec![
+                WriteOp::delete(keys::cache(Kind::Node, "a", "bad")),
+                WriteOp::delete(keys::cache(Kind::Identity, "a", "2")),
+                WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5")),
+            ]
+        );
+        assert_eq!(c.pending(), 1, "the uncovered endpoint waits for its node");
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(puts(&w).len(), 2);
+    }
+
+    #[test]
+    fn a_withdrawn_value_not_at_hand_is_resolved_from_the_store() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        snapshot(&mut c, vec![]);
+        apply(&mut c, BatchType::Events, vec![node_ev(), ep_ev()]);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let a = c.apply(
+            batch(BatchType::Events, vec![del]),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        let ep_id = (Kind::Endpoint, "a".to_string(), "10.1.0.5".to_string());
+        assert_eq!(a.unresolved, vec![ep_id.clone()]);
+        assert!(a.ops.contains(&WriteOp::delete(keys::cache(
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5"
+        ))));
+        c.resolve(ep_id, Some(&ep_ev().value));
+        assert_eq!(c.pending(), 1);
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
+    }
+}
