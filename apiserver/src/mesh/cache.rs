@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clustermesh_proto::keys;
@@ -65,12 +65,6 @@ pub struct PeerCache {
 /// Reads the value stored under a full key.
 pub type Lookup = Arc<dyn Fn(&str) -> Option<Bytes> + Send + Sync>;
 
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 impl PeerCache {
     /// A cache holding `records` (cache keys and values read from the store)
@@ -401,7 +395,7 @@ impl PeerCache {
             cluster: self.peer.name.clone(),
             kind: kind as i32,
             records,
-            unix_millis: now_millis(),
+            unix_millis: clustermesh_proto::clock::unix_millis(),
         };
         WriteOp::put(keys::synced(&self.peer.name, kind), m.encode_to_vec())
     }

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clustermesh_proto::v1::{Kind, PeerConfig, PeerStatus};
 use clustermesh_proto::{ClusterMode, keys};
@@ -49,12 +49,6 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// disconnected at once, not after peer-timeout.
 pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
 
-fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 struct PeerLoop {
     ctx: Arc<MeshContext>,
@@ -410,7 +404,7 @@ impl PeerLoop {
 
     fn seen(&mut self, now: Instant) {
         self.live.seen(now);
-        self.status.last_heartbeat_unix_millis = unix_millis();
+        self.status.last_heartbeat_unix_millis = clustermesh_proto::clock::unix_millis();
     }
 
     fn ended(&mut self, e: Option<SessionError>) {
