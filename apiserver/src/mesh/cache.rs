@@ -65,7 +65,6 @@ pub struct PeerCache {
 /// Reads the value stored under a full key.
 pub type Lookup = Arc<dyn Fn(&str) -> Option<Bytes> + Send + Sync>;
 
-
 impl PeerCache {
     /// A cache holding `records` (cache keys and values read from the store)
     /// and `synced` (the peer's sync markers in the store).

@@ -49,7 +49,6 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// disconnected at once, not after peer-timeout.
 pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
 
-
 struct PeerLoop {
     ctx: Arc<MeshContext>,
     cfg: PeerConfig,
