@@ -395,26 +395,13 @@ async fn refused_records_are_counted_by_reason() {
     let a = start("alpha", 1, "30s").await;
     let b = start("beta", 2, "30s").await;
     let stolen = ident_no(2, 7); // beta's identity range
-    let mut ops = vec![
-        put(
-            Kind::Node,
-            "alpha",
-            "gw",
-            node("alpha", "gw", "192.168.1.1", true),
-        ),
-        put(
-            Kind::Identity,
-            "alpha",
-            &stolen.to_string(),
-            identity("alpha", stolen, "evil"),
-        ),
-        put(
-            Kind::Node,
-            "alpha",
-            "liar",
-            node("beta", "liar", "192.168.2.1", true),
-        ),
-    ];
+    let mut ops = alpha_gateway_and_identity(stolen, "evil");
+    ops.extend([put(
+        Kind::Node,
+        "alpha",
+        "liar",
+        node("beta", "liar", "192.168.2.1", true),
+    )]);
     ops.extend(markers("alpha"));
     store(&a).await.apply(&ops).await.expect("seed alpha");
     connect(&a, &b).await;

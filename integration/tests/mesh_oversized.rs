@@ -29,32 +29,7 @@ async fn a_record_over_the_write_limit_is_refused_counted_and_the_rest_flows() {
     let b = start("beta", 2, "30s").await;
     let (sa, sb) = (store(&a).await, store(&b).await);
     let id_a = ident_no(1, 0);
-    let mut ops = vec![
-        put(
-            Kind::Node,
-            "alpha",
-            "gw",
-            node("alpha", "gw", "192.168.1.1", true),
-        ),
-        put(
-            Kind::Identity,
-            "alpha",
-            &id_a.to_string(),
-            identity("alpha", id_a, "web"),
-        ),
-        put(
-            Kind::Endpoint,
-            "alpha",
-            "10.1.0.5",
-            endpoint("alpha", "10.1.0.5", id_a),
-        ),
-        put(
-            Kind::Service,
-            "alpha",
-            "shop/web",
-            service("alpha", "shop", "web", &["10.1.0.5"]),
-        ),
-    ];
+    let mut ops = alpha_web(id_a);
     ops.extend(markers("alpha"));
     sa.apply(&ops).await.unwrap();
 

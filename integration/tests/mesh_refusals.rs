@@ -37,20 +37,7 @@ async fn mismatched_duplicate_untrusted_and_out_of_range_peers_are_refused() {
     let b = start("beta", 2, "30s").await;
     let (sa, sb) = (store(&a).await, store(&b).await);
     let id_ok = ident_no(1, 0);
-    let mut ops = vec![
-        put(
-            Kind::Node,
-            "alpha",
-            "gw",
-            node("alpha", "gw", "192.168.1.1", true),
-        ),
-        put(
-            Kind::Identity,
-            "alpha",
-            &id_ok.to_string(),
-            identity("alpha", id_ok, "web"),
-        ),
-    ];
+    let mut ops = alpha_gateway_and_identity(id_ok, "web");
     ops.extend(markers("alpha"));
     sa.apply(&ops).await.unwrap();
     // Alpha accepts beta's remote certificate.

@@ -251,6 +251,44 @@ pub fn put(kind: Kind, cluster: &str, key: &str, value: Bytes) -> WriteOp {
 }
 
 /// First identity number of cluster `id` (255-cluster mode) plus `n`.
+/// alpha's exported gateway node "gw" and identity `id` (app=`app`): where
+/// most mesh tests' seed of alpha starts.
+pub fn alpha_gateway_and_identity(id: u32, app: &str) -> Vec<WriteOp> {
+    vec![
+        put(
+            Kind::Node,
+            "alpha",
+            "gw",
+            node("alpha", "gw", "192.168.1.1", true),
+        ),
+        put(
+            Kind::Identity,
+            "alpha",
+            &id.to_string(),
+            identity("alpha", id, app),
+        ),
+    ]
+}
+
+/// [`alpha_gateway_and_identity`] (app=web) plus the endpoint 10.1.0.5 with
+/// that identity and the global service shop/web it backs.
+pub fn alpha_web(id: u32) -> Vec<WriteOp> {
+    let mut ops = alpha_gateway_and_identity(id, "web");
+    ops.push(put(
+        Kind::Endpoint,
+        "alpha",
+        "10.1.0.5",
+        endpoint("alpha", "10.1.0.5", id),
+    ));
+    ops.push(put(
+        Kind::Service,
+        "alpha",
+        "shop/web",
+        service("alpha", "shop", "web", &["10.1.0.5"]),
+    ));
+    ops
+}
+
 pub fn ident_no(id: u32, n: u32) -> u32 {
     (id << 16) | (256 + n)
 }
