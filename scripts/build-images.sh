@@ -25,20 +25,11 @@ for a in "$@"; do
   esac
 done
 
-target=${CARGO_TARGET_DIR:-target}
-mkdir -p "$target"
-target=$(cd "$target" && pwd)
-out="$target/images"
-mkdir -p "$out"
-version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' helm/clustermesh/Chart.yaml)
-[ -n "$version" ] || { echo "build-images.sh: no appVersion in helm/clustermesh/Chart.yaml" >&2; exit 1; }
+. scripts/images-env.sh
 
 if [ "$run_cargo" = 1 ]; then
   cargo build --release --locked -p clustermesh-apiserver -p clustermesh-node-agent
 fi
-
-# buildah's own storage lives beside the archives, not in the system's.
-B=(buildah --storage-driver vfs --root "$out/storage" --runroot "$out/run")
 
 # add_with_libs ROOTFS FILE [DEST]: copies FILE (to DEST, default its own
 # path) and every shared library ldd says it loads, at their paths.

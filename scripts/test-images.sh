@@ -18,15 +18,10 @@ for a in "$@"; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "test-images.sh: buildah's chroot isolation needs root" >&2; exit 1; }
 
-target=${CARGO_TARGET_DIR:-target}
-mkdir -p "$target"
-target=$(cd "$target" && pwd)
-out="$target/images"
+. scripts/images-env.sh
 [ "$build" = 0 ] || scripts/build-images.sh
 # The CLI writes the test's PKI (a no-op build after scripts/test.sh).
 cargo build --quiet --workspace --bins
-version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' helm/clustermesh/Chart.yaml)
-B=(buildah --storage-driver vfs --root "$out/storage" --runroot "$out/run")
 
 work=$(mktemp -d)
 ctrs=()
