@@ -37,6 +37,8 @@ pub struct Config {
     pub identity_gc_grace: Duration,
     /// Lease TTL of the leader key: a dead leader is replaced within it.
     pub leader_ttl: Duration,
+    /// Node agents' reports and gateway leases.
+    pub agents: crate::agents::AgentsConfig,
     /// The mesh syncer's liveness settings (peer-timeout, stale-ttl).
     pub mesh: crate::mesh::MeshConfig,
 }
@@ -159,6 +161,14 @@ pub async fn run(
         });
     }
 
+    // Every replica tracks the agents' reports (a new leader's liveness is warm).
+    let agents = crate::agents::Agents::new(cfg.agents);
+    tokio::spawn(
+        agents
+            .clone()
+            .run(view.clone(), store.clone(), stop.clone()),
+    );
+
     // The source feeds the exporter on every replica; only the leader writes.
     if let Some(flag) = &cfg.source {
         let src = crate::source::from_flag(flag)?;
@@ -171,6 +181,7 @@ pub async fn run(
             cfg.cluster.clone(),
             cfg.identity_gc_grace,
             runtime.clone(),
+            agents.live_gateways(),
         );
         tokio::spawn(exporter.run(rx, leading.clone(), token.clone(), stop.clone()));
     }
@@ -186,6 +197,7 @@ pub async fn run(
         heartbeat: cfg.heartbeat,
         own_ca_pem: own_ca_pem.clone(),
         metrics: metrics.clone(),
+        agents,
     };
 
     let health = TcpListener::bind(cfg.health_listen)

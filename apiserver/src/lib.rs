@@ -1,5 +1,6 @@
 //! clustermesh-apiserver: sources → etcd store → in-memory view → mTLS gRPC.
 
+pub mod agents;
 pub mod app;
 pub mod export;
 pub mod health;

@@ -65,6 +65,10 @@ struct Args {
     /// Lease TTL of the leader key: when the leader dies, another replica leads within it.
     #[arg(long, default_value = "3s", value_parser = duration::parse)]
     leader_lease_ttl: std::time::Duration,
+    /// A gateway node's agent must renew its report (its lease) within this to stay a usable
+    /// gateway; gateways report every lease/4. Failover takes about this long (docs/mesh.md).
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    gateway_lease: std::time::Duration,
     /// A peer silent this long (no batch, no heartbeat) is shown disconnected and redialed;
     /// its records stay (see docs/mesh.md).
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
@@ -137,6 +141,9 @@ async fn main() {
         source: args.source,
         identity_gc_grace: args.identity_gc_grace,
         leader_ttl: args.leader_lease_ttl,
+        agents: clustermesh_apiserver::agents::AgentsConfig {
+            gateway_lease: args.gateway_lease,
+        },
         mesh: clustermesh_apiserver::mesh::MeshConfig {
             peer_timeout: args.peer_timeout,
             stale_ttl: args.stale_ttl,

@@ -24,6 +24,7 @@
 #define CM_LB_FRONTENDS_MAX 16384
 #define CM_LB_BACKENDS_MAX 65536
 #define CM_LB_REVNAT_MAX 65536
+#define CM_TUNNEL_SOURCES_MAX 16384
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -89,6 +90,14 @@ struct {
 	__type(value, struct cm_lb_revnat_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_lb_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CM_TUNNEL_SOURCES_MAX);
+	__type(key, __u32); /* outer IPv4 source, network order */
+	__type(value, struct cm_tunnel_source_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_tunnel_sources SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -91,6 +91,12 @@ int from_pod(struct __sk_buff *skb)
 		cm_count(CM_REASON_TO_STACK, skb->len);
 		return TC_ACT_OK;
 	}
+	/* This cluster's other nodes and services: the CNI's business, passed
+	 * unchanged (no policy here either: this cluster's policy engine has it). */
+	if (dst->flags & CM_IPCACHE_F_CLUSTER) {
+		cm_count(CM_REASON_TO_STACK, skb->len);
+		return TC_ACT_OK;
+	}
 	__u32 dst_id = dst->identity;
 	__u32 dst_flags = dst->flags;
 	__u32 dst_ifindex = dst->ifindex;
@@ -137,6 +143,58 @@ int from_pod(struct __sk_buff *skb)
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
+/*
+ * Who may send which identities through the tunnel (DESIGN §10): the outer
+ * source must be a node of this cluster or a peer's gateway (cm_tunnel_sources);
+ * a node of this cluster sends only this cluster's identities, a peer's
+ * gateway only its own cluster's, and a gateway of this cluster also the
+ * peers' identities it relays. Returns the sender kind, or 0 after dropping.
+ */
+static __always_inline int cm_check_tunnel_source(struct __sk_buff *skb, __u32 outer_be,
+						  __u32 src_id, const struct cm_config_value *cfg,
+						  int *rc)
+{
+	struct cm_tunnel_source_value *ts = bpf_map_lookup_elem(&cm_tunnel_sources, &outer_be);
+
+	if (!ts) {
+		*rc = cm_drop(CM_REASON_DROP_TUNNEL_SOURCE, skb);
+		return 0;
+	}
+	__u32 id_cluster = src_id >> (cfg->cluster_shift & 31);
+	__u32 local = cfg->cluster_id;
+	__u8 kind = ts->kind;
+
+	if (kind == CM_TSRC_LOCAL_NODE && id_cluster == local && local)
+		return kind;
+	if (kind == CM_TSRC_LOCAL_GATEWAY && local)
+		return kind;
+	if (kind == CM_TSRC_PEER_GATEWAY && id_cluster == ts->cluster_id && id_cluster != local)
+		return kind;
+	*rc = cm_drop(kind == CM_TSRC_LOCAL_NODE || kind == CM_TSRC_LOCAL_GATEWAY ||
+			      kind == CM_TSRC_PEER_GATEWAY
+		      ? CM_REASON_DROP_IDENTITY_SPOOF
+		      : CM_REASON_DROP_TUNNEL_SOURCE,
+		      skb);
+	return 0;
+}
+
+/* A gateway sends a tunnelled packet on, same VNI, to `endpoint` (network order). */
+static __always_inline int cm_relay(struct __sk_buff *skb, __u32 src_id, __u32 endpoint,
+				    const struct cm_config_value *cfg)
+{
+	struct bpf_tunnel_key key = {};
+
+	if (!endpoint || !cfg->tunnel_ifindex)
+		return cm_drop(CM_REASON_DROP_NO_ROUTE, skb);
+	key.tunnel_id = src_id;
+	key.remote_ipv4 = bpf_ntohl(endpoint);
+	key.tunnel_ttl = CM_TUNNEL_TTL;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
+		return cm_drop(CM_REASON_DROP_TUNNEL_KEY, skb);
+	cm_count(CM_REASON_RELAYED, skb->len);
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
 SEC("classifier")
 int from_tunnel(struct __sk_buff *skb)
 {
@@ -147,21 +205,27 @@ int from_tunnel(struct __sk_buff *skb)
 	__u32 src_id = key.tunnel_id;
 
 	/* 0, the reserved identities (host, world, ...) and anything wider than
-	 * 24 bits never come from a peer gateway: a spoof or a misconfiguration. */
+	 * 24 bits never come through the tunnel: a spoof or a misconfiguration. */
 	if (!cm_valid_wire_identity(src_id))
 		return cm_drop(CM_REASON_DROP_INVALID_IDENTITY, skb);
 
-	struct cm_flow f;
-	int rc = cm_parse(skb, &f);
+	struct cm_config_value *cfg = cm_config_get();
 
-	if (rc == CM_PARSE_NOT_IPV4)
-		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
+	if (!cfg)
+		return cm_drop(CM_REASON_DROP_NO_ROUTE, skb);
+	int rc = TC_ACT_SHOT;
+	int sender = cm_check_tunnel_source(skb, bpf_htonl(key.remote_ipv4), src_id, cfg, &rc);
+
+	if (!sender)
+		return rc;
+
+	struct cm_flow f;
+
+	rc = cm_parse(skb, &f);
 	if (rc != CM_PARSE_OK)
 		return cm_drop(CM_REASON_DROP_MALFORMED, skb);
 
-	struct cm_config_value *cfg = cm_config_get();
-
-	if (cfg && (cfg->flags & CM_CFG_F_STRICT_SOURCE)) {
+	if (cfg->flags & CM_CFG_F_STRICT_SOURCE) {
 		struct cm_ipcache_value *src = cm_ipcache_lookup(f.saddr);
 
 		if (!src || src->identity != src_id)
@@ -170,10 +234,25 @@ int from_tunnel(struct __sk_buff *skb)
 
 	struct cm_ipcache_value *dst = cm_ipcache_lookup(f.daddr);
 
-	if (!dst || !(dst->flags & CM_IPCACHE_F_LOCAL) || !dst->ifindex)
+	if (!dst)
 		return cm_drop(CM_REASON_DROP_UNKNOWN_DEST, skb);
+	__u32 dst_flags = dst->flags;
 	__u32 dst_id = dst->identity;
 	__u32 dst_ifindex = dst->ifindex;
+	__u32 endpoint = dst->tunnel_endpoint;
+
+	if (!(dst_flags & CM_IPCACHE_F_LOCAL) || !dst_ifindex) {
+		/* Not on this node: only a gateway sends it on, and only across
+		 * the cluster edge (a node's packet to a peer's gateway, a peer's
+		 * packet to the destination's node), so nothing can loop. */
+		if (!(cfg->flags & CM_CFG_F_GATEWAY))
+			return cm_drop(CM_REASON_DROP_UNKNOWN_DEST, skb);
+		if ((dst_flags & CM_IPCACHE_F_REMOTE) && sender != CM_TSRC_PEER_GATEWAY)
+			return cm_relay(skb, src_id, endpoint, cfg);
+		if ((dst_flags & CM_IPCACHE_F_CLUSTER) && sender == CM_TSRC_PEER_GATEWAY)
+			return cm_relay(skb, src_id, endpoint, cfg);
+		return cm_drop(CM_REASON_DROP_NO_RELAY, skb);
+	}
 
 	if (cm_ct_is_reply(&f)) {
 		cm_count(CM_REASON_CT_REPLY, skb->len);

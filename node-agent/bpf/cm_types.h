@@ -25,7 +25,10 @@ struct cm_ipcache_key {
 };
 
 #define CM_IPCACHE_F_LOCAL 0x01  /* a pod on this node: ifindex is set */
-#define CM_IPCACHE_F_REMOTE 0x02 /* behind a peer gateway: tunnel_endpoint is set */
+#define CM_IPCACHE_F_REMOTE 0x02 /* another cluster's: tunnel_endpoint = the gateway to send to */
+#define CM_IPCACHE_F_CLUSTER 0x04 /* this cluster, another node (or the service CIDR):
+				   * never touched by from_pod; a gateway relays a peer's
+				   * packet to tunnel_endpoint (that node's InternalIP), 0 = not relayed */
 
 struct cm_ipcache_value {
 	__u32 identity;        /* security identity of the prefix */
@@ -151,7 +154,11 @@ enum cm_reason {
 	CM_REASON_LB_TRANSLATED = 11,        /* connect/sendmsg rewritten to a backend */
 	CM_REASON_LB_NO_BACKEND = 12,        /* frontend with no backend: connect refused */
 	CM_REASON_CT_REPLY = 13,             /* passed as a reply of a tracked flow */
-	CM_REASON_MAX = 16,
+	CM_REASON_RELAYED = 14,              /* a gateway sent a tunnelled packet on (node <-> peer gateway) */
+	CM_REASON_DROP_TUNNEL_SOURCE = 15,   /* outer source is no node of this cluster and no peer gateway */
+	CM_REASON_DROP_IDENTITY_SPOOF = 16,  /* the VNI's cluster may not come from that sender */
+	CM_REASON_DROP_NO_RELAY = 17,        /* tunnelled to a node that is not the destination's and no relay applies */
+	CM_REASON_MAX = 24,
 };
 
 struct cm_metric_value {
@@ -163,12 +170,26 @@ struct cm_metric_value {
 #define CM_CFG_F_REDIRECT_PEER 0x01 /* deliver with bpf_redirect_peer instead of bpf_redirect */
 #define CM_CFG_F_STRICT_SOURCE 0x02 /* from_tunnel: VNI must equal the ipcache identity of the source */
 #define CM_CFG_F_NATIVE 0x04        /* native routing: remote destinations go to the node's routes */
+#define CM_CFG_F_GATEWAY 0x08       /* this node is a gateway: from_tunnel relays */
 
 struct cm_config_value {
 	__u32 host_identity;  /* informational (reserved identity 1 by default) */
 	__u32 tunnel_ifindex; /* collect-metadata VXLAN/Geneve device; 0 = not configured */
 	__u32 flags;          /* CM_CFG_F_* */
-	__u32 pad;
+	__u16 cluster_id;     /* this cluster's ID (0 = unknown: tunnel source checks drop all) */
+	__u8 cluster_shift;   /* identity >> cluster_shift = its cluster ID (16, or 15 for 511 clusters) */
+	__u8 pad;
+};
+
+/* ---- cm_tunnel_sources: HASH, outer IPv4 source -> who may send what ---- */
+#define CM_TSRC_LOCAL_NODE 1    /* a node of this cluster: only this cluster's identities */
+#define CM_TSRC_LOCAL_GATEWAY 2 /* a gateway of this cluster: its own, or relayed peers' identities */
+#define CM_TSRC_PEER_GATEWAY 3  /* a gateway of cluster `cluster_id`: only that cluster's identities */
+
+struct cm_tunnel_source_value {
+	__u32 cluster_id;
+	__u8 kind; /* CM_TSRC_* */
+	__u8 pad[3];
 };
 
 /* Layout contract, mirrored by const asserts in types.rs. */
@@ -197,5 +218,7 @@ _Static_assert(sizeof(struct cm_lb_revnat_key) == 16, "cm_lb_revnat_key");
 _Static_assert(sizeof(struct cm_lb_revnat_value) == 8, "cm_lb_revnat_value");
 _Static_assert(sizeof(struct cm_metric_value) == 16, "cm_metric_value");
 _Static_assert(sizeof(struct cm_config_value) == 16, "cm_config_value");
+_Static_assert(__builtin_offsetof(struct cm_config_value, cluster_id) == 12, "config cluster_id");
+_Static_assert(sizeof(struct cm_tunnel_source_value) == 8, "cm_tunnel_source_value");
 
 #endif /* CM_TYPES_H */

@@ -34,9 +34,14 @@ struct Args {
     /// How traffic reaches peer gateways: vxlan (UDP 8472), geneve (UDP 6081) or native routing.
     #[arg(long, default_value = "vxlan")]
     tunnel: Mode,
-    /// The device towards the peer gateways (pod MTU = its MTU − tunnel overhead).
+    /// The device towards the other nodes and the peer gateways (pod MTU = its MTU − tunnel
+    /// overhead) [default: the default route's device, else the first with a global IPv4 address].
     #[arg(long)]
     underlay_dev: Option<String>,
+    /// This cluster's service CIDR (repeatable): traffic to it is left to the CNI, like
+    /// traffic to this cluster's other nodes' pods.
+    #[arg(long = "service-cidr")]
+    service_cidrs: Vec<datapath::Ipv4Prefix>,
     /// Host-side interface of a local pod, overriding the node's /32 route (repeatable).
     #[arg(long = "pod-dev", value_parser = parse_pod_dev)]
     pod_devs: Vec<(Ipv4Addr, String)>,
@@ -166,10 +171,14 @@ async fn run_agent(args: Args, pin_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let tls_dir = args
         .tls_dir
         .context("--tls-dir is required (the directory of `clustermesh certs init`)")?;
-    let underlay = args
-        .underlay_dev
-        .context("--underlay-dev is required (the device towards the peer gateways)")?;
-    let mut cfg = AgentConfig::new(&args.apiserver, tls_dir, &node, args.tunnel, &underlay);
+    let mut cfg = AgentConfig::new(
+        &args.apiserver,
+        tls_dir,
+        &node,
+        args.tunnel,
+        args.underlay_dev.as_deref(),
+    );
+    cfg.service_cidrs = args.service_cidrs;
     if let Some(dir) = pin_dir {
         cfg.pin_dir = dir;
     }

@@ -12,6 +12,7 @@
 //! identities/by-labels/<digest>   allocation index -> identity
 //! identities/by-id/<id>           allocation claim -> digest
 //! heartbeat                       Heartbeat, rewritten by the leader
+//! agents/<node>                   AgentReport, renewed by each node agent
 //! ```
 
 use crate::v1::Kind;
@@ -43,6 +44,15 @@ pub fn peer_status_prefix() -> String {
 /// `peer-status/<peer>`: PeerStatus of one peer, so every replica's Status shows it.
 pub fn peer_status(name: &str) -> String {
     format!("{PREFIX}peer-status/{name}")
+}
+/// `agents/`: the reports of this cluster's node agents (never sent on Watch).
+pub fn agents_prefix() -> String {
+    format!("{PREFIX}agents/")
+}
+/// `agents/<node>`: the last AgentReport of one node's agent; a gateway's
+/// renewals of it are its liveness lease.
+pub fn agent(node: &str) -> String {
+    format!("{PREFIX}agents/{node}")
 }
 /// `state/<kind>/<cluster>/<key>`: a record of this cluster.
 pub fn state(kind: Kind, cluster: &str, key: &str) -> String {

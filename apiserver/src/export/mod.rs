@@ -48,6 +48,8 @@ pub struct Exporter {
     term: Option<Term>,
     gc_grace: Duration,
     runtime: Arc<Runtime>,
+    /// Gateway nodes whose agents hold a live lease (see `crate::agents`).
+    live_gateways: watch::Receiver<BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,7 @@ impl Exporter {
         cluster: ClusterInfo,
         gc_grace: Duration,
         runtime: Arc<Runtime>,
+        live_gateways: watch::Receiver<BTreeSet<String>>,
     ) -> Exporter {
         let mode = ClusterMode::from_max_clusters(cluster.max_connected_clusters)
             .unwrap_or(ClusterMode::Max255);
@@ -81,6 +84,7 @@ impl Exporter {
             term: None,
             gc_grace,
             runtime,
+            live_gateways,
         }
     }
 
@@ -152,6 +156,11 @@ impl Exporter {
                     if let Some(t) = &self.term
                         && t.unused_since.values().any(|s| s.elapsed() >= self.gc_grace)
                     {
+                        dirty = true;
+                    }
+                }
+                r = self.live_gateways.changed() => {
+                    if r.is_ok() {
                         dirty = true;
                     }
                 }
@@ -231,8 +240,16 @@ impl Exporter {
         let mut put = |kind: Kind, key: &str, bytes: Vec<u8>| {
             want.insert(keys::state(kind, &cluster, key), Bytes::from(bytes));
         };
+        let live = self.live_gateways.borrow().clone();
         for (name, n) in &desired.nodes {
-            put(Kind::Node, name, n.encode_to_vec());
+            if n.gateway {
+                // A gateway is usable only while its agent holds its lease.
+                let mut n = n.clone();
+                n.gateway_live = Some(live.contains(name));
+                put(Kind::Node, name, n.encode_to_vec());
+            } else {
+                put(Kind::Node, name, n.encode_to_vec());
+            }
         }
         for (key, s) in &desired.services {
             put(Kind::Service, key, s.encode_to_vec());

@@ -46,6 +46,8 @@ pub struct ApiServer {
     /// This cluster's CA (PEM): admin and agent certificates must chain to it.
     pub own_ca_pem: tls::SharedCa,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This cluster's node agents and the gateways' liveness.
+    pub agents: Arc<crate::agents::Agents>,
 }
 
 impl ApiServer {
@@ -64,6 +66,7 @@ impl ApiServer {
 
     pub fn status(&self) -> StatusResponse {
         let rt = &self.runtime;
+        let agents = self.agents.statuses();
         StatusResponse {
             cluster: Some(self.cluster.clone()),
             epoch: self.view.epoch(),
@@ -91,6 +94,8 @@ impl ApiServer {
                 .unwrap_or_default(),
             ready: self.view.ready() && self.view.feed_error().is_none(),
             store_refused_records: self.store.refused_records(),
+            gateways: crate::agents::gateway_statuses(&self.view, &agents),
+            agents,
         }
     }
 }
@@ -209,6 +214,28 @@ impl ClusterMesh for ApiServer {
         let caller = self.caller(&req)?;
         auth::require(&caller, &[Role::Admin, Role::Agent], "read status")?;
         Ok(Response::new(self.status()))
+    }
+
+    async fn report_agent(
+        &self,
+        req: Request<v1::AgentReport>,
+    ) -> Result<Response<v1::ReportAgentResponse>, Status> {
+        let caller = self.caller(&req)?;
+        auth::require(&caller, &[Role::Agent], "report as a node agent")?;
+        let report = req.into_inner();
+        let interval = self
+            .agents
+            .record(&self.store, &report)
+            .await
+            .map_err(|e| match e {
+                crate::agents::RecordError::Invalid(m) => {
+                    Status::invalid_argument(format!("agent report refused: {m}"))
+                }
+                e @ crate::agents::RecordError::Store(_) => Status::unavailable(e.to_string()),
+            })?;
+        Ok(Response::new(v1::ReportAgentResponse {
+            report_interval_ms: interval.as_millis() as u32,
+        }))
     }
 }
 

@@ -74,8 +74,11 @@ pub struct AgentConfig {
     /// This node's name: its endpoints are the local pods.
     pub node_name: String,
     pub mode: Mode,
-    /// The device towards the peer gateways (MTU source; native mode attaches here).
-    pub underlay_dev: String,
+    /// The device towards the other nodes and the peer gateways (MTU source;
+    /// native mode attaches here). None: found from the routes at start.
+    pub underlay_dev: Option<String>,
+    /// This cluster's service ranges: left to the CNI, like its other nodes' pods.
+    pub service_cidrs: Vec<crate::datapath::Ipv4Prefix>,
     /// Name of the collect-metadata tunnel device.
     pub tunnel_dev: String,
     /// `--pod-dev` overrides: pod IP → host-side interface.
@@ -109,14 +112,15 @@ impl AgentConfig {
         tls_dir: PathBuf,
         node_name: &str,
         mode: Mode,
-        underlay_dev: &str,
+        underlay_dev: Option<&str>,
     ) -> Self {
         AgentConfig {
             apiserver: apiserver.to_string(),
             tls_dir,
             node_name: node_name.to_string(),
             mode,
-            underlay_dev: underlay_dev.to_string(),
+            underlay_dev: underlay_dev.map(str::to_string),
+            service_cidrs: Vec::new(),
             tunnel_dev: "cm_tunnel".into(),
             pod_devs: BTreeMap::new(),
             pin_dir: crate::datapath::default_pin_dir(node_name),

@@ -1,17 +1,20 @@
-//! The desired datapath state of one gateway node, computed from the merged
-//! view (a pure function: no kernel, no I/O — the interfaces of the local
-//! pods are an input).
+//! The desired datapath state of one node (gateway or not), computed from the
+//! merged view (a pure function: no kernel, no I/O — the interfaces of the
+//! local pods are an input). DESIGN §7 has the four hops.
 //!
 //! - **Local pods**: the endpoints of the local cluster whose `node_name` is
 //!   this node. Each needs its host-side interface (found on the node by the
 //!   caller); a pod without one is reported as pending and left out.
-//! - **Remote endpoints**: the endpoints of every other cluster, with their
-//!   identity and, as tunnel endpoint, the gateway of their cluster: the Node
-//!   record with `gateway = true` there (the first by name if several), its
-//!   first IPv4 InternalIP.
-//! - **Remote pod CIDRs**: every pod CIDR of every remote Node, behind its
-//!   cluster's gateway, with identity `world` (a pod the agent does not know
-//!   yet is still routed; policy treats it as outside the mesh).
+//! - **This cluster's other nodes**: their endpoints and pod CIDRs, and the
+//!   `--service-cidr` ranges, as `Cluster` entries: `from_pod` never touches
+//!   traffic to them (the CNI's job); a gateway relays a peer's packet for
+//!   one of those pods to its node's InternalIP.
+//! - **Remote endpoints and pod CIDRs**: every other cluster's, tunnelled to
+//!   the gateway [`super::gateways::plan`] chose for that cluster: this
+//!   cluster's gateway from an ordinary node, the peer's from a gateway. Pod
+//!   CIDRs carry identity `world` (a pod the agent does not know yet is still
+//!   routed; policy treats it as outside the mesh).
+//! - **Tunnel senders**: who may send which identities (DESIGN §10).
 //! - **Policy** and **global services**: see [`super::policy`] and
 //!   [`super::services`].
 
@@ -20,6 +23,7 @@ use std::net::Ipv4Addr;
 
 use clustermesh_proto::v1::NamedPort;
 
+use super::gateways::{self, GatewayPlan};
 use super::labels::IdentityLabels;
 use super::policy::{self, PolicyInputs, PolicyReport};
 use super::services::{self, ServiceIds};
@@ -55,41 +59,24 @@ pub struct LocalPod {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Computed {
     pub desired: DesiredState,
-    /// Remote prefixes and the peer gateway (underlay IP) behind which they
-    /// live: the routes of native-routing mode.
+    /// Remote prefixes and the gateway (underlay IP) they are sent to: the
+    /// routes of native-routing mode.
     pub routes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
-    /// Gateway (underlay IP) per remote cluster.
-    pub gateways: BTreeMap<String, Ipv4Addr>,
+    /// Where each remote cluster's traffic goes, who may send, this node's role.
+    pub plan: GatewayPlan,
     /// Local pods whose interface was not found (not programmed yet).
     pub pending: Vec<Ipv4Addr>,
     /// Local pods programmed.
     pub local_pods: usize,
     /// Remote endpoints programmed.
     pub remote_endpoints: usize,
-    /// Remote endpoints left out: their cluster has no gateway node.
+    /// Remote endpoints left out: no usable gateway towards their cluster.
     pub no_gateway: usize,
+    /// This cluster's endpoints on other nodes (passed through; relayed by gateways).
+    pub cluster_endpoints: usize,
     /// Endpoints left out: identity 0 (not allocated yet) or an unparsable IP.
     pub invalid_endpoints: usize,
     pub policy: PolicyReport,
-}
-
-/// The first IPv4 InternalIP of the gateway node of each cluster.
-pub fn gateways(view: &View) -> BTreeMap<String, Ipv4Addr> {
-    let mut out = BTreeMap::new();
-    // BTreeMap order: (cluster, node name), so the first gateway by name wins.
-    for ((cluster, _), node) in &view.nodes {
-        if !node.gateway || out.contains_key(cluster) {
-            continue;
-        }
-        if let Some(ip) = node
-            .internal_ips
-            .iter()
-            .find_map(|s| s.parse::<Ipv4Addr>().ok())
-        {
-            out.insert(cluster.clone(), ip);
-        }
-    }
-    out
 }
 
 /// The endpoints of the local cluster that live on `node_name`.
@@ -116,16 +103,28 @@ fn valid_identity(id: u32) -> bool {
     id != 0 && id <= crate::datapath::types::IDENTITY_MAX
 }
 
-/// Computes the desired state for node `node_name`.
+/// Computes the desired state for node `node_name`; `service_cidrs` are this
+/// cluster's service ranges (left to the CNI like its other nodes' pods).
 pub fn compute(
     view: &View,
     node_name: &str,
     ifaces: &BTreeMap<Ipv4Addr, PodIface>,
     ids: &mut ServiceIds,
+    service_cidrs: &[Ipv4Prefix],
 ) -> Computed {
     let mut c = Computed::default();
     let local_cluster = view.local_cluster().to_string();
+    let shift = view
+        .cluster
+        .as_ref()
+        .and_then(|ci| {
+            clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters).ok()
+        })
+        .map(|m| m.cluster_shift())
+        .unwrap_or(16);
+    c.plan = gateways::plan(view, node_name, shift);
     let d = &mut c.desired;
+    d.tunnel_sources = c.plan.tunnel_sources.clone();
 
     // Local pods.
     let mut local_ids = BTreeSet::new();
@@ -158,12 +157,83 @@ pub fn compute(
         local_ids.insert(pod.identity);
         c.local_pods += 1;
     }
+    let is_local = |d: &DesiredState, p: &Ipv4Prefix| {
+        d.ipcache
+            .get(p)
+            .is_some_and(|e| matches!(e.location, Location::Local { .. }))
+    };
+
+    // This cluster: service ranges, other nodes' pod CIDRs, then their pods.
+    for prefix in service_cidrs {
+        d.ipcache.insert(
+            *prefix,
+            IpcacheEntry {
+                identity: IDENTITY_WORLD,
+                location: Location::Cluster { node: None },
+            },
+        );
+    }
+    let mut node_ips: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
+    for ((cluster, name), node) in &view.nodes {
+        if *cluster != local_cluster {
+            continue;
+        }
+        let ip = gateways::internal_address(node);
+        if let Some(ip) = ip {
+            node_ips.insert(name.as_str(), ip);
+        }
+        let own = name == node_name;
+        for prefix in node
+            .pod_cidrs
+            .iter()
+            .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
+        {
+            if is_local(d, &prefix) {
+                continue;
+            }
+            d.ipcache.insert(
+                prefix,
+                IpcacheEntry {
+                    identity: IDENTITY_WORLD,
+                    location: Location::Cluster {
+                        node: if own { None } else { ip },
+                    },
+                },
+            );
+        }
+    }
+    for e in view
+        .endpoints
+        .values()
+        .filter(|e| e.cluster == local_cluster && e.node_name != node_name)
+    {
+        let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
+            continue;
+        };
+        let prefix = Ipv4Prefix::host(ip);
+        if is_local(d, &prefix) {
+            continue;
+        }
+        let node = node_ips
+            .get(e.node_name.as_str())
+            .copied()
+            .or_else(|| e.node_ip.parse().ok());
+        d.ipcache.insert(
+            prefix,
+            IpcacheEntry {
+                identity: e.identity,
+                location: Location::Cluster { node },
+            },
+        );
+        c.cluster_endpoints += 1;
+    }
 
     // Remote pod CIDRs, then remote endpoints (more specific, may override a /32 CIDR).
-    c.gateways = gateways(view);
-    c.gateways.remove(&local_cluster);
     for ((cluster, _), node) in &view.nodes {
-        let Some(gw) = c.gateways.get(cluster) else {
+        if *cluster == local_cluster {
+            continue;
+        }
+        let Some(gw) = c.plan.via.get(cluster).copied() else {
             continue;
         };
         for prefix in node
@@ -171,19 +241,16 @@ pub fn compute(
             .iter()
             .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
         {
-            if d.ipcache
-                .get(&prefix)
-                .is_some_and(|e| matches!(e.location, Location::Local { .. }))
-            {
+            if is_local(d, &prefix) {
                 continue;
             }
-            c.routes.insert(prefix, *gw);
+            c.routes.insert(prefix, gw);
             d.ipcache.insert(
                 prefix,
                 IpcacheEntry {
                     identity: IDENTITY_WORLD,
                     location: Location::Remote {
-                        tunnel_endpoint: *gw,
+                        tunnel_endpoint: gw,
                     },
                 },
             );
@@ -198,26 +265,23 @@ pub fn compute(
             c.invalid_endpoints += 1;
             continue;
         };
-        let Some(gw) = c.gateways.get(&e.cluster) else {
+        let Some(gw) = c.plan.via.get(&e.cluster).copied() else {
             c.no_gateway += 1;
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
-        if d.ipcache
-            .get(&prefix)
-            .is_some_and(|x| matches!(x.location, Location::Local { .. }))
-        {
+        if is_local(d, &prefix) {
             continue;
         }
-        if !c.routes.iter().any(|(p, g)| g == gw && covers(p, ip)) {
-            c.routes.insert(prefix, *gw);
+        if !c.routes.iter().any(|(p, g)| *g == gw && covers(p, ip)) {
+            c.routes.insert(prefix, gw);
         }
         d.ipcache.insert(
             prefix,
             IpcacheEntry {
                 identity: e.identity,
                 location: Location::Remote {
-                    tunnel_endpoint: *gw,
+                    tunnel_endpoint: gw,
                 },
             },
         );

@@ -13,12 +13,14 @@
 
 pub mod config;
 pub mod desired;
+pub mod gateways;
 pub mod health;
 pub mod host;
 pub mod labels;
 pub mod mtu;
 pub mod policy;
 pub mod reconciler;
+pub mod report;
 pub mod routes;
 pub mod run;
 pub mod services;

@@ -63,12 +63,19 @@ pub struct Reconciler {
 /// Brings the datapath up: tunnel device or native forwarding, programs
 /// loaded (maps adopted from their pins), attached, configuration written.
 pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler, SetupError> {
+    let underlay_dev = match &cfg.underlay_dev {
+        Some(d) => d.clone(),
+        None => netdev::discover_underlay(&cfg.tunnel_dev).map_err(|e| SetupError::Underlay {
+            dev: "(from the routes)".into(),
+            detail: e.to_string(),
+        })?,
+    };
     let underlay = |detail: String| SetupError::Underlay {
-        dev: cfg.underlay_dev.clone(),
+        dev: underlay_dev.clone(),
         detail,
     };
-    netdev::ifindex(&cfg.underlay_dev).map_err(|e| underlay(e.to_string()))?;
-    let ul_mtu = mtu::link_mtu(&cfg.underlay_dev).map_err(|e| underlay(e.to_string()))?;
+    netdev::ifindex(&underlay_dev).map_err(|e| underlay(e.to_string()))?;
+    let ul_mtu = mtu::link_mtu(&underlay_dev).map_err(|e| underlay(e.to_string()))?;
     let pod_mtu = ul_mtu.saturating_sub(cfg.mode.overhead());
     let tunnel_ifindex = match cfg.mode {
         Mode::Tunnel(kind) => netdev::ensure_tunnel_device(kind, &cfg.tunnel_dev, Some(pod_mtu))?,
@@ -81,14 +88,14 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
     match cfg.mode {
         Mode::Tunnel(_) => {
             loader.attach_from_tunnel(&cfg.tunnel_dev)?;
-            loader.detach_iface(&cfg.underlay_dev)?;
+            loader.detach_iface(&underlay_dev)?;
             // Routes a native-mode predecessor installed are not wanted now.
             if let Err(e) = routes::reconcile(&BTreeMap::new()) {
                 warn!(error = %e, "cannot remove native-routing routes");
             }
         }
         Mode::Native => {
-            loader.attach_from_underlay(&cfg.underlay_dev)?;
+            loader.attach_from_underlay(&underlay_dev)?;
             if netdev::ifindex(&cfg.tunnel_dev).is_ok() {
                 loader.detach_iface(&cfg.tunnel_dev)?;
             }
@@ -100,14 +107,20 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
         warn!(cgroup = %cg.display(), error = %e, "global-service load balancing is off");
     }
     let mut dp = loader.datapath()?;
+    // Role and cluster come from the view: until it arrives, keep what a
+    // previous agent left (the pinned datapath goes on working).
+    let prev = dp.config()?;
     let want = DatapathConfig {
         host_identity: 1,
         tunnel_ifindex,
         redirect_peer: cfg.redirect_peer,
         strict_source: false,
         native: cfg.mode == Mode::Native,
+        gateway: prev.gateway,
+        cluster_id: prev.cluster_id,
+        cluster_shift: prev.cluster_shift,
     };
-    if dp.config()? != want {
+    if prev != want {
         dp.set_config(&want)?;
     }
     let mut ids = ServiceIds::new();
@@ -120,6 +133,7 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
     info!(
         mode = cfg.mode.name(),
         pod_mtu,
+        underlay = %underlay_dev,
         underlay_mtu = ul_mtu,
         ipcache = adopted.ipcache.len(),
         policy = adopted.policy.len(),
@@ -186,9 +200,16 @@ impl Reconciler {
             return;
         }
         let started = Instant::now();
-        let computed =
-            desired::compute(&self.view, &self.cfg.node_name, &self.ifaces, &mut self.ids);
-        let res = self.apply_maps(&computed);
+        let computed = desired::compute(
+            &self.view,
+            &self.cfg.node_name,
+            &self.ifaces,
+            &mut self.ids,
+            &self.cfg.service_cidrs,
+        );
+        let res = self
+            .apply_config(&computed)
+            .and_then(|()| self.apply_maps(&computed));
         // from_pod goes only on veths of pods that are in the maps.
         self.programmed = self
             .ifaces
@@ -210,6 +231,33 @@ impl Reconciler {
         };
         debug!(elapsed = ?started.elapsed(), "reconciled");
         self.publish(&computed, res, route_count);
+    }
+
+    /// The role and the cluster in `cm_config`: written before the maps, so
+    /// the tunnel source checks know this cluster when its senders appear.
+    fn apply_config(&mut self, computed: &Computed) -> Result<(), String> {
+        let Some(ci) = self.view.cluster.as_ref() else {
+            return Ok(());
+        };
+        let shift = clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters)
+            .map(|m| m.cluster_shift())
+            .unwrap_or(16);
+        let have = self.dp.config().map_err(|e| e.to_string())?;
+        let want = DatapathConfig {
+            gateway: computed.plan.is_gateway,
+            cluster_id: u16::try_from(ci.id).unwrap_or(0),
+            cluster_shift: shift as u8,
+            ..have
+        };
+        if want != have {
+            info!(
+                gateway = want.gateway,
+                cluster_id = want.cluster_id,
+                "datapath role and cluster set"
+            );
+            self.dp.set_config(&want).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     fn apply_maps(&mut self, computed: &Computed) -> Result<(usize, usize, usize), String> {
@@ -299,7 +347,11 @@ impl Reconciler {
         d.local_pods = c.local_pods;
         d.pending_pods = c.pending.clone();
         d.remote_endpoints = c.remote_endpoints;
-        d.remote_clusters = c.gateways.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        d.remote_clusters = c.plan.via.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        d.gateway = c.plan.is_gateway;
+        d.unreachable_clusters = c.plan.unreachable.clone();
+        d.tunnel_sources = c.desired.tunnel_sources.len();
+        d.cluster_endpoints = c.cluster_endpoints;
         d.no_gateway = c.no_gateway;
         d.invalid_endpoints = c.invalid_endpoints;
         d.ipcache_entries = c.desired.ipcache.len();

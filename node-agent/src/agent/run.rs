@@ -173,6 +173,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         status.clone(),
     ));
 
+    let reporter = tokio::spawn(super::report::run(
+        cfg.apiserver.clone(),
+        cfg.tls_dir.clone(),
+        status.clone(),
+        cfg.backoff_min,
+        cfg.backoff_max,
+    ));
+
     let mut scan = interval(cfg.scan_interval);
     scan.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut log = interval(cfg.log_interval);
@@ -228,6 +236,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         });
     }
     watch.abort();
+    reporter.abort();
     block_in_place(|| counters.log(rec.datapath()));
     info!("agent stopping: programs stay attached and maps pinned");
     Ok(())

@@ -32,7 +32,16 @@ pub struct DatapathStatus {
     pub local_pods: usize,
     pub pending_pods: Vec<Ipv4Addr>,
     pub remote_endpoints: usize,
+    /// Remote cluster -> the gateway this node tunnels its traffic to.
     pub remote_clusters: Vec<(String, Ipv4Addr)>,
+    /// This node's record says it is a gateway.
+    pub gateway: bool,
+    /// Remote clusters without a usable gateway on one side.
+    pub unreachable_clusters: Vec<String>,
+    /// Outer sources the tunnel accepts.
+    pub tunnel_sources: usize,
+    /// This cluster's endpoints on other nodes (passed through, relayed by gateways).
+    pub cluster_endpoints: usize,
     pub no_gateway: usize,
     pub invalid_endpoints: usize,
     pub ipcache_entries: usize,
@@ -62,6 +71,8 @@ pub struct Status {
     pub datapath: DatapathStatus,
     /// Records in the view: nodes, endpoints, identities, services, policies.
     pub records: [usize; 5],
+    /// Reports sent to the apiserver (`ReportAgent`).
+    pub reports_sent: u64,
 }
 
 impl Status {
@@ -101,7 +112,9 @@ impl Status {
                 "policies": self.records[4],
             },
             "datapath": {
-                "synced": d.synced, "local_pods": d.local_pods,
+                "synced": d.synced, "gateway": d.gateway, "local_pods": d.local_pods,
+                "cluster_endpoints": d.cluster_endpoints, "tunnel_sources": d.tunnel_sources,
+                "unreachable_clusters": d.unreachable_clusters,
                 "pending_pods": d.pending_pods.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
                 "remote_endpoints": d.remote_endpoints,
                 "remote_clusters": d.remote_clusters.iter()

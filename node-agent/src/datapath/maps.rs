@@ -14,13 +14,14 @@ use super::error::{DatapathError, Result};
 use super::metrics::{Counter, Metrics, Reason};
 use super::pins::{
     MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_ENFORCED, MAP_IPCACHE, MAP_LB_BACKENDS,
-    MAP_LB_FRONTENDS, MAP_METRICS, MAP_POLICY,
+    MAP_LB_FRONTENDS, MAP_METRICS, MAP_POLICY, MAP_TUNNEL_SOURCES,
 };
 use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
 use super::state::{DatapathConfig, Endpoint, IpcacheEntry, Ipv4Prefix};
 use super::types::{
     BackendKey, BackendValue, ConfigValue, CtKey, CtValue, EndpointValue, EnforcedKey, FrontendKey,
     FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyKey, PolicyValue,
+    TunnelSourceValue,
 };
 
 /// Counters of one policy entry, as the BPF side accumulated them.
@@ -41,6 +42,7 @@ pub struct Datapath {
     pub(crate) ct: HashMap<MapData, CtKey, CtValue>,
     pub(crate) frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     pub(crate) backends: HashMap<MapData, BackendKey, BackendValue>,
+    pub(crate) tunnel_sources: HashMap<MapData, u32, TunnelSourceValue>,
     metrics: PerCpuArray<MapData, MetricValue>,
     config: Array<MapData, ConfigValue>,
 }
@@ -98,6 +100,7 @@ impl Datapath {
             ct: typed(d, MAP_CT)?,
             frontends: typed(d, MAP_LB_FRONTENDS)?,
             backends: typed(d, MAP_LB_BACKENDS)?,
+            tunnel_sources: typed(d, MAP_TUNNEL_SOURCES)?,
             metrics: typed(d, MAP_METRICS)?,
             config: typed(d, MAP_CONFIG)?,
         })

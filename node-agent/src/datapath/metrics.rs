@@ -34,11 +34,22 @@ pub enum Reason {
     LbNoBackend = 12,
     /// Passed as the reply of a tracked flow (a subset of `Forwarded`/`ToStack`).
     CtReply = 13,
+    /// A gateway sent a tunnelled packet on: a node's towards a peer's
+    /// gateway, or a peer's towards the destination's node.
+    Relayed = 14,
+    /// From the tunnel, outer source neither a node of this cluster nor a peer's gateway.
+    DropTunnelSource = 15,
+    /// The VNI's cluster may not come from that sender (a peer's gateway
+    /// sending another cluster's identity, a node sending a foreign one).
+    DropIdentitySpoof = 16,
+    /// Tunnelled here for a destination not on this node, and no relay applies
+    /// (not a gateway, or not across the cluster edge).
+    DropNoRelay = 17,
 }
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Forwarded,
         Reason::ToStack,
         Reason::DropPolicyDeny,
@@ -53,10 +64,14 @@ impl Reason {
         Reason::LbTranslated,
         Reason::LbNoBackend,
         Reason::CtReply,
+        Reason::Relayed,
+        Reason::DropTunnelSource,
+        Reason::DropIdentitySpoof,
+        Reason::DropNoRelay,
     ];
 
     /// Number of slots in `cm_metrics` (`CM_REASON_MAX`).
-    pub const SLOTS: u32 = 16;
+    pub const SLOTS: u32 = 24;
 
     /// Index in `cm_metrics`.
     pub fn index(self) -> u32 {
@@ -80,6 +95,10 @@ impl Reason {
             Reason::LbTranslated => "lb_translated",
             Reason::LbNoBackend => "lb_no_backend",
             Reason::CtReply => "ct_reply",
+            Reason::Relayed => "relayed",
+            Reason::DropTunnelSource => "drop_tunnel_source",
+            Reason::DropIdentitySpoof => "drop_identity_spoof",
+            Reason::DropNoRelay => "drop_no_relay",
         }
     }
 

@@ -35,4 +35,5 @@ pub use rules::{
 };
 pub use state::{
     DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location, RawState,
+    TunnelSender,
 };

@@ -187,6 +187,45 @@ fn tunnel_details_match(details: &str, kind: TunnelKind) -> bool {
     details.contains(&kind_word) && details.contains("external") && details.contains(&port)
 }
 
+/// The device the node's traffic to other nodes leaves by, found from the
+/// routes: the default route's device, else the first device with a global
+/// IPv4 address (not loopback, not `exclude`). Used when `--underlay-dev` is
+/// not given (its MTU gives the pod MTU).
+pub fn discover_underlay(exclude: &str) -> Result<String> {
+    let default = ip(&["-4", "-o", "route", "show", "default"])?;
+    if let Some(dev) = dev_after_keyword(&default) {
+        return Ok(dev);
+    }
+    let addrs = ip(&["-4", "-o", "addr", "show", "scope", "global"])?;
+    addrs
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|d| d.split('@').next().unwrap_or(d).to_string())
+        .find(|d| d != "lo" && d != exclude)
+        .ok_or_else(|| {
+            DatapathError::invalid(
+                "underlay device",
+                "no default route and no device with a global IPv4 address (give --underlay-dev)",
+            )
+        })
+}
+
+/// The device of the route the kernel would take to `dst` (`ip route get`).
+pub fn route_device(dst: std::net::Ipv4Addr) -> Result<String> {
+    let out = ip(&["-4", "-o", "route", "get", &dst.to_string()])?;
+    dev_after_keyword(&out)
+        .ok_or_else(|| DatapathError::invalid("route", format!("no device in {out:?}")))
+}
+
+fn dev_after_keyword(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        w.windows(2)
+            .find(|p| p[0] == "dev")
+            .map(|p| p[1].to_string())
+    })
+}
+
 /// Deletes link `name` if it exists.
 pub fn delete_link(name: &str) -> Result<()> {
     if ifindex(name).is_err() {

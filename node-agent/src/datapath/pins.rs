@@ -12,7 +12,7 @@ use super::error::{DatapathError, Result};
 use super::types::{
     BackendKey, BackendValue, ConfigValue, CtKey, CtValue, EndpointValue, EnforcedKey, FrontendKey,
     FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyKey, PolicyValue, RevNatKey,
-    RevNatValue,
+    RevNatValue, TunnelSourceValue,
 };
 
 /// Where bpffs is conventionally mounted.
@@ -30,6 +30,7 @@ pub const MAP_LB_FRONTENDS: &str = "cm_lb_frontends";
 pub const MAP_LB_BACKENDS: &str = "cm_lb_backends";
 pub const MAP_LB_REVNAT: &str = "cm_lb_revnat";
 pub const MAP_METRICS: &str = "cm_metrics";
+pub const MAP_TUNNEL_SOURCES: &str = "cm_tunnel_sources";
 pub const MAP_CONFIG: &str = "cm_config";
 
 /// What a pinned map must look like to be adopted (mirrors `bpf/cm_maps.h`).
@@ -53,7 +54,7 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
 }
 
 /// Every map of the datapath.
-pub const MAP_SPECS: [MapSpec; 10] = [
+pub const MAP_SPECS: [MapSpec; 11] = [
     spec::<IpcacheKey, IpcacheValue>(MAP_IPCACHE, MapType::LpmTrie, 524_288),
     spec::<u32, EndpointValue>(MAP_ENDPOINTS, MapType::Hash, 4096),
     spec::<PolicyKey, PolicyValue>(MAP_POLICY, MapType::Hash, 65_536),
@@ -62,7 +63,8 @@ pub const MAP_SPECS: [MapSpec; 10] = [
     spec::<FrontendKey, FrontendValue>(MAP_LB_FRONTENDS, MapType::Hash, 16_384),
     spec::<BackendKey, BackendValue>(MAP_LB_BACKENDS, MapType::Hash, 65_536),
     spec::<RevNatKey, RevNatValue>(MAP_LB_REVNAT, MapType::LruHash, 65_536),
-    spec::<u32, MetricValue>(MAP_METRICS, MapType::PerCpuArray, 16),
+    spec::<u32, MetricValue>(MAP_METRICS, MapType::PerCpuArray, 24),
+    spec::<u32, TunnelSourceValue>(MAP_TUNNEL_SOURCES, MapType::Hash, 16_384),
     spec::<u32, ConfigValue>(MAP_CONFIG, MapType::Array, 1),
 ];
 

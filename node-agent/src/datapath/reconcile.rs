@@ -16,16 +16,17 @@ use tracing::debug;
 
 use super::error::Result;
 use super::maps::{Datapath, collect};
-use super::pins::{MAP_ENFORCED, MAP_POLICY};
+use super::pins::{MAP_ENFORCED, MAP_POLICY, MAP_TUNNEL_SOURCES};
 use super::state::{DesiredState, RawState};
 use super::types::{
     BackendKey, BackendValue, EndpointValue, EnforcedKey, FrontendKey, FrontendValue, IpcacheKey,
-    IpcacheValue, PolicyKey,
+    IpcacheValue, PolicyKey, TunnelSourceValue,
 };
 
 /// One map write, in the order [`plan`] emits them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    UpsertTunnelSource(u32, TunnelSourceValue),
     UpsertEndpoint(u32, EndpointValue),
     UpsertIpcache(IpcacheKey, IpcacheValue),
     UpsertPolicy(PolicyKey, u8),
@@ -38,6 +39,7 @@ pub enum Op {
     DeletePolicy(PolicyKey),
     DeleteIpcache(IpcacheKey),
     DeleteEndpoint(u32),
+    DeleteTunnelSource(u32),
 }
 
 impl Op {
@@ -50,6 +52,7 @@ impl Op {
                 | Op::DeletePolicy(_)
                 | Op::DeleteIpcache(_)
                 | Op::DeleteEndpoint(_)
+                | Op::DeleteTunnelSource(_)
         )
     }
 }
@@ -101,8 +104,11 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     let (en_add, en_del, u4) = set_diff(&current.enforced, &desired.enforced);
     let (be_up, be_del, u5) = diff(&current.backends, &desired.backends);
     let (fe_up, fe_del, u6) = diff(&current.frontends, &desired.frontends);
+    let (ts_up, ts_del, u7) = diff(&current.tunnel_sources, &desired.tunnel_sources);
 
     let mut ops = Vec::new();
+    // Senders are accepted before the entries that make their packets deliverable.
+    ops.extend(ts_up.into_iter().map(|(k, v)| Op::UpsertTunnelSource(k, v)));
     ops.extend(ep_up.into_iter().map(|(k, v)| Op::UpsertEndpoint(k, v)));
     ops.extend(ip_up.into_iter().map(|(k, v)| Op::UpsertIpcache(k, v)));
     ops.extend(po_up.into_iter().map(|(k, v)| Op::UpsertPolicy(k, v)));
@@ -115,7 +121,8 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     ops.extend(po_del.into_iter().map(Op::DeletePolicy));
     ops.extend(ip_del.into_iter().map(Op::DeleteIpcache));
     ops.extend(ep_del.into_iter().map(Op::DeleteEndpoint));
-    (ops, u1 + u2 + u3 + u4 + u5 + u6)
+    ops.extend(ts_del.into_iter().map(Op::DeleteTunnelSource));
+    (ops, u1 + u2 + u3 + u4 + u5 + u6 + u7)
 }
 
 impl Datapath {
@@ -133,6 +140,7 @@ impl Datapath {
                 .collect(),
             frontends: self.frontends_raw()?,
             backends: self.backends_raw()?,
+            tunnel_sources: collect(MAP_TUNNEL_SOURCES, self.tunnel_sources.iter())?,
         })
     }
 
@@ -209,6 +217,18 @@ impl Datapath {
             }
             Op::DeleteEndpoint(k) => {
                 self.delete_endpoint(k)?;
+            }
+            Op::UpsertTunnelSource(k, v) => self
+                .tunnel_sources
+                .insert(k, v, 0)
+                .map_err(|e| E::map(MAP_TUNNEL_SOURCES, e))?,
+            Op::DeleteTunnelSource(k) => {
+                let r = self.tunnel_sources.remove(&k);
+                if let Err(e) = r
+                    && !super::maps::is_not_found(&e)
+                {
+                    return Err(E::map(MAP_TUNNEL_SOURCES, e));
+                }
             }
         }
         Ok(())

@@ -10,7 +10,8 @@ use super::error::{DatapathError, Result};
 use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
 use super::types::{
     self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendKey,
-    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, be16, be32, ip_from_be32,
+    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, TunnelSourceValue, be16, be32,
+    ip_from_be32,
 };
 
 /// Map contents in raw form (policy as key -> action; counters and CT excluded).
@@ -22,6 +23,8 @@ pub struct RawState {
     pub enforced: BTreeSet<EnforcedKey>,
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub backends: BTreeMap<BackendKey, BackendValue>,
+    /// Outer IPv4 source (network order) -> who it is.
+    pub tunnel_sources: BTreeMap<u32, TunnelSourceValue>,
 }
 
 /// An IPv4 prefix with the host bits cleared (LPM key of the ipcache).
@@ -108,8 +111,49 @@ impl FromStr for Ipv4Prefix {
 pub enum Location {
     /// A pod on this node behind the host-side veth `ifindex`.
     Local { ifindex: u32 },
-    /// Behind the peer gateway `tunnel_endpoint`.
+    /// Another cluster's: tunnelled to `tunnel_endpoint` (this cluster's
+    /// gateway from an ordinary node, the peer's gateway from a gateway).
     Remote { tunnel_endpoint: Ipv4Addr },
+    /// This cluster, another node (or the service CIDR: `node` None). Never
+    /// touched by `from_pod`; a gateway relays a peer's packet to `node`.
+    Cluster { node: Option<Ipv4Addr> },
+}
+
+/// Who may send through the tunnel from one outer source address (DESIGN §10).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TunnelSender {
+    /// A node of this cluster: only this cluster's identities.
+    LocalNode,
+    /// A gateway of this cluster: also the peers' identities it relays.
+    LocalGateway,
+    /// A gateway of cluster `cluster_id`: only that cluster's identities.
+    PeerGateway { cluster_id: u32 },
+}
+
+impl TunnelSender {
+    pub(crate) fn value(&self) -> TunnelSourceValue {
+        let (kind, cluster_id) = match *self {
+            TunnelSender::LocalNode => (types::TSRC_LOCAL_NODE, 0),
+            TunnelSender::LocalGateway => (types::TSRC_LOCAL_GATEWAY, 0),
+            TunnelSender::PeerGateway { cluster_id } => (types::TSRC_PEER_GATEWAY, cluster_id),
+        };
+        TunnelSourceValue {
+            cluster_id,
+            kind,
+            pad: [0; 3],
+        }
+    }
+
+    pub fn from_value(v: &TunnelSourceValue) -> Option<Self> {
+        match v.kind {
+            types::TSRC_LOCAL_NODE => Some(TunnelSender::LocalNode),
+            types::TSRC_LOCAL_GATEWAY => Some(TunnelSender::LocalGateway),
+            types::TSRC_PEER_GATEWAY => Some(TunnelSender::PeerGateway {
+                cluster_id: v.cluster_id,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One ipcache entry: the identity of a prefix and where it lives.
@@ -136,6 +180,13 @@ impl IpcacheEntry {
                 flags: types::IPCACHE_F_REMOTE,
                 pad: [0; 3],
             },
+            Location::Cluster { node } => IpcacheValue {
+                identity: self.identity,
+                tunnel_endpoint: node.map(be32).unwrap_or(0),
+                ifindex: 0,
+                flags: types::IPCACHE_F_CLUSTER,
+                pad: [0; 3],
+            },
         }
     }
 
@@ -143,6 +194,10 @@ impl IpcacheEntry {
     pub fn from_value(v: &IpcacheValue) -> Option<Self> {
         let location = if v.flags & types::IPCACHE_F_LOCAL != 0 && v.ifindex != 0 {
             Location::Local { ifindex: v.ifindex }
+        } else if v.flags & types::IPCACHE_F_CLUSTER != 0 {
+            Location::Cluster {
+                node: (v.tunnel_endpoint != 0).then(|| ip_from_be32(v.tunnel_endpoint)),
+            }
         } else if v.tunnel_endpoint != 0 {
             Location::Remote {
                 tunnel_endpoint: ip_from_be32(v.tunnel_endpoint),
@@ -191,6 +246,13 @@ pub struct DatapathConfig {
     /// Native routing: from_pod hands remote destinations to the node's
     /// routes instead of the tunnel; `from_underlay` receives.
     pub native: bool,
+    /// This node is a gateway: `from_tunnel` relays across the cluster edge.
+    pub gateway: bool,
+    /// This cluster's ID (0 = unknown: `from_tunnel` drops every packet).
+    pub cluster_id: u16,
+    /// `identity >> cluster_shift` is the identity's cluster ID (16; 15 in
+    /// 511-cluster meshes).
+    pub cluster_shift: u8,
 }
 
 impl DatapathConfig {
@@ -205,10 +267,15 @@ impl DatapathConfig {
         if self.native {
             flags |= types::CFG_F_NATIVE;
         }
+        if self.gateway {
+            flags |= types::CFG_F_GATEWAY;
+        }
         ConfigValue {
             host_identity: self.host_identity,
             tunnel_ifindex: self.tunnel_ifindex,
             flags,
+            cluster_id: self.cluster_id,
+            cluster_shift: self.cluster_shift,
             pad: 0,
         }
     }
@@ -220,6 +287,9 @@ impl DatapathConfig {
             redirect_peer: v.flags & types::CFG_F_REDIRECT_PEER != 0,
             strict_source: v.flags & types::CFG_F_STRICT_SOURCE != 0,
             native: v.flags & types::CFG_F_NATIVE != 0,
+            gateway: v.flags & types::CFG_F_GATEWAY != 0,
+            cluster_id: v.cluster_id,
+            cluster_shift: v.cluster_shift,
         }
     }
 }
@@ -234,6 +304,8 @@ pub struct DesiredState {
     /// Identities selected by a policy in a direction: default deny there.
     pub enforced: BTreeSet<(u32, Direction)>,
     pub services: BTreeMap<Frontend, Service>,
+    /// Outer source addresses the tunnel accepts, and what each may send.
+    pub tunnel_sources: BTreeMap<Ipv4Addr, TunnelSender>,
 }
 
 impl DesiredState {
@@ -251,6 +323,9 @@ impl DesiredState {
         }
         for (ifindex, ep) in &self.endpoints {
             raw.endpoints.insert(*ifindex, ep.value());
+        }
+        for (addr, sender) in &self.tunnel_sources {
+            raw.tunnel_sources.insert(be32(*addr), sender.value());
         }
         for (rule, verdict) in &self.policy {
             raw.policy.insert(rule.key(), verdict.raw());

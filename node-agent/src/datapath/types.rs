@@ -46,6 +46,9 @@ pub struct IpcacheKey {
 pub const IPCACHE_F_LOCAL: u8 = 0x01;
 /// `cm_ipcache` value flag: behind a peer gateway (`tunnel_endpoint` set).
 pub const IPCACHE_F_REMOTE: u8 = 0x02;
+/// `cm_ipcache` flag: this cluster, another node (never touched by `from_pod`;
+/// a gateway relays a peer's packet to `tunnel_endpoint` when it is set).
+pub const IPCACHE_F_CLUSTER: u8 = 0x04;
 
 /// `cm_ipcache` value (`struct cm_ipcache_value`).
 #[repr(C)]
@@ -203,6 +206,22 @@ pub const CFG_F_REDIRECT_PEER: u32 = 0x01;
 pub const CFG_F_STRICT_SOURCE: u32 = 0x02;
 /// `cm_config` flag: native routing (remote destinations go to the node's routes).
 pub const CFG_F_NATIVE: u32 = 0x04;
+/// `cm_config` flag: this node is a gateway (`from_tunnel` relays).
+pub const CFG_F_GATEWAY: u32 = 0x08;
+
+/// `cm_tunnel_sources` kinds (`CM_TSRC_*`).
+pub const TSRC_LOCAL_NODE: u8 = 1;
+pub const TSRC_LOCAL_GATEWAY: u8 = 2;
+pub const TSRC_PEER_GATEWAY: u8 = 3;
+
+/// `cm_tunnel_sources` value (`struct cm_tunnel_source_value`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TunnelSourceValue {
+    pub cluster_id: u32,
+    pub kind: u8,
+    pub pad: [u8; 3],
+}
 
 /// `cm_config` value (`struct cm_config_value`), the single entry at index 0.
 #[repr(C)]
@@ -211,7 +230,9 @@ pub struct ConfigValue {
     pub host_identity: u32,
     pub tunnel_ifindex: u32,
     pub flags: u32,
-    pub pad: u32,
+    pub cluster_id: u16,
+    pub cluster_shift: u8,
+    pub pad: u8,
 }
 
 // SAFETY: all of these are `#[repr(C)]`, made only of integers and integer
@@ -233,6 +254,8 @@ unsafe impl aya::Pod for RevNatKey {}
 unsafe impl aya::Pod for RevNatValue {}
 unsafe impl aya::Pod for MetricValue {}
 unsafe impl aya::Pod for ConfigValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TunnelSourceValue {}
 
 /// The same layout contract as the `_Static_assert`s in `bpf/cm_types.h`.
 const _: () = {
@@ -262,6 +285,8 @@ const _: () = {
     assert!(size_of::<RevNatValue>() == 8);
     assert!(size_of::<MetricValue>() == 16);
     assert!(size_of::<ConfigValue>() == 16);
+    assert!(offset_of!(ConfigValue, cluster_id) == 12);
+    assert!(size_of::<TunnelSourceValue>() == 8);
 };
 
 #[cfg(test)]

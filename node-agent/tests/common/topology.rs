@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
 use clustermesh_node_agent::datapath::{
     self, Datapath, DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Loader,
-    Location, TunnelKind, netdev,
+    Location, TunnelKind, TunnelSender, netdev,
 };
 
 pub const TUNNEL_IF: &str = "cm_tun";
@@ -297,6 +297,15 @@ impl Topology {
                     },
                 );
             }
+            // The other gateway is cluster i+1's: the tunnel accepts its identities.
+            if i != g {
+                d.tunnel_sources.insert(
+                    gw.underlay_ip,
+                    TunnelSender::PeerGateway {
+                        cluster_id: i as u32 + 1,
+                    },
+                );
+            }
         }
         d
     }
@@ -308,6 +317,9 @@ impl Topology {
             let mut dp = self.datapath(g);
             let cfg = DatapathConfig {
                 tunnel_ifindex: self.gws[g].tunnel_ifindex,
+                gateway: true,
+                cluster_id: g as u16 + 1,
+                cluster_shift: 16,
                 ..Default::default()
             };
             dp.set_config(&cfg).expect("config");

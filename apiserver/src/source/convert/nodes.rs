@@ -50,6 +50,7 @@ pub fn node_record(node: &core::Node, cluster: &str) -> Node {
         external_ips,
         pod_cidrs,
         gateway: labels.get(GATEWAY_LABEL).is_some_and(|v| is_true(v)),
+        gateway_live: None,
         labels,
         cluster: cluster.to_string(),
         exported: true,

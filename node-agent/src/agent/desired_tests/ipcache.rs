@@ -20,9 +20,22 @@ fn local_pods_get_local_entries_and_endpoints() {
         d.endpoints[&11].pod_mac, UNKNOWN_POD_MAC,
         "MAC not known yet"
     );
-    // The worker's pod is not on this node; its CIDR is not programmed either.
-    assert!(!d.ipcache.contains_key(&Ipv4Prefix::host(ip("10.1.1.10"))));
-    assert!(!d.ipcache.contains_key(&"10.1.1.0/24".parse().unwrap()));
+    // The worker's pod and CIDR: this cluster, another node — passed through
+    // by from_pod, relayed by this gateway to the worker's InternalIP.
+    let worker = Location::Cluster {
+        node: Some(ip("192.168.1.11")),
+    };
+    assert_eq!(
+        d.ipcache[&Ipv4Prefix::host(ip("10.1.1.10"))].location,
+        worker
+    );
+    assert_eq!(d.ipcache[&"10.1.1.0/24".parse().unwrap()].location, worker);
+    // This node's own CIDR is this cluster's too, and never relayed.
+    assert_eq!(
+        d.ipcache[&"10.1.0.0/24".parse().unwrap()].location,
+        Location::Cluster { node: None }
+    );
+    assert!(c.plan.is_gateway);
 
     // A local pod whose interface is not found is pending, not programmed.
     let mut v = mesh();
@@ -64,7 +77,7 @@ fn remote_endpoints_and_cidrs_go_to_their_gateway() {
         remote(IDENTITY_WORLD)
     );
     assert_eq!(c.remote_endpoints, 3);
-    assert_eq!(c.gateways, [("c2".to_string(), GW2)].into());
+    assert_eq!(c.plan.via, [("c2".to_string(), GW2)].into());
     // Native routes: the CIDRs (endpoints inside them need no route of their own).
     assert_eq!(c.routes.len(), 2);
     assert_eq!(c.routes[&"10.2.1.0/24".parse().unwrap()], GW2);
@@ -104,4 +117,62 @@ fn remote_cluster_without_gateway_or_identity_is_skipped() {
     );
     assert_eq!(c.routes[&Ipv4Prefix::host(ip("10.9.9.9"))], GW2);
     c.desired.to_raw().expect("valid desired state");
+}
+
+#[test]
+fn an_ordinary_node_sends_remote_traffic_to_its_own_gateway() {
+    let v = mesh();
+    let c = compute(
+        &v,
+        "c1-worker",
+        &BTreeMap::new(),
+        &mut ServiceIds::new(),
+        &[],
+    );
+    assert!(!c.plan.is_gateway);
+    // Every remote destination via this cluster's gateway (its InternalIP).
+    assert_eq!(c.plan.via, [("c2".to_string(), GW1)].into());
+    assert_eq!(
+        c.desired.ipcache[&Ipv4Prefix::host(ip("10.2.0.11"))].location,
+        Location::Remote {
+            tunnel_endpoint: GW1
+        }
+    );
+    // The gateway's pods are this cluster's: passed through.
+    assert_eq!(
+        c.desired.ipcache[&Ipv4Prefix::host(ip("10.1.0.10"))].location,
+        Location::Cluster { node: Some(GW1) }
+    );
+    // Senders: this cluster's gateway and worker, c2's gateway (not its worker).
+    let ts = &c.desired.tunnel_sources;
+    assert_eq!(ts[&GW1], TunnelSender::LocalGateway);
+    assert_eq!(ts[&ip("192.168.1.11")], TunnelSender::LocalNode);
+    assert_eq!(ts[&GW2], TunnelSender::PeerGateway { cluster_id: 2 });
+    assert!(!ts.contains_key(&ip("192.168.2.11")));
+
+    // A gateway that is not live is not used; with none left, c2 is unreachable.
+    let mut v2 = v.clone();
+    let mut gw = v2.nodes[&("c1".to_string(), "c1-gw".to_string())].clone();
+    gw.gateway_live = Some(false);
+    v2.insert_node(gw);
+    let c = compute(
+        &v2,
+        "c1-worker",
+        &BTreeMap::new(),
+        &mut ServiceIds::new(),
+        &[],
+    );
+    assert!(c.plan.via.is_empty());
+    assert_eq!(c.plan.unreachable, vec!["c2".to_string()]);
+    assert_eq!(c.remote_endpoints, 0);
+}
+
+#[test]
+fn service_cidrs_are_left_to_the_cni() {
+    let cidr: Ipv4Prefix = "10.96.0.0/12".parse().unwrap();
+    let c = compute(&mesh(), NODE, &ifaces(), &mut ServiceIds::new(), &[cidr]);
+    assert_eq!(
+        c.desired.ipcache[&cidr].location,
+        Location::Cluster { node: None }
+    );
 }

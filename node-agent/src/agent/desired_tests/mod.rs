@@ -16,7 +16,7 @@ use super::view::View;
 use crate::datapath::types::IDENTITY_WORLD;
 use crate::datapath::{
     Affinity, Backend, Direction, Frontend, IpcacheEntry, Ipv4Prefix, Location, PROTO_TCP,
-    PROTO_UDP, PolicyRule, Verdict,
+    PROTO_UDP, PolicyRule, TunnelSender, Verdict,
 };
 
 pub(super) const NODE: &str = "c1-gw";
@@ -308,7 +308,7 @@ pub(super) fn ifaces() -> BTreeMap<Ipv4Addr, PodIface> {
 }
 
 pub(super) fn run(v: &View) -> super::desired::Computed {
-    compute(v, NODE, &ifaces(), &mut ServiceIds::new())
+    compute(v, NODE, &ifaces(), &mut ServiceIds::new(), &[])
 }
 
 pub(super) fn rule(

@@ -93,8 +93,8 @@ fn service_ids_are_stable_and_seedable() {
         },
         42,
     )]);
-    let a = compute(&v, NODE, &ifaces(), &mut ids).desired;
-    let b = compute(&v, NODE, &ifaces(), &mut ids).desired;
+    let a = compute(&v, NODE, &ifaces(), &mut ids, &[]).desired;
+    let b = compute(&v, NODE, &ifaces(), &mut ids, &[]).desired;
     assert_eq!(a, b);
     assert_eq!(a.services.values().next().map(|s| s.service_id), Some(42));
     a.to_raw().expect("valid");
