@@ -29,6 +29,20 @@ pub fn node(name: &str, ip: &str, pod_cidr: &str, gateway: bool) -> String {
     )
 }
 
+/// A Node like [`node`] with an ExternalIP as well (a gateway peers reach there).
+pub fn node_with_external(
+    name: &str,
+    ip: &str,
+    external_ip: &str,
+    pod_cidr: &str,
+    gateway: bool,
+) -> String {
+    format!(
+        "{}  - type: ExternalIP\n    address: {external_ip}\n",
+        node(name, ip, pod_cidr, gateway)
+    )
+}
+
 /// A running pod with a named port `http` on `port`.
 pub fn pod(
     ns: &str,

@@ -526,4 +526,11 @@ impl ClusterMesh for PeerService {
     ) -> Result<Response<StatusResponse>, Status> {
         Err(Status::unimplemented("mock peer"))
     }
+
+    async fn report_agent(
+        &self,
+        _req: Request<clustermesh_proto::v1::AgentReport>,
+    ) -> Result<Response<clustermesh_proto::v1::ReportAgentResponse>, Status> {
+        Err(Status::unimplemented("mock peer"))
+    }
 }

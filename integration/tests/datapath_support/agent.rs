@@ -60,6 +60,26 @@ impl Agent {
         extra: &[&str],
         log_dir: &Path,
     ) -> Agent {
+        let mut flags = vec![
+            "--underlay-dev",
+            super::topology::UNDERLAY_IF,
+            "--lb-cgroup",
+            cgroup.to_str().expect("cgroup path"),
+        ];
+        flags.extend_from_slice(extra);
+        Self::start_node(ns, node, tls_dir, pin_dir, &flags, log_dir)
+    }
+
+    /// Starts the agent the way a DaemonSet does on any node: the same flags
+    /// everywhere, no `--underlay-dev` (found from the routes), plus `extra`.
+    pub fn start_node(
+        ns: &str,
+        node: &str,
+        tls_dir: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Agent {
         let mut args: Vec<String> = vec![
             format!("--net={}", named_netns_path(ns).display()),
             workspace_bin("clustermesh-node-agent")
@@ -74,12 +94,8 @@ impl Agent {
             tls_dir.display().to_string(),
             "--node-name".into(),
             node.into(),
-            "--underlay-dev".into(),
-            super::topology::UNDERLAY_IF.into(),
             "--pin-dir".into(),
             pin_dir.display().to_string(),
-            "--lb-cgroup".into(),
-            cgroup.display().to_string(),
             "--health-listen".into(),
             format!("127.0.0.1:{HEALTH_PORT}"),
             "--log-interval".into(),
@@ -188,6 +204,22 @@ impl Agent {
                 self.status(),
                 self.log()
             );
+        }
+    }
+}
+
+impl Agent {
+    /// SIGKILL: the agent dies at once (its pinned datapath stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+        }
+    }
+
+    /// Starts the same agent again after [`Agent::kill`] or [`Agent::stop`].
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod manifests;
+pub mod nodes;
 #[path = "../../../node-agent/tests/common/pcap.rs"]
 pub mod pcap;
 pub mod topology;

@@ -64,11 +64,11 @@ pub fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-fn sysctl(ns: &str, kv: &str) {
+pub fn sysctl(ns: &str, kv: &str) {
     run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv]);
 }
 
-fn cgroup2_root() -> PathBuf {
+pub fn cgroup2_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     mounts
         .lines()
