@@ -528,13 +528,9 @@ fn chart_and_values_parse() {
     assert_eq!(value_string(&values, &["apiserver", "healthPort"]), "9880");
     assert_eq!(value_string(&values, &["apiserver", "grpcPort"]), "7443");
     assert_eq!(value_string(&values, &["source"]), "kubernetes");
-    assert_eq!(
-        value_string(
-            &values,
-            &["nodeAgent", "nodeSelector", "clustermesh.io/gateway"]
-        ),
-        "true"
-    );
+    // One agent on every node (DESIGN §7): no node selector by default.
+    assert_eq!(value_string(&values, &["nodeAgent", "underlayDev"]), "");
+    assert_eq!(value_string(&values, &["mesh", "gatewayLease"]), "1s");
     for path in [
         ["mesh", "heartbeatInterval"],
         ["mesh", "peerTimeout"],

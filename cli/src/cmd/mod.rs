@@ -8,6 +8,7 @@ pub mod disconnect;
 pub mod records;
 pub mod service;
 pub mod status;
+pub mod status_nodes;
 
 use std::path::PathBuf;
 

@@ -35,6 +35,8 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
         "records": s.counts.iter().map(|c| json!({"cluster": c.cluster, "kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
         "source_errors": s.source_errors.iter().map(|e| json!({"file": e.file, "line": e.line, "message": e.message})).collect::<Vec<_>>(),
         "store_refused_records": s.store_refused_records,
+        "gateways": super::status_nodes::gateways_json(&s.gateways),
+        "agents": super::status_nodes::agents_json(&s.agents),
         "peers": s.peers.iter().map(|p| json!({
             "name": p.name, "cluster_id": p.cluster_id, "addresses": p.addresses, "enabled": p.enabled,
             "connected": p.connected, "last_heartbeat_unix_millis": p.last_heartbeat_unix_millis,
@@ -109,6 +111,7 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(&["CLUSTER", "KIND", "RECORDS"], &rows));
+    out.push_str(&super::status_nodes::to_text(&s.gateways, &s.agents));
     out.push('\n');
     if s.peers.is_empty() {
         out.push_str("No peers: connect one with `clustermesh connect --peer-server ADDR --peer-tls-dir DIR`.\n");

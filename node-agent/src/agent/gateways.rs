@@ -3,7 +3,11 @@
 //! A node's role comes from its own Node record (`gateway: true`). Usable
 //! gateways are the gateway nodes whose record does not say
 //! `gateway_live: false` (the apiserver sets it from the agent's lease; a
-//! record without the field, from an older peer, counts as usable).
+//! record without the field, from an older peer, counts as usable). When no
+//! gateway of a cluster is live, all its gateway nodes count as usable: a
+//! gateway whose agent is restarting (a DaemonSet upgrade) still forwards
+//! with its pinned datapath, and with nothing live there is nothing better to
+//! send to.
 //!
 //! The choice is deterministic and the same at both ends: for the cluster
 //! pair {A, B} (names sorted), each side takes its gateway and the other's by
@@ -110,12 +114,20 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
         cluster_ids: cluster_ids(view, shift),
         ..Default::default()
     };
-    // Usable gateways per cluster, by name (BTreeMap order).
+    // Usable gateways per cluster, by name (BTreeMap order); all gateway
+    // nodes of a cluster where none is live.
     let mut usable_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
+    let mut all_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
     for ((cluster, _), n) in &view.nodes {
+        if n.gateway {
+            all_by_cluster.entry(cluster).or_default().push(n);
+        }
         if usable(n) {
             usable_by_cluster.entry(cluster).or_default().push(n);
         }
+    }
+    for (cluster, all) in all_by_cluster {
+        usable_by_cluster.entry(cluster).or_insert(all);
     }
     let remote_clusters: std::collections::BTreeSet<&str> = view
         .nodes

@@ -71,6 +71,17 @@ pub async fn run(
                 }
             },
         };
+        // Nothing is reported before the first programming: the previous
+        // agent's report (and its pinned datapath) stands until then, so a
+        // restart never marks a working gateway unusable.
+        let Some(synced) = status.lock().ok().map(|s| s.datapath.synced) else {
+            return;
+        };
+        if !synced {
+            client = Some(c);
+            tokio::time::sleep(LOOK).await;
+            continue;
+        }
         sequence += 1;
         let Some(r) = status.lock().ok().map(|s| report(&s, sequence)) else {
             return;
