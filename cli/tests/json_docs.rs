@@ -146,6 +146,22 @@ fn every_documented_json_shape_matches() {
             last_heartbeat_unix_millis: 5,
             ..Default::default()
         }],
+        gateways: vec![clustermesh_proto::v1::GatewayStatus {
+            cluster: "c1".into(),
+            node: "gw".into(),
+            address: "10.0.0.1".into(),
+            live: true,
+            used_by: vec!["w".into()],
+        }],
+        agents: vec![clustermesh_proto::v1::AgentStatus {
+            report: Some(clustermesh_proto::v1::AgentReport {
+                node: "w".into(),
+                via: [("west".to_string(), "10.0.0.1".to_string())].into(),
+                ..Default::default()
+            }),
+            live: true,
+            age_ms: 1,
+        }],
         ..Default::default()
     };
     check(&doc, "`status -o json`", status::to_json(&st, 10));

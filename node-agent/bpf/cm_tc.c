@@ -249,8 +249,12 @@ int from_tunnel(struct __sk_buff *skb)
 			return cm_drop(CM_REASON_DROP_UNKNOWN_DEST, skb);
 		if ((dst_flags & CM_IPCACHE_F_REMOTE) && sender != CM_TSRC_PEER_GATEWAY)
 			return cm_relay(skb, src_id, endpoint, cfg);
-		if ((dst_flags & CM_IPCACHE_F_CLUSTER) && sender == CM_TSRC_PEER_GATEWAY)
+		if ((dst_flags & CM_IPCACHE_F_CLUSTER) && sender == CM_TSRC_PEER_GATEWAY) {
+			/* This node's own CIDR or the service range: no pod here by that address. */
+			if (!endpoint)
+				return cm_drop(CM_REASON_DROP_UNKNOWN_DEST, skb);
 			return cm_relay(skb, src_id, endpoint, cfg);
+		}
 		return cm_drop(CM_REASON_DROP_NO_RELAY, skb);
 	}
 
