@@ -33,6 +33,7 @@ use clustermesh_integration::manifests::{self, write};
 use datapath_support::agent::{Agent, relay_into_netns};
 use datapath_support::nodes::{LAN_IF, Node, NodeSpec, Nodes, WAN_IF};
 use datapath_support::topology::ip;
+use datapath_support::traffic::GapPing;
 use datapath_support::{connect_peer, require_root, start_cluster};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
@@ -265,12 +266,7 @@ async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
     } else {
         "east-gw1"
     };
-    let mut ping = ns_cmd(&b.t.pod("client-e").ns)
-        .args(["ping", "-n", "-i", "0.2", "-W", "1", &SERVER.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ping");
+    let ping = GapPing::start(&b.t.pod("client-e").ns, SERVER);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let killed = Instant::now();
     b.agents.get_mut(&gw).expect("agent").kill();
@@ -284,18 +280,7 @@ async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
     .unwrap_or_else(|e| panic!("{e}"));
     let switched = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(ping.id() as i32, libc::SIGINT);
-    }
-    let out = ping.wait_with_output().expect("ping output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let seqs: Vec<u32> = text
-        .lines()
-        .filter_map(|l| l.split("icmp_seq=").nth(1))
-        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-        .collect();
-    let gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let (gap, _, _) = tokio::task::block_in_place(|| ping.finish());
     // Restore: links up, agent back, both gateways live again.
     b.t.links(&gw, true);
     b.agents.get_mut(&gw).expect("agent").start_again();
@@ -306,7 +291,7 @@ async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    (gw, switched, Duration::from_millis(200 * u64::from(gap)))
+    (gw, switched, gap)
 }
 
 async fn run() {

@@ -34,7 +34,7 @@ use clustermesh_proto::v1::{
 use datapath_support::agent::{Agent, relay_into_netns};
 use datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF};
 use datapath_support::pcap::Capture;
-use datapath_support::traffic::{ping, ping_fails, start_whoami, whoami};
+use datapath_support::traffic::{GapPing, ping, ping_fails, start_whoami, whoami};
 use datapath_support::*;
 use tokio::task::block_in_place;
 
@@ -423,44 +423,6 @@ async fn status_shows_gateways_and_agents(m: &Mesh) {
         peer[0].node,
         peer[0].used_by
     );
-}
-
-/// A 5/s ping from web-e to echo-w; returns the longest run without a reply.
-struct GapPing(std::process::Child);
-
-impl GapPing {
-    fn start(ns: &str, dst: Ipv4Addr) -> GapPing {
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", named_netns_path(ns).display()))
-            .args(["ping", "-n", "-i", "0.2", "-W", "1", &dst.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ping");
-        GapPing(child)
-    }
-
-    /// Stops the ping; the longest gap between answered sequence numbers.
-    fn finish(self) -> (Duration, u32, u32) {
-        // SAFETY: kill with a valid pid of our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
-        let out = self.0.wait_with_output().expect("ping output");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let seqs: Vec<u32> = text
-            .lines()
-            .filter_map(|l| l.split("icmp_seq=").nth(1))
-            .filter_map(|r| r.split_whitespace().next()?.parse().ok())
-            .collect();
-        let max_gap = seqs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-        let last = seqs.last().copied().unwrap_or(0);
-        (
-            Duration::from_millis(200 * u64::from(max_gap)),
-            seqs.len() as u32,
-            last,
-        )
-    }
 }
 
 async fn wait_gateways_live(m: &Mesh, want: usize) {

@@ -201,6 +201,30 @@ async fn roles_are_enforced() {
             .code(),
         Code::PermissionDenied
     );
+    // ReportAgent: only the agent role, and only names Kubernetes allows.
+    let report = |node: &str| clustermesh_proto::v1::AgentReport {
+        node: node.into(),
+        gateway: true,
+        programmed: true,
+        ..Default::default()
+    };
+    let interval = cm
+        .report_agent(report("gw-1"))
+        .await
+        .expect("an agent may report")
+        .into_inner()
+        .report_interval_ms;
+    assert!(
+        interval > 0 && interval <= 1000,
+        "gateway interval {interval} ms"
+    );
+    let e = cm.report_agent(report("Not A Name")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = ClusterMeshClient::new(admin.clone())
+        .report_agent(report("gw-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
 
     // the server's own certificate is not a client role.
     let e = ClusterMeshClient::new(server)

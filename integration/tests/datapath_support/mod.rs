@@ -1,13 +1,11 @@
 //! Support for the datapath end-to-end test and benchmark: the netns
 //! topology, agent processes, traffic tools, manifests, and the two
 //! connected control planes.
-#![allow(dead_code)] // the test and the benchmark use different subsets
+#![allow(dead_code, unused_imports)] // the tests and the benchmarks use different subsets
 
 pub mod agent;
 pub mod manifests;
 pub mod nodes;
-#[path = "../../../node-agent/tests/common/pcap.rs"]
-pub mod pcap;
 pub mod topology;
 pub mod traffic;
 
@@ -22,19 +20,7 @@ use clustermesh_node_agent::datapath::{Datapath, Frontend, Ipv4Prefix, types::ip
 use clustermesh_proto::v1::{Endpoint, Kind, Scope};
 use prost::Message;
 
-/// True if the test may run. Not root: panics when CI is set (it must not
-/// silently pass there), else prints SKIP and returns false.
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root (network namespaces, eBPF): run as root");
-    }
-    eprintln!("SKIP {test}: needs root (network namespaces, eBPF)");
-    false
-}
+pub use clustermesh_netkit::{kernel_has_link_type, pcap, require_root};
 
 /// Starts a cluster whose source is the manifests in `dir`, with mesh
 /// timings short enough for tests.
@@ -112,22 +98,4 @@ pub fn ipcache_len(pin_dir: &Path) -> usize {
         .and_then(|dp| dp.ipcache_entries())
         .map(|m| m.len())
         .unwrap_or(0)
-}
-
-/// True if this kernel can create `kind` links (tried in a scratch netns).
-pub fn kernel_has_link_type(kind: &str) -> bool {
-    let ns = format!("cmprobe{}-{kind}", std::process::id());
-    let run = |args: &[&str]| {
-        std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !run(&["netns", "add", &ns]) {
-        return false;
-    }
-    let ok = run(&["-n", &ns, "link", "add", "probe0", "type", kind, "external"]);
-    run(&["netns", "del", &ns]);
-    ok
 }

@@ -18,7 +18,8 @@ use std::process::Command;
 
 use clustermesh_node_agent::datapath;
 
-use super::topology::{ip, sysctl};
+use clustermesh_netkit::pod::{NextHop, PodSpec, add_pod};
+use clustermesh_netkit::{Namespaces, ip, sysctl};
 
 pub const LAN_IF: &str = "lan0";
 pub const WAN_IF: &str = "wan0";
@@ -53,14 +54,12 @@ pub struct Nodes {
     /// Per cluster (index = cluster ID − 1), its nodes.
     pub clusters: Vec<Vec<Node>>,
     pub wan_ns: String,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
     tag: String,
 }
 
 fn bridge_ns(t: &mut Nodes, ns: &str) {
-    ip(&["netns", "add", ns]);
-    t.namespaces.push(ns.to_string());
-    ip(&["-n", ns, "link", "set", "lo", "up"]);
+    t.namespaces.add(ns);
     ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", ns, "link", "set", "br0", "up"]);
 }
@@ -93,7 +92,7 @@ impl Nodes {
         let mut t = Nodes {
             clusters: Vec::new(),
             wan_ns: format!("{tag}-wan"),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(),
             tag: tag.clone(),
         };
         let wan_ns = t.wan_ns.clone();
@@ -105,9 +104,7 @@ impl Nodes {
             let mut nodes = Vec::new();
             for (n, spec) in specs.iter().enumerate() {
                 let ns = format!("{tag}-c{cid}n{n}");
-                ip(&["netns", "add", &ns]);
-                t.namespaces.push(ns.clone());
-                ip(&["-n", &ns, "link", "set", "lo", "up"]);
+                t.namespaces.add(&ns);
                 let lan_ip = Ipv4Addr::new(192, 168, cid, n as u8 + 11);
                 attach(&lan_ns, &format!("p{n}"), &ns, LAN_IF, lan_ip);
                 let wan_ip = spec.gateway.then(|| {
@@ -130,8 +127,24 @@ impl Nodes {
                     pods: Vec::new(),
                 };
                 for (k, (pname, app, pip)) in spec.pods.iter().enumerate() {
-                    let pod = add_pod(&mut t.namespaces, &ns, &tag, cid, n, k, pname, app, *pip);
-                    node.pods.push(pod);
+                    let pod_ns = format!("{tag}-c{cid}n{n}p{k}");
+                    add_pod(
+                        &mut t.namespaces,
+                        &PodSpec {
+                            node_ns: &ns,
+                            pod_ns: &pod_ns,
+                            host_if: &format!("vp{k}"),
+                            ip: *pip,
+                            mtu: None,
+                            next_hop: NextHop::ProxyArp,
+                        },
+                    );
+                    node.pods.push(NodePod {
+                        name: pname.to_string(),
+                        app: app.to_string(),
+                        ip: *pip,
+                        ns: pod_ns,
+                    });
                 }
                 nodes.push(node);
             }
@@ -185,10 +198,7 @@ impl Nodes {
 
     /// A namespace on the WAN that belongs to no cluster (`203.0.113.99`).
     pub fn wan_stranger(&mut self) -> String {
-        let ns = format!("{}-x", self.tag);
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let ns = self.namespaces.add(&format!("{}-x", self.tag));
         attach(
             &self.wan_ns,
             "xp0",
@@ -200,79 +210,6 @@ impl Nodes {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_pod(
-    namespaces: &mut Vec<String>,
-    node_ns: &str,
-    tag: &str,
-    cid: u8,
-    n: usize,
-    k: usize,
-    name: &str,
-    app: &str,
-    pod_ip: Ipv4Addr,
-) -> NodePod {
-    let pod_ns = format!("{tag}-c{cid}n{n}p{k}");
-    ip(&["netns", "add", &pod_ns]);
-    namespaces.push(pod_ns.clone());
-    ip(&["-n", &pod_ns, "link", "set", "lo", "up"]);
-    let host_if = format!("vp{k}");
-    ip(&[
-        "link", "add", &host_if, "netns", node_ns, "type", "veth", "peer", "name", "eth0", "netns",
-        &pod_ns,
-    ]);
-    ip(&["-n", node_ns, "link", "set", &host_if, "up"]);
-    ip(&["-n", &pod_ns, "link", "set", "eth0", "up"]);
-    ip(&[
-        "-n",
-        &pod_ns,
-        "addr",
-        "add",
-        &format!("{pod_ip}/32"),
-        "dev",
-        "eth0",
-    ]);
-    ip(&[
-        "-n",
-        &pod_ns,
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    ip(&[
-        "-n",
-        &pod_ns,
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    ip(&[
-        "-n",
-        node_ns,
-        "route",
-        "add",
-        &format!("{pod_ip}/32"),
-        "dev",
-        &host_if,
-    ]);
-    sysctl(node_ns, &format!("net.ipv4.conf.{host_if}.proxy_arp=1"));
-    sysctl(node_ns, &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"));
-    NodePod {
-        name: name.to_string(),
-        app: app.to_string(),
-        ip: pod_ip,
-        ns: pod_ns,
-    }
-}
-
 impl Drop for Nodes {
     fn drop(&mut self) {
         for n in self.clusters.iter().flatten() {
@@ -280,8 +217,6 @@ impl Drop for Nodes {
                 eprintln!("cleanup: removing pins {}: {e}", n.pin_dir.display());
             }
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        // The namespaces go with `self.namespaces`, after the pins.
     }
 }

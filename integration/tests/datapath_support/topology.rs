@@ -15,6 +15,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use clustermesh_netkit::Namespaces;
+use clustermesh_netkit::pod::{NextHop, PodSpec, add_pod};
 use clustermesh_node_agent::datapath;
 
 pub const UNDERLAY_IF: &str = "ul0";
@@ -42,41 +44,13 @@ pub struct Gateway {
 
 pub struct Topology {
     pub gws: Vec<Gateway>,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
 }
 
-/// Runs `ip args…`, panicking with its stderr on failure.
-pub fn ip(args: &[&str]) {
-    run("ip", args);
-}
+pub use clustermesh_netkit::{ip, run, sysctl};
 
-/// Runs a command, panicking with its stderr on failure.
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-pub fn sysctl(ns: &str, kv: &str) {
-    run("ip", &["netns", "exec", ns, "sysctl", "-qw", kv]);
-}
-
-pub fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup v2 mount (cgroup2 in /proc/mounts)")
+fn cgroup2_root() -> PathBuf {
+    clustermesh_netkit::cgroup2_root().expect("a cgroup v2 mount (cgroup2 in /proc/mounts)")
 }
 
 impl Topology {
@@ -86,7 +60,7 @@ impl Topology {
         let id = format!("{tag}{}", std::process::id());
         let mut t = Topology {
             gws: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(),
         };
         let cg_root = cgroup2_root();
         for (g, letter) in ["a", "b"].iter().enumerate() {
@@ -155,9 +129,7 @@ impl Topology {
     }
 
     fn add_netns(&mut self, ns: &str) {
-        ip(&["netns", "add", ns]);
-        self.namespaces.push(ns.to_string());
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        self.namespaces.add(ns);
     }
 
     fn add_pod(
@@ -171,57 +143,18 @@ impl Topology {
     ) -> Pod {
         let gw = self.gws[g].ns.clone();
         let pod_ns = format!("{id}-p{}{n}", ["a", "b"][g]);
-        self.add_netns(&pod_ns);
         let host_if = format!("vp{n}");
-        ip(&[
-            "link", "add", &host_if, "netns", &gw, "type", "veth", "peer", "name", "eth0", "netns",
-            &pod_ns,
-        ]);
-        ip(&["-n", &gw, "link", "set", &host_if, "up"]);
-        ip(&["-n", &pod_ns, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            &pod_ns,
-            "addr",
-            "add",
-            &format!("{pod_ip}/32"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            &pod_ns,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ip(&[
-            "-n",
-            &pod_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        // What a CNI does on the node: a /32 route to the pod via its veth, proxy ARP.
-        ip(&[
-            "-n",
-            &gw,
-            "route",
-            "add",
-            &format!("{pod_ip}/32"),
-            "dev",
-            &host_if,
-        ]);
-        sysctl(&gw, &format!("net.ipv4.conf.{host_if}.proxy_arp=1"));
-        sysctl(&gw, &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"));
+        add_pod(
+            &mut self.namespaces,
+            &PodSpec {
+                node_ns: &gw,
+                pod_ns: &pod_ns,
+                host_if: &host_if,
+                ip: pod_ip,
+                mtu: None,
+                next_hop: NextHop::ProxyArp,
+            },
+        );
         Pod {
             name: name.to_string(),
             app: app.to_string(),
@@ -261,9 +194,6 @@ impl Drop for Topology {
             if let Err(e) = datapath::destroy(&gw.pin_dir) {
                 eprintln!("cleanup: removing pins {}: {e}", gw.pin_dir.display());
             }
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         for gw in &self.gws {
             let _ = std::fs::remove_dir(&gw.cgroup);

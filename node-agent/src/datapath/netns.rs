@@ -1,37 +1,17 @@
-//! Running code inside another network namespace.
-//!
-//! `setns(CLONE_NEWNET)` changes the namespace of the calling *thread* only, so
-//! [`run_in_netns`] does it on a fresh thread: the caller's namespace never
-//! changes, the mount namespace stays the host's (so bpffs pins are visible,
-//! unlike under `ip netns exec`, which remounts /sys), and sockets, ifindex
-//! lookups and child processes made by `f` belong to the target namespace.
+//! Running code inside another network namespace: `clustermesh_netkit::netns`
+//! (one implementation for the agent and its tests), errors as [`DatapathError`].
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::{DatapathError, Result};
 
-/// `/var/run/netns/<name>`, where `ip netns add` binds a named namespace.
-pub fn named_netns_path(name: &str) -> PathBuf {
-    Path::new("/var/run/netns").join(name)
-}
+pub use clustermesh_netkit::netns::named_netns_path;
 
-/// Enters the network namespace at `path` on the calling thread.
-///
-/// Only use this on a thread you own (see [`run_in_netns`]).
+/// Enters the network namespace at `path` on the calling thread (a thread
+/// you own: see [`run_in_netns`]).
 pub fn enter_netns(path: &Path) -> Result<()> {
-    let f = File::open(path)
-        .map_err(|e| DatapathError::io(format!("opening netns {}", path.display()), e))?;
-    // SAFETY: a valid open fd and a valid nstype flag.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(DatapathError::io(
-            format!("setns into {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    clustermesh_netkit::netns::enter_netns(path)
+        .map_err(|e| DatapathError::io(format!("entering netns {}", path.display()), e))
 }
 
 /// Runs `f` on a new thread that first enters the network namespace at `path`.
@@ -40,16 +20,6 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let path = path.to_path_buf();
-    let handle = std::thread::Builder::new()
-        .name("cm-netns".into())
-        .spawn(move || -> Result<T> {
-            enter_netns(&path)?;
-            Ok(f())
-        })
-        .map_err(|e| DatapathError::io("spawning netns thread", e))?;
-    match handle.join() {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    clustermesh_netkit::netns::run_in_netns(path, f)
+        .map_err(|e| DatapathError::io(format!("running in netns {}", path.display()), e))
 }

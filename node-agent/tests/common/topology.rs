@@ -12,9 +12,10 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use clustermesh_netkit::pod::{NextHop, PodSpec, add_pod};
+use clustermesh_netkit::{Namespaces, ip};
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
 use clustermesh_node_agent::datapath::{
     self, Datapath, DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Loader,
@@ -23,7 +24,7 @@ use clustermesh_node_agent::datapath::{
 
 pub const TUNNEL_IF: &str = "cm_tun";
 pub const UNDERLAY_IF: &str = "ul0";
-const POD_MTU: &str = "1450";
+const POD_MTU: u32 = 1450;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -55,22 +56,9 @@ pub struct Gateway {
 pub struct Topology {
     pub kind: TunnelKind,
     pub gws: Vec<Gateway>,
-    namespaces: Vec<String>,
+    namespaces: Namespaces,
     pin_dirs: Vec<PathBuf>,
     pub cgroups: Vec<PathBuf>,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -88,7 +76,7 @@ impl Topology {
         let mut t = Topology {
             kind,
             gws: Vec::new(),
-            namespaces: Vec::new(),
+            namespaces: Namespaces::new(),
             pin_dirs: Vec::new(),
             cgroups: Vec::new(),
         };
@@ -140,7 +128,6 @@ impl Topology {
         for (g, list) in pods.iter().enumerate() {
             for (n, (pod_ip, identity)) in list.iter().enumerate() {
                 let pod_ns = format!("cm{id}-p{}{n}", ["a", "b"][g]);
-                t.add_netns(&pod_ns);
                 let pod = t.add_pod(g, &pod_ns, &format!("vp{n}"), *pod_ip, *identity);
                 t.gws[g].pods.push(pod);
             }
@@ -149,13 +136,11 @@ impl Topology {
     }
 
     fn add_netns(&mut self, ns: &str) {
-        ip(&["netns", "add", ns]);
-        self.namespaces.push(ns.to_string());
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        self.namespaces.add(ns);
     }
 
     fn add_pod(
-        &self,
+        &mut self,
         g: usize,
         pod_ns: &str,
         host_if: &str,
@@ -163,43 +148,17 @@ impl Topology {
         identity: u32,
     ) -> Pod {
         let gw_ns = self.gws[g].ns.clone();
-        ip(&[
-            "link", "add", host_if, "netns", &gw_ns, "type", "veth", "peer", "name", "eth0",
-            "netns", pod_ns,
-        ]);
-        ip(&["-n", &gw_ns, "link", "set", host_if, "mtu", POD_MTU, "up"]);
-        ip(&["-n", pod_ns, "link", "set", "eth0", "mtu", POD_MTU, "up"]);
-        ip(&[
-            "-n",
-            pod_ns,
-            "addr",
-            "add",
-            &format!("{pod_ip}/32"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            pod_ns,
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ip(&[
-            "-n",
-            pod_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
+        add_pod(
+            &mut self.namespaces,
+            &PodSpec {
+                node_ns: &gw_ns,
+                pod_ns,
+                host_if,
+                ip: pod_ip,
+                mtu: Some(POD_MTU),
+                next_hop: NextHop::Permanent,
+            },
+        );
         let hif = host_if.to_string();
         let (host_ifindex, host_mac) = in_ns(&gw_ns, move || {
             (
@@ -208,24 +167,6 @@ impl Topology {
             )
         });
         let pod_mac = in_ns(pod_ns, || netdev::mac_address("eth0").expect("pod mac"));
-        let lladdr = host_mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        ip(&[
-            "-n",
-            pod_ns,
-            "neigh",
-            "add",
-            "169.254.1.1",
-            "lladdr",
-            &lladdr,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
         Pod {
             ns: pod_ns.to_string(),
             ip: pod_ip,
@@ -342,9 +283,7 @@ impl Drop for Topology {
                 eprintln!("cleanup: removing pins {}: {e}", dir.display());
             }
         }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        // The namespaces go with `self.namespaces` (after the pins above).
         for cg in &self.cgroups {
             let _ = std::fs::remove_dir(cg);
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clustermesh_node_agent::datapath::netns::named_netns_path;
+use crate::netns::named_netns_path;
 
 /// A running `tcpdump -c 1` inside a netns; killed on drop if still running.
 pub struct Capture {
@@ -131,6 +131,7 @@ pub fn tunnel_vni(pcap: &[u8]) -> Result<u32, String> {
     Ok((u32::from(hdr[4]) << 16) | (u32::from(hdr[5]) << 8) | u32::from(hdr[6]))
 }
 
+#[cfg(test)]
 #[test]
 fn parses_a_vxlan_vni() {
     let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
