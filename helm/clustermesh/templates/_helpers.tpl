@@ -195,8 +195,5 @@ Checks of the values; renders nothing, fails the install with a message.
 {{- if not (has .Values.nodeAgent.tunnel (list "vxlan" "geneve" "native")) }}
 {{- fail (printf "nodeAgent.tunnel must be vxlan, geneve or native, not %q" .Values.nodeAgent.tunnel) }}
 {{- end }}
-{{- if not .Values.nodeAgent.underlayDev }}
-{{- fail "nodeAgent.underlayDev is required: the device towards the peer gateways" }}
-{{- end }}
 {{- end }}
 {{- end }}
