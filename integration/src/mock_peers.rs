@@ -372,6 +372,7 @@ async fn run_churn(
                         key: id.1,
                         value,
                         revision: rev,
+                        origin_unix_micros: None,
                     };
                     drop(st);
                     let _ = events.send((rev, ev));
@@ -424,6 +425,7 @@ impl ClusterMesh for PeerService {
                     key: key.clone(),
                     value: v.clone(),
                     revision: st.revision,
+                    origin_unix_micros: None,
                 })
                 .collect();
             for kind in RECORD_KINDS {
@@ -438,10 +440,12 @@ impl ClusterMesh for PeerService {
                         kind: kind as i32,
                         records,
                         unix_millis: 0,
+                        digest: None,
                     }
                     .encode_to_vec()
                     .into(),
                     revision: st.revision,
+                    origin_unix_micros: None,
                 });
             }
             (st.epoch.clone(), st.revision, st.info.clone(), events)
