@@ -18,6 +18,7 @@ pub mod host;
 pub mod labels;
 pub mod mtu;
 pub mod policy;
+pub mod propagation;
 pub mod reconciler;
 pub mod routes;
 pub mod run;

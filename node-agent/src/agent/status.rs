@@ -62,6 +62,7 @@ pub struct Status {
     pub datapath: DatapathStatus,
     /// Records in the view: nodes, endpoints, identities, services, policies.
     pub records: [usize; 5],
+    pub propagation: super::propagation::Propagation,
 }
 
 impl Status {
@@ -203,6 +204,7 @@ impl Status {
         for (kind, name, help, v) in families {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        self.propagation.render(&mut s);
         if let Some(m) = metrics {
             let _ = writeln!(
                 s,
