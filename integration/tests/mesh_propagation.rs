@@ -12,7 +12,6 @@
 mod mesh_support;
 mod metrics_support;
 
-
 use clustermesh_integration::eventually;
 use clustermesh_integration::mock_peers::{Churn, Markers, MockPeers, Shape};
 use clustermesh_proto::v1::{Kind, RecordHeader};

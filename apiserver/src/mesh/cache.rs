@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clustermesh_proto::attest::{self, Tally};
 use clustermesh_proto::mirror::{Change, Mirror, RecordId};
 use clustermesh_proto::v1::{
     BatchType, Event, EventType, Kind, RecordCount, SyncMismatch, SyncedMarker, WatchBatch,
@@ -28,6 +27,7 @@ use prost::Message;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::attest::Attestations;
 use super::ingest::gate::{Gate, GateOp, Verdict};
 use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
@@ -61,11 +61,8 @@ pub struct PeerCache {
     gate: Gate,
     /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
     lookup: Option<Lookup>,
-    /// The peer's own records the ingest rules refused (value digests): they
-    /// count in what its markers attest, though not written.
-    refused: BTreeMap<RecordId, [u8; 16]>,
-    /// Kinds whose last marker did not attest what was mirrored.
-    mismatch: BTreeMap<Kind, SyncMismatch>,
+    /// What the peer's markers attest, compared with what was mirrored.
+    attest: Attestations,
 }
 
 /// Reads the value stored under a full key.
@@ -134,8 +131,7 @@ impl PeerCache {
             deferred: BTreeMap::new(),
             gate,
             lookup: None,
-            refused: BTreeMap::new(),
-            mismatch: BTreeMap::new(),
+            attest: Attestations::default(),
         };
         if ctx.is_some() {
             c.gate.mark_dirty();
@@ -197,24 +193,13 @@ impl PeerCache {
             .synced
             .iter()
             .map(|(_, k)| *k)
-            .filter(|k| !self.mismatch.contains_key(k))
+            .filter(|k| !self.attest.is_mismatched(*k))
             .collect()
     }
 
     /// Markers that did not attest what was mirrored.
     pub fn mismatches(&self) -> Vec<SyncMismatch> {
-        self.mismatch.values().cloned().collect()
-    }
-
-    /// What the refused records of `kind` add to the mirror's tally.
-    fn refused_tally(&self, kind: Kind) -> Tally {
-        let mut t = Tally::default();
-        for ((k, _, key), d) in &self.refused {
-            if *k == kind {
-                t.add(attest::record_hash_of_digest(key, d));
-            }
-        }
-        t
+        self.attest.mismatches()
     }
 
     /// Records held in the store for this peer, per kind.
@@ -264,7 +249,7 @@ impl PeerCache {
         let mut out = Applied::default();
         let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
         if t == BatchType::SnapshotBegin {
-            self.refused.clear();
+            self.attest.snapshot_begins();
         }
         // Origin stamps of live upserts: written with the record (field 13).
         let mut stamps: BTreeMap<RecordId, i64> = BTreeMap::new();
@@ -283,7 +268,7 @@ impl PeerCache {
                 match self.peer.check(&e, ctx) {
                     Ok(()) => {
                         if record {
-                            self.refused.remove(&id);
+                            self.attest.accepted(&id);
                         }
                         if let Some(at) = e.origin_unix_micros
                             && e.r#type == EventType::Upsert as i32
@@ -294,7 +279,7 @@ impl PeerCache {
                     }
                     Err(err) => {
                         if e.cluster == self.peer.name && e.r#type == EventType::Upsert as i32 {
-                            self.refused.insert(id, attest::value_digest(&e.value));
+                            self.attest.refused(id, &e.value);
                         }
                         if t == BatchType::Events
                             && e.r#type == EventType::Upsert as i32
@@ -315,7 +300,9 @@ impl PeerCache {
         let outcome = self.mirror.apply(&batch);
         out.snapshot_done = outcome.snapshot_done;
         out.resync = outcome.resync;
-        let changed = self.attest(&outcome.attested, outcome.snapshot_done);
+        let changed =
+            self.attest
+                .evaluate(&self.peer.name, &outcome.attested, outcome.snapshot_done);
         let mut newly_synced = BTreeSet::new();
         for change in outcome.changes {
             match change {
@@ -352,14 +339,14 @@ impl PeerCache {
                 }
                 Change::Synced { kind, .. } => {
                     newly_synced.insert(kind);
-                    if !self.mismatch.contains_key(&kind) {
+                    if !self.attest.is_mismatched(kind) {
                         // The deferred records the peer's full set no longer have go first.
                         self.sweep(|id, _| id.0 == kind, &mut out.ops);
                         out.ops.push(self.marker(kind));
                     }
                 }
                 Change::Unsynced { kind, .. } => {
-                    self.mismatch.remove(&kind);
+                    self.attest.unsynced(kind);
                     out.ops
                         .push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
                 }
@@ -372,7 +359,7 @@ impl PeerCache {
             if !synced || newly_synced.contains(&kind) {
                 continue;
             }
-            if self.mismatch.contains_key(&kind) {
+            if self.attest.is_mismatched(kind) {
                 out.ops
                     .push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
             } else {
@@ -387,59 +374,6 @@ impl PeerCache {
         }
         self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
         out
-    }
-
-    /// Compares the markers' attestations with what was mirrored (plus what
-    /// the ingest rules refused: the peer did send it). Returns the kinds
-    /// whose state (attested or not) changed. At a snapshot's end, a kind
-    /// whose marker there carried no digest is no longer held as mismatched.
-    fn attest(
-        &mut self,
-        attested: &[clustermesh_proto::mirror::Attested],
-        snapshot_done: bool,
-    ) -> BTreeSet<Kind> {
-        let mut changed = BTreeSet::new();
-        let mut seen = BTreeSet::new();
-        for a in attested.iter().filter(|a| a.cluster == self.peer.name) {
-            seen.insert(a.kind);
-            let refused = self.refused_tally(a.kind);
-            let mirrored = Tally {
-                records: a.mirrored.records + refused.records,
-                digest: a.mirrored.digest.wrapping_add(refused.digest),
-            };
-            let was = self.mismatch.contains_key(&a.kind);
-            if a.marker == mirrored {
-                self.mismatch.remove(&a.kind);
-            } else {
-                warn!(peer = %self.peer.name, kind = a.kind.segment(), marker_records = a.marker.records, mirrored_records = mirrored.records, marker_digest = format!("{:016x}", a.marker.digest), mirrored_digest = format!("{:016x}", mirrored.digest), "the peer's synced marker does not attest what was mirrored; the kind is not synced");
-                self.mismatch.insert(
-                    a.kind,
-                    SyncMismatch {
-                        kind: a.kind as i32,
-                        marker_records: a.marker.records,
-                        mirrored_records: mirrored.records,
-                        marker_digest: a.marker.digest,
-                        mirrored_digest: mirrored.digest,
-                    },
-                );
-            }
-            if was != self.mismatch.contains_key(&a.kind) {
-                changed.insert(a.kind);
-            }
-        }
-        if snapshot_done {
-            let stale: Vec<Kind> = self
-                .mismatch
-                .keys()
-                .filter(|k| !seen.contains(k))
-                .copied()
-                .collect();
-            for k in stale {
-                self.mismatch.remove(&k);
-                changed.insert(k);
-            }
-        }
-        changed
     }
 
     /// Writes what the gate admits or takes back after the peer's nodes changed.
@@ -542,8 +476,7 @@ impl PeerCache {
         self.mirror = Mirror::compact();
         self.deferred.clear();
         self.gate.clear();
-        self.refused.clear();
-        self.mismatch.clear();
+        self.attest = Attestations::default();
         withdraw_ops(&self.peer.name)
     }
 }
