@@ -10,7 +10,6 @@
 mod mesh_support;
 mod metrics_support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clustermesh_integration::apiserver::Cluster;
@@ -20,7 +19,6 @@ use clustermesh_proto::v1::Kind;
 use mesh_support::*;
 use metrics_support::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Heartbeats every 200 ms, but the default peer-timeout (10 s): a killed
 /// peer must show disconnected long before a silent one would.
