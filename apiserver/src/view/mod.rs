@@ -7,6 +7,8 @@
 
 mod event;
 pub mod feed;
+#[cfg(test)]
+mod stamp_tests;
 
 pub use event::{Class, Target, ViewEvent, exported_flag};
 
@@ -351,8 +353,12 @@ impl View {
             .iter()
             .filter_map(|(k, e)| {
                 let target = Target::of(k, &self.local);
-                let value = match target.class {
-                    Class::LocalSynced => self.attested_marker(&st, target.kind, &e.value),
+                // Peers check the attestation; agents (merged) do not, and a
+                // mass reconnect of agents should not hash the cluster each.
+                let value = match (target.class, scope) {
+                    (Class::LocalSynced, Scope::Exported) => {
+                        self.attested_marker(&st, target.kind, &e.value)
+                    }
                     _ => e.value.clone(),
                 };
                 let ev = ViewEvent {
