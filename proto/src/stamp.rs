@@ -12,7 +12,9 @@ use crate::v1::RecordHeader;
 
 /// Tag of field 13, wire type 1 (64-bit).
 const TAG: u8 = (13 << 3) | 1;
-const LEN: usize = 9;
+/// Bytes a stamp adds to a record.
+pub const STAMP_LEN: usize = 9;
+const LEN: usize = STAMP_LEN;
 
 /// Microseconds since the Unix epoch now (0 before 1970).
 pub fn now_micros() -> i64 {

@@ -39,9 +39,39 @@ pub struct Batch {
 /// One key as the view holds it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The stored bytes (a mirrored record with its propagation stamp).
     pub value: Bytes,
     pub mod_revision: i64,
     pub exported: bool,
+    /// Bytes of a propagation stamp at the end of `value` (0 or
+    /// [`stamp::STAMP_LEN`]).
+    pub stamp_len: usize,
+}
+
+impl Entry {
+    fn new(target: &Target, value: Bytes, mod_revision: i64) -> (Entry, Option<i64>) {
+        let exported = exported_flag(target, &value);
+        let at = match target.class {
+            Class::PeerRecord => stamp::split(&value).1,
+            _ => None,
+        };
+        let stamp_len = if at.is_some() { stamp::STAMP_LEN } else { 0 };
+        (
+            Entry {
+                value,
+                mod_revision,
+                exported,
+                stamp_len,
+            },
+            at,
+        )
+    }
+
+    /// What Watch serves: the origin's bytes, without a propagation stamp
+    /// (it travels in `Event.origin_unix_micros`).
+    pub fn served(&self) -> Bytes {
+        self.value.slice(..self.value.len() - self.stamp_len)
+    }
 }
 
 /// Tunables.
@@ -143,15 +173,7 @@ impl View {
                 .into_iter()
                 .map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
-                    let exported = exported_flag(&target, &kv.value);
-                    (
-                        kv.key,
-                        Entry {
-                            value: kv.value,
-                            mod_revision: kv.mod_revision,
-                            exported,
-                        },
-                    )
+                    (kv.key, Entry::new(&target, kv.value, kv.mod_revision).0)
                 })
                 .collect();
             st.epoch = epoch.to_owned();
@@ -248,24 +270,17 @@ impl View {
             let mut origin_micros = None;
             let (value, rev) = match change {
                 Some((value, mod_rev)) => {
+                    let (entry, mirrored_at) = Entry::new(&target, value, mod_rev);
                     origin_micros = match target.class {
                         Class::LocalRecord => Some(observed),
-                        Class::PeerRecord => stamp::split(&value).1,
-                        _ => None,
+                        _ => mirrored_at,
                     };
-                    if let (Class::PeerRecord, Some(at)) = (target.class, origin_micros) {
+                    if let Some(at) = mirrored_at {
                         stamps.push((target.cluster.clone(), at));
                     }
-                    let exported = exported_flag(&target, &value);
-                    st.entries.insert(
-                        key,
-                        Entry {
-                            value: value.clone(),
-                            mod_revision: mod_rev,
-                            exported,
-                        },
-                    );
-                    (Some(value), mod_rev)
+                    let served = entry.served();
+                    st.entries.insert(key, entry);
+                    (Some(served), mod_rev)
                 }
                 None => {
                     if st.entries.remove(&key).is_none() {
@@ -359,7 +374,7 @@ impl View {
                     (Class::LocalSynced, Scope::Exported) => {
                         self.attested_marker(&st, target.kind, &e.value)
                     }
-                    _ => e.value.clone(),
+                    _ => e.served(),
                 };
                 let ev = ViewEvent {
                     target,

@@ -139,6 +139,15 @@ fn mirrored_stamps_are_reported_and_served() {
         .find_map(|e| e.to_wire(Scope::Merged, &[]).filter(|w| w.key == "n1"))
         .expect("n1");
     assert_eq!(n1.origin_unix_micros, Some(1_234));
+    assert_eq!(
+        n1.value, bare,
+        "served without the stamp: it travels in the event"
+    );
+    assert_eq!(
+        v.get(&keys::cache(Kind::Node, "a", "n1"))
+            .map(|e| e.served()),
+        Some(bare.clone())
+    );
     // A snapshot carries no stamp.
     let Start::Snapshot { events, .. } = v.subscribe(Scope::Merged, &[], None).start else {
         panic!("snapshot");
