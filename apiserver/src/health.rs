@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use clustermesh_proto::v1::Kind;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -57,6 +58,9 @@ fn route(api: &ApiServer, path: &str, accept: Option<&str>) -> Response<Full<Byt
                         "name": p.name, "enabled": p.enabled, "connected": p.connected,
                         "ready": crate::metrics::peer_ready(p), "synced_kinds": p.synced.len(),
                         "failures": p.failures, "rejected_records": p.rejected_records,
+                        "sync_mismatch": p.sync_mismatch.iter()
+                            .filter_map(|m| Kind::try_from(m.kind).ok().map(|k| k.segment()))
+                            .collect::<Vec<_>>(),
                         "withdrawn": p.withdrawn, "last_error": p.last_error,
                     })
                 })

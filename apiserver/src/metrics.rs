@@ -140,9 +140,10 @@ pub struct Metrics {
     bootstrapped: AtomicBool,
     bootstrap_seconds: Gauge<f64, AtomicU64>,
     rejected_records: Family<RejectLabels, Counter>,
-    /// Fed once records carry the origin apiserver's timestamp (issue 12,
-    /// point 2); registered now so dashboards and alerts can be written.
+    /// Fed by the view's feed when it serves a mirrored record that carries
+    /// its origin's stamp.
     propagation_delay: HistogramFamily,
+    propagation_skewed: Family<SourceLabels, Counter>,
     watch_events: Counter,
     watch_resyncs: Counter,
     etcd_errors: Family<OperationLabels, Counter>,
@@ -175,9 +176,16 @@ impl Metrics {
             Family::new_with_constructor(propagation_histogram);
         registry.register(
             "propagation_delay_seconds",
-            "Seconds from the origin apiserver observing a change to this apiserver serving it, by origin cluster (fed once records carry origin timestamps)",
+            "Seconds from the origin apiserver observing a change to this apiserver serving it, by origin cluster (clocks must be synchronised)",
             Listed(propagation_delay.clone()),
         );
+        let propagation_skewed = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "propagation_clock_skew",
+            "Propagation stamps from the future (the origin's clock is ahead of ours): observed as 0 s and counted here, by origin cluster",
+            Listed(propagation_skewed.clone()),
+        );
+
         let watch_events = Counter::default();
         registry.register(
             "watch_events",
@@ -204,6 +212,7 @@ impl Metrics {
             bootstrap_seconds,
             rejected_records,
             propagation_delay,
+            propagation_skewed,
             watch_events,
             watch_resyncs,
             etcd_errors,
@@ -238,13 +247,22 @@ impl Metrics {
             .inc_by(count);
     }
 
-    /// Observes one change's end-to-end delay from `source`. Nothing calls
-    /// it yet: the contract has no origin timestamp (issue 12, point 2).
-    pub fn propagation(&self, source: &str, seconds: f64) {
+    /// Observes one change's end-to-end delay from `source`: stamped by its
+    /// origin at `origin_micros`, served here at `now_micros`. A stamp from
+    /// the future (clock skew) is observed as 0 and counted.
+    pub fn propagation(&self, source: &str, origin_micros: i64, now_micros: i64) {
+        let labels = SourceLabels {
+            source_cluster: source.to_owned(),
+        };
+        let seconds = match clustermesh_proto::stamp::delay_seconds(origin_micros, now_micros) {
+            Ok(s) => s,
+            Err(_skew) => {
+                self.propagation_skewed.get_or_create(&labels).inc();
+                0.0
+            }
+        };
         self.propagation_delay
-            .get_or_create(&SourceLabels {
-                source_cluster: source.to_owned(),
-            })
+            .get_or_create(&labels)
             .observe(seconds);
     }
 
@@ -267,9 +285,10 @@ impl Metrics {
 }
 
 /// A peer is ready while its stream is up (`connected`), it has marked
-/// kinds synced, and its records are not withdrawn.
+/// kinds synced, no marker failed its attestation, and its records are not
+/// withdrawn.
 pub fn peer_ready(p: &PeerStatus) -> bool {
-    p.enabled && p.connected && !p.synced.is_empty() && !p.withdrawn
+    p.enabled && p.connected && !p.synced.is_empty() && !p.withdrawn && p.sync_mismatch.is_empty()
 }
 
 /// Families read from the view at scrape time.
@@ -322,6 +341,23 @@ impl Collector for State {
         for p in &peers {
             ConstCounter::new(p.failures)
                 .encode(fam.encode_family(&[("target_cluster", p.name.as_str())])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "sync_mismatch",
+            "1 while the peer's synced marker of the kind does not attest what was mirrored (count or digest differ): the kind is not synced, the peer not ready",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &peers {
+            for kind in clustermesh_proto::RECORD_KINDS {
+                let bad = p.sync_mismatch.iter().any(|m| m.kind == kind as i32);
+                let labels = [
+                    ("source_cluster", p.name.as_str()),
+                    ("kind", kind.segment()),
+                ];
+                ConstGauge::new(i64::from(bad)).encode(fam.encode_family(&labels)?)?;
+            }
         }
 
         let mut fam = encoder.encode_descriptor(
@@ -379,6 +415,8 @@ mod tests {
             ("bootstrap_seconds", "gauge"),
             ("leader", "gauge"),
             ("propagation_delay_seconds", "histogram"),
+            ("propagation_clock_skew", "counter"),
+            ("sync_mismatch", "gauge"),
             ("watch_events", "counter"),
             ("watch_resyncs", "counter"),
             ("etcd_errors", "counter"),

@@ -9,11 +9,17 @@
 //!    raw etcd put → watch round trip on A's etcd.
 //! 4. wire: bytes a watcher receives for one backend change in a
 //!    5,000-backend global service.
+//! 5. propagation_histogram: changes from a peer at 1,000/s, the receiving
+//!    apiserver's propagation_delay_seconds (scraped from /metrics) beside
+//!    the benchmark's own measurement of the same changes.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench control_plane`
 //! (numbers and the machine are written down in docs/benchmarks.md).
 
 use std::time::{Duration, Instant};
+
+#[path = "control_plane/histogram.rs"]
+mod histogram;
 
 use clustermesh_apiserver::store::{EtcdOptions, Store, WriteOp};
 use clustermesh_certs::Role;
@@ -69,6 +75,32 @@ fn record(i: usize, cluster: &str) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+/// [`record`] at address `ip` (a peer's ingest rules want an endpoint's key
+/// to be its IP, inside a pod CIDR the peer announces: see [`peer_gateway`]).
+fn record_at(ip: &str, i: usize, cluster: &str) -> Vec<u8> {
+    let mut e = Endpoint::decode(record(i, cluster).as_slice()).expect("own record");
+    e.ip = ip.to_owned();
+    e.encode_to_vec()
+}
+
+/// The exported gateway node of a bench peer: its pod CIDR 10.9.0.0/16
+/// covers the endpoints [`paced_writes`] writes.
+fn peer_gateway(cluster: &str) -> WriteOp {
+    WriteOp::put(
+        keys::state(Kind::Node, cluster, "gw"),
+        Node {
+            name: "gw".into(),
+            internal_ips: vec!["192.168.1.1".into()],
+            pod_cidrs: vec!["10.9.0.0/16".into()],
+            gateway: true,
+            cluster: cluster.into(),
+            exported: true,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
 }
 
 async fn write_burst(store: &Store, cluster: &str, events: usize, tag: &str) -> Duration {
@@ -449,7 +481,7 @@ async fn paced_writes(
         let key = format!("10.9.{}.{}", i / 256, i % 256);
         let op = WriteOp::put(
             keys::state(Kind::Endpoint, &cluster, &key),
-            record(i, &cluster),
+            record_at(&key, i, &cluster),
         );
         sent.lock().expect("lock").insert(key, Instant::now());
         let s = store.clone();
@@ -486,14 +518,17 @@ async fn propagation(rate: u64, count: usize) {
     .expect("snap");
     // Warm the path (peer connected and synced).
     store
-        .apply(&[WriteOp::put(
-            keys::state(Kind::Endpoint, "prop-a", "warm"),
-            record(0, "prop-a"),
-        )])
+        .apply(&[
+            peer_gateway("prop-a"),
+            WriteOp::put(
+                keys::state(Kind::Endpoint, "prop-a", "10.9.255.1"),
+                record_at("10.9.255.1", 0, "prop-a"),
+            ),
+        ])
         .await
         .expect("w");
     w.until(Duration::from_secs(30), "warm-up record", |m| {
-        m.records.keys().any(|k| k.2 == "warm")
+        m.records.keys().any(|k| k.2 == "10.9.255.1")
     })
     .await
     .expect("warm");
@@ -596,6 +631,13 @@ fn main() {
         }
         if run("wire") {
             wire(5000).await;
+        }
+        if run("propagation_histogram") {
+            histogram::run(
+                env_usize("BENCH_RATE", 1000) as u64,
+                env_usize("BENCH_CHANGES", 5000),
+            )
+            .await;
         }
         if run("propagation") {
             propagation(

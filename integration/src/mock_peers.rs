@@ -70,8 +70,21 @@ const CHURN_STEP: Duration = Duration::from_millis(20);
 
 type RecordId = (Kind, String);
 
+/// What a mock peer's synced markers attest (docs/mesh.md "Attested sync").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Markers {
+    /// No digest, as an older peer sends (accepted unchecked).
+    #[default]
+    Legacy,
+    /// The true count and digest of what it serves.
+    Honest,
+    /// A count `extra` higher than what it serves, and a digest off by `extra`.
+    Lying { extra: u64 },
+}
+
 struct PeerState {
     info: ClusterInfo,
+    markers: Markers,
     epoch: String,
     revision: i64,
     records: BTreeMap<RecordId, Bytes>,
@@ -114,6 +127,11 @@ impl MockPeer {
     /// Changes made since start (churn).
     pub fn changes(&self) -> u64 {
         lock(&self.state).changes
+    }
+
+    /// What its markers attest from the next Watch on.
+    pub fn set_markers(&self, m: Markers) {
+        lock(&self.state).markers = m;
     }
 
     /// The identity number of this peer's `k`-th identity.
@@ -255,6 +273,7 @@ impl MockPeers {
                     capabilities: vec![],
                 },
                 epoch: format!("mock-{c}-{}", std::process::id()),
+                markers: Markers::Legacy,
                 revision: 1,
                 records: initial_records(&name, c, shape),
                 changes: 0,
@@ -372,6 +391,8 @@ async fn run_churn(
                         key: id.1,
                         value,
                         revision: rev,
+                        // When the mock made the change.
+                        origin_unix_micros: Some(clustermesh_proto::stamp::now_micros()),
                     };
                     drop(st);
                     let _ = events.send((rev, ev));
@@ -424,10 +445,24 @@ impl ClusterMesh for PeerService {
                     key: key.clone(),
                     value: v.clone(),
                     revision: st.revision,
+                    origin_unix_micros: None,
                 })
                 .collect();
             for kind in RECORD_KINDS {
-                let records = st.records.keys().filter(|(k, _)| *k == kind).count() as u64;
+                let mut tally = clustermesh_proto::attest::Tally::default();
+                for ((k, key), v) in &st.records {
+                    if *k == kind {
+                        tally.add(clustermesh_proto::attest::record_hash(key, v));
+                    }
+                }
+                let (records, digest) = match st.markers {
+                    Markers::Legacy => (tally.records, None),
+                    Markers::Honest => (tally.records, Some(tally.digest)),
+                    Markers::Lying { extra } => (
+                        tally.records + extra,
+                        Some(tally.digest.wrapping_add(extra)),
+                    ),
+                };
                 events.push(Event {
                     r#type: EventType::Synced as i32,
                     kind: kind as i32,
@@ -438,10 +473,12 @@ impl ClusterMesh for PeerService {
                         kind: kind as i32,
                         records,
                         unix_millis: 0,
+                        digest,
                     }
                     .encode_to_vec()
                     .into(),
                     revision: st.revision,
+                    origin_unix_micros: None,
                 });
             }
             (st.epoch.clone(), st.revision, st.info.clone(), events)

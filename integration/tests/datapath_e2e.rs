@@ -11,8 +11,10 @@
 //! (only app=frontend → app=backend on TCP 8080, enforced across clusters);
 //! the global service (backends of both clusters, then affinity local, then
 //! the fallback to remote); the pod MTU; restarting each agent while a 10/s
-//! ping runs loses no packet and flushes nothing; native routing; and
-//! removing an endpoint from B's manifests removes it at A.
+//! ping runs loses no packet and flushes nothing; native routing;
+//! removing an endpoint from B's manifests removes it at A; and adding it
+//! back moves A's agent's `clustermesh_agent_propagation_delay_seconds`
+//! for B (parsed with Python's prometheus_client).
 
 mod datapath_support;
 
@@ -466,6 +468,70 @@ async fn endpoint_removal(m: &Mesh) {
     );
 }
 
+/// A's agent's propagation histogram count for `source` (its `/metrics`
+/// parsed by prometheus_client's text parser).
+fn agent_propagation_count(a: &Agent, source: &str) -> f64 {
+    const PARSE: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families as p
+src = sys.argv[1]
+n = 0.0
+for f in p(sys.stdin.read()):
+    if f.name == "clustermesh_agent_propagation_delay_seconds":
+        assert f.type == "histogram", f.type
+        for s in f.samples:
+            if s.name.endswith("_count") and s.labels.get("source_cluster") == src:
+                n = s.value
+print(n)
+"#;
+    let body = a.get("/metrics").unwrap_or_default();
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PARSE, source])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python3 ran");
+    assert!(
+        out.status.success(),
+        "the parser refused the agent's /metrics:\n{body}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+}
+
+async fn agent_propagation(m: &Mesh) {
+    let pin = &m.t.gws[0].pin_dir;
+    let before = agent_propagation_count(&m.agents[0], "west");
+    write(
+        m.dirs[1].path(),
+        "20-pods.yaml",
+        &pods_yaml(&m.t.gws[1], &[]),
+    )
+    .expect("write");
+    eventually("frontend-b back in A's ipcache", T, || async {
+        has_host_entry(pin, FRONT_B).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let after = eventually("A's agent observed west's change", T, || async {
+        let n = agent_propagation_count(&m.agents[0], "west");
+        (n > before).then_some(n)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", m.agents[0].get("/metrics").unwrap_or_default()));
+    println!("agent propagation histogram for west: {before} -> {after} observations");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datapath_e2e() {
     if !require_root("datapath_e2e") {
@@ -484,6 +550,7 @@ async fn datapath_e2e() {
     restart_under_ping(&mut m).await;
     native(&mut m).await;
     endpoint_removal(&m).await;
+    agent_propagation(&m).await;
     if std::env::var_os("CM_E2E_SHOW_LOGS").is_some() {
         for a in &m.agents {
             println!("--- {} ---\n{}", a.name, a.log());

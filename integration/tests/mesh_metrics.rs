@@ -8,8 +8,8 @@
 //! counted by reason; a follower replica shows the same readiness.
 
 mod mesh_support;
+mod metrics_support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clustermesh_integration::apiserver::Cluster;
@@ -17,171 +17,8 @@ use clustermesh_integration::eventually;
 use clustermesh_integration::http::http_get;
 use clustermesh_proto::v1::Kind;
 use mesh_support::*;
+use metrics_support::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One parsed family: its type and samples (name, labels, value).
-#[derive(Debug, Clone)]
-struct Family {
-    ty: String,
-    samples: Vec<(String, BTreeMap<String, String>, f64)>,
-}
-
-type Families = BTreeMap<String, Family>;
-
-/// Parses `/metrics` with Python's prometheus_client: its Prometheus text
-/// format parser (`prometheus_client.parser`) for `text/plain`, its
-/// OpenMetrics parser (strict: a missing `# EOF`, bad names or values are
-/// refused) for `application/openmetrics-text`.
-const PARSE: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families as text
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
-parse = openmetrics if sys.argv[1] == "openmetrics" else text
-out = {}
-for f in parse(sys.stdin.read()):
-    out[f.name] = {"type": f.type, "samples": [[s.name, s.labels, s.value] for s in f.samples]}
-print(json.dumps(out))
-"#;
-
-/// The two formats `/metrics` serves, with the Accept header asking for each.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Format {
-    /// What Prometheus asks for.
-    OpenMetrics,
-    /// What a client that asks for nothing in particular (curl) gets.
-    Text,
-}
-
-impl Format {
-    fn accept(self) -> Option<&'static str> {
-        match self {
-            Format::OpenMetrics => Some(
-                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
-            ),
-            Format::Text => None,
-        }
-    }
-    fn content_type(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0",
-            Format::Text => "text/plain; version=0.0.4",
-        }
-    }
-    fn parser(self) -> &'static str {
-        match self {
-            Format::OpenMetrics => "openmetrics",
-            Format::Text => "text",
-        }
-    }
-}
-
-async fn parse(text: &str, format: Format) -> Families {
-    let mut child = tokio::process::Command::new("python3")
-        .args(["-c", PARSE, format.parser()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (scripts/install-deps.sh installs prometheus-client)");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(text.as_bytes()).await.expect("write");
-    drop(stdin);
-    let out = child.wait_with_output().await.expect("python3 ran");
-    assert!(
-        out.status.success(),
-        "the {format:?} parser refused /metrics: {}\n--- text:\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("parser JSON");
-    let mut fams = Families::new();
-    for (name, f) in v.as_object().expect("object") {
-        let samples = f["samples"]
-            .as_array()
-            .expect("samples")
-            .iter()
-            .map(|s| {
-                let labels = s[1]
-                    .as_object()
-                    .expect("labels")
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect();
-                (
-                    s[0].as_str().unwrap_or_default().to_owned(),
-                    labels,
-                    s[2].as_f64().unwrap_or(f64::NAN),
-                )
-            })
-            .collect();
-        let ty = f["type"].as_str().unwrap_or_default().to_owned();
-        fams.insert(name.clone(), Family { ty, samples });
-    }
-    fams
-}
-
-/// `GET /metrics` over plain HTTP/1.1 with `format`'s Accept header:
-/// checks the status and Content-Type, returns the body.
-async fn get_metrics(addr: &str, format: Format) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let accept = format
-        .accept()
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let header = |name: &str| {
-        head.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    assert!(header("transfer-encoding").is_none(), "{head}");
-    let ct = header("content-type").unwrap_or_default();
-    assert!(ct.starts_with(format.content_type()), "{format:?}: {ct}");
-    body.to_owned()
-}
-
-/// Scrapes `c`'s `/metrics` as Prometheus does and parses it.
-async fn scrape(c: &Cluster) -> Families {
-    scrape_as(c, Format::OpenMetrics).await
-}
-
-async fn scrape_as(c: &Cluster, format: Format) -> Families {
-    scrape_replica(&c.api().health, format).await
-}
-
-async fn scrape_replica(health: &str, format: Format) -> Families {
-    parse(&get_metrics(health, format).await, format).await
-}
-
-/// The value of the sample `sample` of family `family` whose labels include `labels`.
-fn value(f: &Families, family: &str, sample: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let fam = f.get(&format!("clustermesh_apiserver_{family}"))?;
-    fam.samples
-        .iter()
-        .find(|(n, l, _)| {
-            *n == format!("clustermesh_apiserver_{sample}")
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
-}
-
-fn readiness(f: &Families, peer: &str) -> Option<f64> {
-    value(
-        f,
-        "remote_cluster_readiness_status",
-        "remote_cluster_readiness_status",
-        &[("target_cluster", peer)],
-    )
-}
 
 /// Heartbeats every 200 ms, but the default peer-timeout (10 s): a killed
 /// peer must show disconnected long before a silent one would.
@@ -227,7 +64,7 @@ async fn seed_alpha(a: &Cluster) {
 }
 
 /// Every family of DESIGN §12 (and the operator extras), with its type.
-const FAMILIES: [(&str, &str); 12] = [
+const FAMILIES: [(&str, &str); 14] = [
     ("remote_clusters", "gauge"),
     ("remote_cluster_readiness_status", "gauge"),
     ("remote_cluster_failures", "counter"),
@@ -237,6 +74,8 @@ const FAMILIES: [(&str, &str); 12] = [
     ("bootstrap_seconds", "gauge"),
     ("leader", "gauge"),
     ("propagation_delay_seconds", "histogram"),
+    ("propagation_clock_skew", "counter"),
+    ("sync_mismatch", "gauge"),
     ("watch_events", "counter"),
     ("watch_resyncs", "counter"),
     ("etcd_errors", "counter"),

@@ -2,6 +2,7 @@
 //! helpers every side needs: the 24-bit identity layout, store key names and
 //! validation of cluster names and IDs.
 
+pub mod attest;
 pub mod backoff;
 pub mod clock;
 pub mod duration;
@@ -9,6 +10,7 @@ pub mod identity;
 pub mod keys;
 pub mod mirror;
 pub mod selection;
+pub mod stamp;
 pub mod validate;
 
 /// Generated protobuf and gRPC code for `clustermesh.v1`.

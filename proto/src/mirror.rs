@@ -7,13 +7,37 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use crate::v1::{BatchType, Event, EventType, Kind, ResumePoint, WatchBatch};
+use prost::Message;
+
+use crate::attest::{self, Tally};
+use crate::v1::{BatchType, Event, EventType, Kind, ResumePoint, SyncedMarker, WatchBatch};
 
 /// (kind, cluster, key) of one record.
 pub type RecordId = (Kind, String, String);
 
 /// Records and sync markers staged while a snapshot arrives.
 type Staging = (BTreeMap<RecordId, Bytes>, BTreeSet<(String, Kind)>);
+
+/// A synced marker that attests its kind's content (it has a digest), and
+/// what the mirror held of that kind and cluster when the marker arrived
+/// (live), or at the end of the snapshot that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    pub cluster: String,
+    pub kind: Kind,
+    pub marker: Tally,
+    pub mirrored: Tally,
+}
+
+/// The count and digest a marker's bytes attest, if they carry a digest
+/// (a marker of an older peer has none).
+pub fn marker_tally(value: &[u8]) -> Option<Tally> {
+    let m = SyncedMarker::decode(value).ok()?;
+    Some(Tally {
+        records: m.records,
+        digest: m.digest?,
+    })
+}
 
 /// A change to the mirrored set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +56,8 @@ pub struct Outcome {
     pub snapshot_done: bool,
     /// The server asked for a resync (the stream ends after this).
     pub resync: Option<String>,
+    /// Markers with a digest, in order, with what was mirrored.
+    pub attested: Vec<Attested>,
 }
 
 /// A mirrored copy of what a Watch stream delivered.
@@ -42,6 +68,8 @@ pub struct Mirror {
     pub records: BTreeMap<RecordId, Bytes>,
     pub synced: BTreeSet<(String, Kind)>,
     staging: Option<Staging>,
+    /// Markers with a digest staged while a snapshot arrives.
+    staged_markers: Vec<(String, Kind, Tally)>,
     /// Snapshots received (for tests and metrics).
     pub snapshots: u64,
     /// Snapshots that were resets (a resume that could not continue).
@@ -59,20 +87,9 @@ fn id_of(e: &Event) -> RecordId {
     )
 }
 
-/// A 128-bit digest of a value: two SipHash-1-3 passes with different prefixes.
+/// A 128-bit digest of a value ([`crate::attest::value_digest`]).
 fn digest(v: &[u8]) -> Bytes {
-    use std::hash::{Hash, Hasher};
-    let mut out = [0u8; 16];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new_with_keys(
-            0x636c_7573_7465_726d ^ i as u64,
-            0x6573_685f_6d69_7272,
-        );
-        v.hash(&mut h);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
-    }
-    Bytes::copy_from_slice(&out)
+    Bytes::copy_from_slice(&crate::attest::value_digest(v))
 }
 
 impl Mirror {
@@ -106,6 +123,33 @@ impl Mirror {
         self.records.insert(id, kept);
     }
 
+    /// Count and digest ([`crate::attest`]) of what the mirror holds of
+    /// `kind` from `cluster`.
+    pub fn tally(&self, cluster: &str, kind: Kind) -> Tally {
+        let from = (kind, cluster.to_owned(), String::new());
+        let mut t = Tally::default();
+        for ((k, c, key), v) in self.records.range(from..) {
+            if *k != kind || c != cluster {
+                break;
+            }
+            t.add(if self.compact {
+                attest::record_hash_of_digest(key, v)
+            } else {
+                attest::record_hash(key, v)
+            });
+        }
+        t
+    }
+
+    fn attest(&self, cluster: &str, kind: Kind, marker: Tally) -> Attested {
+        Attested {
+            cluster: cluster.to_owned(),
+            kind,
+            marker,
+            mirrored: self.tally(cluster, kind),
+        }
+    }
+
     /// Where to resume from, once something has been received.
     pub fn resume_point(&self) -> Option<ResumePoint> {
         (!self.epoch.is_empty() && self.staging.is_none()).then(|| ResumePoint {
@@ -125,6 +169,7 @@ impl Mirror {
         match BatchType::try_from(b.r#type).unwrap_or(BatchType::Unspecified) {
             BatchType::SnapshotBegin => {
                 self.staging = Some((BTreeMap::new(), BTreeSet::new()));
+                self.staged_markers.clear();
                 self.snapshots += 1;
                 if b.reset {
                     self.resets += 1;
@@ -139,10 +184,11 @@ impl Mirror {
                                 recs.insert(id_of(e), e.value.clone());
                             }
                             Ok(EventType::Synced) => {
-                                synced.insert((
-                                    e.cluster.clone(),
-                                    Kind::try_from(e.kind).unwrap_or(Kind::Unspecified),
-                                ));
+                                let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unspecified);
+                                synced.insert((e.cluster.clone(), kind));
+                                if let Some(t) = marker_tally(&e.value) {
+                                    self.staged_markers.push((e.cluster.clone(), kind, t));
+                                }
                             }
                             _ => {}
                         }
@@ -184,6 +230,9 @@ impl Mirror {
                     self.synced = synced;
                     self.revision = b.revision;
                     out.snapshot_done = true;
+                    for (c, k, t) in std::mem::take(&mut self.staged_markers) {
+                        out.attested.push(self.attest(&c, k, t));
+                    }
                 }
             }
             BatchType::Events => {
@@ -207,11 +256,16 @@ impl Mirror {
                                 out.changes.push(Change::Delete { id });
                             }
                         }
-                        Ok(EventType::Synced) if self.synced.insert((e.cluster.clone(), kind)) => {
-                            out.changes.push(Change::Synced {
-                                cluster: e.cluster.clone(),
-                                kind,
-                            });
+                        Ok(EventType::Synced) => {
+                            if let Some(t) = marker_tally(&e.value) {
+                                out.attested.push(self.attest(&e.cluster, kind, t));
+                            }
+                            if self.synced.insert((e.cluster.clone(), kind)) {
+                                out.changes.push(Change::Synced {
+                                    cluster: e.cluster.clone(),
+                                    kind,
+                                });
+                            }
                         }
                         Ok(EventType::Unsynced)
                             if self.synced.remove(&(e.cluster.clone(), kind)) =>
@@ -250,6 +304,7 @@ mod tests {
             key: key.into(),
             value: Bytes::from(v.to_owned()),
             revision: 0,
+            origin_unix_micros: None,
         }
     }
     fn b(t: BatchType, rev: i64, events: Vec<Event>) -> WatchBatch {

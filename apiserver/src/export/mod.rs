@@ -375,6 +375,7 @@ impl Exporter {
                         kind: kind as i32,
                         records: records as u64,
                         unix_millis: clustermesh_proto::clock::unix_millis(),
+                        digest: None,
                     };
                     ops.push(WriteOp::put(key, marker.encode_to_vec()));
                 }

@@ -17,16 +17,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clustermesh_proto::keys;
 use clustermesh_proto::mirror::{Change, Mirror, RecordId};
 use clustermesh_proto::v1::{
-    BatchType, Event, EventType, Kind, RecordCount, SyncedMarker, WatchBatch,
+    BatchType, Event, EventType, Kind, RecordCount, SyncMismatch, SyncedMarker, WatchBatch,
 };
 use clustermesh_proto::{RECORD_KINDS, v1::ResumePoint};
+use clustermesh_proto::{keys, stamp};
 use prost::Message;
 use tokio::time::Instant;
 use tracing::warn;
 
+use super::attest::Attestations;
 use super::ingest::gate::{Gate, GateOp, Verdict};
 use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
@@ -60,6 +61,8 @@ pub struct PeerCache {
     gate: Gate,
     /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
     lookup: Option<Lookup>,
+    /// What the peer's markers attest, compared with what was mirrored.
+    attest: Attestations,
 }
 
 /// Reads the value stored under a full key.
@@ -101,6 +104,7 @@ impl PeerCache {
                         key: key.to_owned(),
                         value: kv.value.clone(),
                         revision: 0,
+                        origin_unix_micros: None,
                     };
                     if let Err(err) = peer.check(&e, ctx) {
                         ops.push(WriteOp::delete(kv.key.clone()));
@@ -110,7 +114,8 @@ impl PeerCache {
                 }
                 let id = (kind, cluster.to_owned(), key.to_owned());
                 gate.seed(&id, &kv.value);
-                mirror.seed(id, &kv.value);
+                // The mirror holds the origin's bytes, without our stamp.
+                mirror.seed(id, &stamp::split(&kv.value).0);
             }
         }
         for kv in synced {
@@ -126,6 +131,7 @@ impl PeerCache {
             deferred: BTreeMap::new(),
             gate,
             lookup: None,
+            attest: Attestations::default(),
         };
         if ctx.is_some() {
             c.gate.mark_dirty();
@@ -180,8 +186,20 @@ impl PeerCache {
         self.mirror.resume_point()
     }
 
+    /// Kinds the peer marked synced and whose marker attested what was
+    /// mirrored (or carried no digest).
     pub fn synced_kinds(&self) -> Vec<Kind> {
-        self.mirror.synced.iter().map(|(_, k)| *k).collect()
+        self.mirror
+            .synced
+            .iter()
+            .map(|(_, k)| *k)
+            .filter(|k| !self.attest.is_mismatched(*k))
+            .collect()
+    }
+
+    /// Markers that did not attest what was mirrored.
+    pub fn mismatches(&self) -> Vec<SyncMismatch> {
+        self.attest.mismatches()
     }
 
     /// Records held in the store for this peer, per kind.
@@ -230,12 +248,39 @@ impl PeerCache {
     ) -> Applied {
         let mut out = Applied::default();
         let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
+        if t == BatchType::SnapshotBegin {
+            self.attest.snapshot_begins();
+        }
+        // Origin stamps of live upserts: written with the record (field 13).
+        let mut stamps: BTreeMap<RecordId, i64> = BTreeMap::new();
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
             let events = std::mem::take(&mut batch.events);
             for mut e in events {
+                let id = (
+                    Kind::try_from(e.kind).unwrap_or(Kind::Unspecified),
+                    e.cluster.clone(),
+                    e.key.clone(),
+                );
+                let record = matches!(
+                    EventType::try_from(e.r#type),
+                    Ok(EventType::Upsert | EventType::Delete)
+                );
                 match self.peer.check(&e, ctx) {
-                    Ok(()) => batch.events.push(e),
+                    Ok(()) => {
+                        if record {
+                            self.attest.accepted(&id);
+                        }
+                        if let Some(at) = e.origin_unix_micros
+                            && e.r#type == EventType::Upsert as i32
+                        {
+                            stamps.insert(id, at);
+                        }
+                        batch.events.push(e)
+                    }
                     Err(err) => {
+                        if e.cluster == self.peer.name && e.r#type == EventType::Upsert as i32 {
+                            self.attest.refused(id, &e.value);
+                        }
                         if t == BatchType::Events
                             && e.r#type == EventType::Upsert as i32
                             && e.cluster == self.peer.name
@@ -255,12 +300,19 @@ impl PeerCache {
         let outcome = self.mirror.apply(&batch);
         out.snapshot_done = outcome.snapshot_done;
         out.resync = outcome.resync;
+        let changed =
+            self.attest
+                .evaluate(&self.peer.name, &outcome.attested, outcome.snapshot_done);
         let mut newly_synced = BTreeSet::new();
         for change in outcome.changes {
             match change {
                 Change::Upsert { id, value } => {
                     self.deferred.remove(&id);
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    let value = match stamps.get(&id) {
+                        Some(at) => stamp::append(&value, *at),
+                        None => value,
+                    };
                     match self.gate.upsert(&id, &value) {
                         Verdict::Admit => out.ops.push(WriteOp::put(key, value)),
                         Verdict::Pending { was_written } => {
@@ -287,19 +339,37 @@ impl PeerCache {
                 }
                 Change::Synced { kind, .. } => {
                     newly_synced.insert(kind);
-                    // The deferred records the peer's full set no longer has go first.
-                    self.sweep(|id, _| id.0 == kind, &mut out.ops);
-                    out.ops.push(self.marker(kind));
+                    if !self.attest.is_mismatched(kind) {
+                        // The deferred records the peer's full set no longer have go first.
+                        self.sweep(|id, _| id.0 == kind, &mut out.ops);
+                        out.ops.push(self.marker(kind));
+                    }
                 }
                 Change::Unsynced { kind, .. } => {
+                    self.attest.unsynced(kind);
                     out.ops
                         .push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
                 }
             }
         }
+        // A kind already synced whose attestation changed: its marker goes
+        // (mismatch) or comes back (attested again).
+        for kind in changed {
+            let synced = self.mirror.synced.contains(&(self.peer.name.clone(), kind));
+            if !synced || newly_synced.contains(&kind) {
+                continue;
+            }
+            if self.attest.is_mismatched(kind) {
+                out.ops
+                    .push(WriteOp::delete(keys::synced(&self.peer.name, kind)));
+            } else {
+                self.sweep(|id, _| id.0 == kind, &mut out.ops);
+                out.ops.push(self.marker(kind));
+            }
+        }
         if outcome.snapshot_done {
             // Deferred records of kinds already synced in this snapshot go now.
-            let synced: BTreeSet<Kind> = self.mirror.synced.iter().map(|(_, k)| *k).collect();
+            let synced: BTreeSet<Kind> = self.synced_kinds().into_iter().collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
         }
         self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
@@ -395,6 +465,7 @@ impl PeerCache {
             kind: kind as i32,
             records,
             unix_millis: clustermesh_proto::clock::unix_millis(),
+            digest: None,
         };
         WriteOp::put(keys::synced(&self.peer.name, kind), m.encode_to_vec())
     }
@@ -405,6 +476,7 @@ impl PeerCache {
         self.mirror = Mirror::compact();
         self.deferred.clear();
         self.gate.clear();
+        self.attest = Attestations::default();
         withdraw_ops(&self.peer.name)
     }
 }
@@ -444,6 +516,7 @@ mod tests {
             key: key.into(),
             value,
             revision: 1,
+            origin_unix_micros: None,
         }
     }
     fn synced() -> Event {

@@ -15,6 +15,7 @@
 //!
 //! See docs/mesh.md for the behaviour and the defaults.
 
+pub mod attest;
 pub mod cache;
 pub mod ingest;
 pub mod liveness;

@@ -441,6 +441,7 @@ impl PeerLoop {
         self.status.connected = self.cfg.enabled && self.link_up(now);
         if let Some(cache) = &self.cache {
             self.status.synced = cache.synced_kinds().into_iter().map(|k| k as i32).collect();
+            self.status.sync_mismatch = cache.mismatches();
             let pending = cache.pending() as u64;
             self.status.pending_records = pending;
             self.status.pending_by_reason.clear();

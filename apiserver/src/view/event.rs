@@ -90,6 +90,10 @@ pub struct ViewEvent {
     pub revision: i64,
     pub exported_before: bool,
     pub exported_now: bool,
+    /// A live upsert's propagation stamp (µs since the Unix epoch): when
+    /// this apiserver observed a change of its own cluster, or the origin's
+    /// stamp carried by a mirrored record. `None` in snapshots.
+    pub origin_micros: Option<i64>,
 }
 
 impl ViewEvent {
@@ -123,6 +127,7 @@ impl ViewEvent {
             kind: t.kind as i32,
             cluster: t.cluster.clone(),
             key: t.key.clone(),
+            origin_unix_micros: self.origin_micros.filter(|_| ev_type == EventType::Upsert),
             value,
             revision: self.revision,
         })
@@ -141,6 +146,7 @@ mod tests {
             revision: 7,
             exported_before: before,
             exported_now: now,
+            origin_micros: None,
         }
     }
 

@@ -110,7 +110,13 @@ async fn feed_once(
             }
         }
         if !changes.is_empty() {
-            view.apply(revision, changes);
+            let stamps = view.apply(revision, changes);
+            if !stamps.is_empty() {
+                let now = clustermesh_proto::stamp::now_micros();
+                for (source, at) in stamps {
+                    metrics.propagation(&source, at, now);
+                }
+            }
         }
     }
     Ok(())

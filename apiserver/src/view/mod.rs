@@ -7,6 +7,8 @@
 
 mod event;
 pub mod feed;
+#[cfg(test)]
+mod stamp_tests;
 
 pub use event::{Class, Target, ViewEvent, exported_flag};
 
@@ -16,8 +18,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use clustermesh_proto::keys;
-use clustermesh_proto::v1::{Event, Kind, RecordCount, Scope};
+use clustermesh_proto::attest::{self, Tally};
+use clustermesh_proto::v1::{Event, Kind, RecordCount, Scope, SyncedMarker};
+use clustermesh_proto::{keys, stamp};
+use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::store::Kv;
@@ -35,9 +39,39 @@ pub struct Batch {
 /// One key as the view holds it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The stored bytes (a mirrored record with its propagation stamp).
     pub value: Bytes,
     pub mod_revision: i64,
     pub exported: bool,
+    /// Bytes of a propagation stamp at the end of `value` (0 or
+    /// [`stamp::STAMP_LEN`]).
+    pub stamp_len: usize,
+}
+
+impl Entry {
+    fn new(target: &Target, value: Bytes, mod_revision: i64) -> (Entry, Option<i64>) {
+        let exported = exported_flag(target, &value);
+        let at = match target.class {
+            Class::PeerRecord => stamp::split(&value).1,
+            _ => None,
+        };
+        let stamp_len = if at.is_some() { stamp::STAMP_LEN } else { 0 };
+        (
+            Entry {
+                value,
+                mod_revision,
+                exported,
+                stamp_len,
+            },
+            at,
+        )
+    }
+
+    /// What Watch serves: the origin's bytes, without a propagation stamp
+    /// (it travels in `Event.origin_unix_micros`).
+    pub fn served(&self) -> Bytes {
+        self.value.slice(..self.value.len() - self.stamp_len)
+    }
 }
 
 /// Tunables.
@@ -139,15 +173,7 @@ impl View {
                 .into_iter()
                 .map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
-                    let exported = exported_flag(&target, &kv.value);
-                    (
-                        kv.key,
-                        Entry {
-                            value: kv.value,
-                            mod_revision: kv.mod_revision,
-                            exported,
-                        },
-                    )
+                    (kv.key, Entry::new(&target, kv.value, kv.mod_revision).0)
                 })
                 .collect();
             st.epoch = epoch.to_owned();
@@ -183,10 +209,47 @@ impl View {
         self.apply_locked(&mut st, revision, changes);
     }
 
-    /// Applies one watch response's changes (key, Some((value, mod_revision)) or None for delete).
-    pub fn apply(&self, revision: i64, changes: Vec<(String, Option<(Bytes, i64)>)>) {
+    /// Applies one watch response's changes (key, Some((value, mod_revision))
+    /// or None for delete). Returns the propagation stamps of the mirrored
+    /// records it now serves: (origin cluster, origin µs).
+    pub fn apply(
+        &self,
+        revision: i64,
+        changes: Vec<(String, Option<(Bytes, i64)>)>,
+    ) -> Vec<(String, i64)> {
         let mut st = self.lock();
-        self.apply_locked(&mut st, revision, changes);
+        self.apply_locked(&mut st, revision, changes)
+    }
+
+    /// Count and digest ([`attest`]) of the records of `kind` this cluster
+    /// exports: what a peer's mirror holds at this revision.
+    fn exported_tally(&self, st: &State, kind: Kind) -> Tally {
+        let prefix = keys::state_prefix(kind, &self.local);
+        let mut t = Tally::default();
+        for (k, e) in st
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            if e.exported {
+                t.add(attest::record_hash(&k[prefix.len()..], &e.value));
+            }
+        }
+        t
+    }
+
+    /// This cluster's marker of `kind` as Watch serves it: with the count and
+    /// digest of what is exported now (docs/mesh.md "Attested sync").
+    fn attested_marker(&self, st: &State, kind: Kind, stored: &Bytes) -> Bytes {
+        let mut m = SyncedMarker::decode(stored.clone()).unwrap_or_else(|_| SyncedMarker {
+            cluster: self.local.clone(),
+            kind: kind as i32,
+            ..Default::default()
+        });
+        let t = self.exported_tally(st, kind);
+        m.records = t.records;
+        m.digest = Some(t.digest);
+        m.encode_to_vec().into()
     }
 
     fn apply_locked(
@@ -194,26 +257,30 @@ impl View {
         st: &mut State,
         revision: i64,
         changes: Vec<(String, Option<(Bytes, i64)>)>,
-    ) {
+    ) -> Vec<(String, i64)> {
+        let mut stamps = Vec::new();
         if revision <= st.revision {
-            return; // already applied (a watch resumed from an older revision)
+            return stamps; // already applied (a watch resumed from an older revision)
         }
+        let observed = stamp::now_micros();
         let mut events = Vec::with_capacity(changes.len());
         for (key, change) in changes {
             let target = Target::of(&key, &self.local);
             let exported_before = st.entries.get(&key).is_some_and(|e| e.exported);
+            let mut origin_micros = None;
             let (value, rev) = match change {
                 Some((value, mod_rev)) => {
-                    let exported = exported_flag(&target, &value);
-                    st.entries.insert(
-                        key,
-                        Entry {
-                            value: value.clone(),
-                            mod_revision: mod_rev,
-                            exported,
-                        },
-                    );
-                    (Some(value), mod_rev)
+                    let (entry, mirrored_at) = Entry::new(&target, value, mod_rev);
+                    origin_micros = match target.class {
+                        Class::LocalRecord => Some(observed),
+                        _ => mirrored_at,
+                    };
+                    if let Some(at) = mirrored_at {
+                        stamps.push((target.cluster.clone(), at));
+                    }
+                    let served = entry.served();
+                    st.entries.insert(key, entry);
+                    (Some(served), mod_rev)
                 }
                 None => {
                     if st.entries.remove(&key).is_none() {
@@ -223,12 +290,18 @@ impl View {
                 }
             };
             let exported_now = value.as_ref().is_some_and(|v| exported_flag(&target, v));
+            // Served with what is exported at this point of the batch.
+            let value = match (target.class, value) {
+                (Class::LocalSynced, Some(v)) => Some(self.attested_marker(st, target.kind, &v)),
+                (_, v) => v,
+            };
             events.push(ViewEvent {
                 target,
                 value,
                 revision: rev,
                 exported_before,
                 exported_now,
+                origin_micros,
             });
         }
         st.revision = revision;
@@ -250,6 +323,7 @@ impl View {
         }
         // No receivers is fine.
         let _ = self.tx.send(batch);
+        stamps
     }
 
     /// Starts a subscription: snapshot or replay, and a receiver for what
@@ -293,12 +367,22 @@ impl View {
             .entries
             .iter()
             .filter_map(|(k, e)| {
+                let target = Target::of(k, &self.local);
+                // Peers check the attestation; agents (merged) do not, and a
+                // mass reconnect of agents should not hash the cluster each.
+                let value = match (target.class, scope) {
+                    (Class::LocalSynced, Scope::Exported) => {
+                        self.attested_marker(&st, target.kind, &e.value)
+                    }
+                    _ => e.served(),
+                };
                 let ev = ViewEvent {
-                    target: Target::of(k, &self.local),
-                    value: Some(e.value.clone()),
+                    target,
+                    value: Some(value),
                     revision: e.mod_revision,
                     exported_before: false,
                     exported_now: e.exported,
+                    origin_micros: None,
                 };
                 ev.to_wire(scope, kinds)
             })

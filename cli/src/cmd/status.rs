@@ -45,6 +45,12 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
             "records": p.counts.iter().map(|c| json!({"kind": kind_name(c.kind), "count": c.count})).collect::<Vec<_>>(),
             "failures": p.failures, "rejected_records": p.rejected_records, "rejected_by_reason": p.rejected_by_reason,
             "pending_records": p.pending_records, "pending_by_reason": p.pending_by_reason,
+            "sync_mismatch": p.sync_mismatch.iter().map(|m| json!({
+                "kind": kind_name(m.kind),
+                "marker_records": m.marker_records, "mirrored_records": m.mirrored_records,
+                "marker_digest": format!("{:016x}", m.marker_digest),
+                "mirrored_digest": format!("{:016x}", m.mirrored_digest),
+            })).collect::<Vec<_>>(),
             "withdrawn": p.withdrawn, "last_error": p.last_error,
         })).collect::<Vec<_>>(),
     })
@@ -55,6 +61,8 @@ fn peer_state(p: &PeerStatus) -> &'static str {
         "disabled"
     } else if p.withdrawn {
         "withdrawn"
+    } else if p.connected && !p.sync_mismatch.is_empty() {
+        "out of sync"
     } else if p.connected {
         "connected"
     } else {

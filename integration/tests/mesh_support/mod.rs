@@ -239,6 +239,7 @@ pub fn markers(cluster: &str) -> Vec<WriteOp> {
                     kind: *k as i32,
                     records: 0,
                     unix_millis: 1,
+                    digest: None,
                 }
                 .encode_to_vec(),
             )

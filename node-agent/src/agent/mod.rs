@@ -19,6 +19,7 @@ pub mod host;
 pub mod labels;
 pub mod mtu;
 pub mod policy;
+pub mod propagation;
 pub mod reconciler;
 pub mod report;
 pub mod routes;

@@ -7,6 +7,7 @@
 //! contents, so traffic flows while the agent is down and a new agent adopts
 //! and reconciles them.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use super::config::AgentConfig;
 use super::health::{self, HealthState};
+use super::propagation::MAX_WAITING;
 use super::reconciler::{self, Reconciler, SetupError};
 use super::status::Status;
 use super::watch::{self, WatchConfig, WatchMsg};
@@ -110,6 +112,7 @@ fn handle(
     rec: &mut Reconciler,
     gate: &mut Gate,
     status: &Arc<Mutex<Status>>,
+    waiting: &mut VecDeque<(String, i64)>,
     msg: WatchMsg,
 ) -> bool {
     match msg {
@@ -125,9 +128,14 @@ fn handle(
         WatchMsg::Changes {
             changes,
             snapshot_done,
+            stamps,
         } => {
             for c in &changes {
                 rec.view.apply(c);
+            }
+            waiting.extend(stamps);
+            while waiting.len() > MAX_WAITING {
+                waiting.pop_front();
             }
             if snapshot_done {
                 gate.snapshot_seen = true;
@@ -190,6 +198,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut counters = CounterLog::default();
     let mut term = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut waiting: VecDeque<(String, i64)> = VecDeque::new();
     let mut gate = Gate {
         snapshot_seen: false,
         since: None,
@@ -202,9 +211,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         tokio::select! {
             m = rx.recv() => {
                 let Some(m) = m else { break };
-                view_changed |= handle(&mut rec, &mut gate, &status, m);
+                view_changed |= handle(&mut rec, &mut gate, &status, &mut waiting, m);
                 while let Ok(m) = rx.try_recv() {
-                    view_changed |= handle(&mut rec, &mut gate, &status, m);
+                    view_changed |= handle(&mut rec, &mut gate, &status, &mut waiting, m);
                 }
             }
             _ = scan.tick() => {
@@ -234,6 +243,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
             rec.reconcile();
         });
+        // The changes are in the maps once a reconcile applied without error.
+        if !waiting.is_empty()
+            && let Ok(mut s) = status.lock()
+            && s.datapath.last_error.is_none()
+        {
+            let now = clustermesh_proto::stamp::now_micros();
+            for (source, at) in waiting.drain(..) {
+                s.propagation.observe(&source, at, now);
+            }
+        }
     }
     watch.abort();
     reporter.abort();

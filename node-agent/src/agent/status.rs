@@ -73,6 +73,7 @@ pub struct Status {
     pub records: [usize; 5],
     /// Reports sent to the apiserver (`ReportAgent`).
     pub reports_sent: u64,
+    pub propagation: super::propagation::Propagation,
 }
 
 impl Status {
@@ -216,6 +217,7 @@ impl Status {
         for (kind, name, help, v) in families {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        self.propagation.render(&mut s);
         if let Some(m) = metrics {
             let _ = writeln!(
                 s,

@@ -31,7 +31,34 @@ pub enum WatchMsg {
     Changes {
         changes: Vec<Change>,
         snapshot_done: bool,
+        /// Propagation stamps of the live upserts among `changes`: (origin
+        /// cluster, µs since the Unix epoch).
+        stamps: Vec<(String, i64)>,
     },
+}
+
+/// The stamps of the live upserts of `batch` that `changes` holds.
+fn stamps_of(batch: &clustermesh_proto::v1::WatchBatch, changes: &[Change]) -> Vec<(String, i64)> {
+    let stamped: Vec<&clustermesh_proto::v1::Event> = batch
+        .events
+        .iter()
+        .filter(|e| e.origin_unix_micros.is_some())
+        .collect();
+    if stamped.is_empty() {
+        return Vec::new();
+    }
+    let changed: std::collections::BTreeSet<(i32, &str, &str)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert { id, .. } => Some((id.0 as i32, id.1.as_str(), id.2.as_str())),
+            _ => None,
+        })
+        .collect();
+    stamped
+        .into_iter()
+        .filter(|e| changed.contains(&(e.kind, e.cluster.as_str(), e.key.as_str())))
+        .filter_map(|e| Some((e.cluster.clone(), e.origin_unix_micros?)))
+        .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -140,9 +167,11 @@ async fn session(
             backoff.reset();
         }
         if out.snapshot_done || !out.changes.is_empty() {
+            let stamps = stamps_of(&batch, &out.changes);
             let m = WatchMsg::Changes {
                 changes: out.changes,
                 snapshot_done: out.snapshot_done,
+                stamps,
             };
             if tx.send(m).await.is_err() {
                 return Ok(End::Closed);

@@ -11,6 +11,7 @@ fn ev(t: EventType, kind: Kind, cluster: &str, key: &str, value: Vec<u8>) -> Eve
         key: key.into(),
         value: value.into(),
         revision: 1,
+        origin_unix_micros: None,
     }
 }
 
