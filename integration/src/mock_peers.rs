@@ -98,6 +98,7 @@ impl MockPeer {
             ca_pem: self.ca_pem.clone(),
             enabled: true,
             cluster_id: self.id,
+            ..Default::default()
         }
     }
 

@@ -44,8 +44,23 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
             "failures": p.failures, "rejected_records": p.rejected_records, "rejected_by_reason": p.rejected_by_reason,
             "pending_records": p.pending_records, "pending_by_reason": p.pending_by_reason,
             "withdrawn": p.withdrawn, "last_error": p.last_error,
+            "quota": p.quota.as_ref().map(|q| json!({"nodes": q.nodes, "endpoints": q.endpoints, "identities": q.identities, "services": q.services, "policies": q.policies, "bytes": q.bytes})),
+            "held_bytes": p.held_bytes, "over_quota": p.over_quota, "import_policies": p.import_policies,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The QUOTA column: `ok`, or what is over it and how many records it refused.
+fn quota_text(p: &PeerStatus) -> String {
+    if p.over_quota.is_empty() {
+        return "ok".into();
+    }
+    let over: Vec<String> = p
+        .over_quota
+        .iter()
+        .map(|(limit, refused)| format!("{limit}(-{refused})"))
+        .collect();
+    format!("OVER:{}", over.join(","))
 }
 
 fn peer_state(p: &PeerStatus) -> &'static str {
@@ -138,6 +153,8 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
                 p.failures.to_string(),
                 p.rejected_records.to_string(),
                 p.pending_records.to_string(),
+                quota_text(p),
+                if p.import_policies { "yes" } else { "no" }.into(),
                 p.last_error.clone(),
             ]
         })
@@ -153,6 +170,8 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
             "FAILURES",
             "REJECTED",
             "PENDING",
+            "QUOTA",
+            "POLICIES",
             "LAST ERROR",
         ],
         &rows,
@@ -315,6 +334,15 @@ mod tests {
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains(" all "), "{t}");
+        assert!(row.contains(" ok ") && row.contains(" no "), "{t}");
+        s.peers[0].over_quota = [("endpoints".to_string(), 12)].into();
+        s.peers[0].import_policies = true;
+        let t = to_text(&s, 15_000);
+        let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
+        assert!(row.contains("OVER:endpoints(-12)") && row.contains(" yes "), "{t}");
+        let v = to_json(&s, 15_000);
+        assert_eq!(v["peers"][0]["over_quota"]["endpoints"], 12);
+        assert_eq!(v["peers"][0]["import_policies"], true);
     }
 
     #[test]
