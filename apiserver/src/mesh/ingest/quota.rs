@@ -41,10 +41,11 @@ pub struct Quota {
     sizes: HashMap<RecordId, u64>,
     counts: BTreeMap<Kind, u64>,
     bytes: u64,
-    /// Refusals per limit name since the peer went over quota.
+    /// Refusals per limit name: those of the last full snapshot, plus those
+    /// of the events since.
     over: BTreeMap<String, u64>,
-    /// Refusals since the current snapshot began.
-    round: u64,
+    /// Refusals of the snapshot being applied (`Some` between its begin and end).
+    round: Option<BTreeMap<String, u64>>,
     /// Something held went away while over quota.
     room_freed: bool,
 }
@@ -69,7 +70,7 @@ impl Quota {
             counts: BTreeMap::new(),
             bytes: 0,
             over: BTreeMap::new(),
-            round: 0,
+            round: None,
             room_freed: false,
         }
     }
@@ -132,8 +133,8 @@ impl Quota {
                 Ok(())
             }
             Some((limit, detail)) => {
-                *self.over.entry(limit.to_owned()).or_default() += 1;
-                self.round += 1;
+                let counts = self.round.as_mut().unwrap_or(&mut self.over);
+                *counts.entry(limit.to_owned()).or_default() += 1;
                 if old.is_some() {
                     self.remove(id);
                 }
@@ -164,19 +165,21 @@ impl Quota {
     }
 
     pub fn snapshot_begin(&mut self) {
-        self.round = 0;
+        self.round = Some(BTreeMap::new());
     }
 
-    /// A full snapshot has been applied: when it refused nothing, nothing
-    /// of the peer is missing here.
+    /// A full snapshot has been applied: what it refused is exactly what
+    /// of the peer is missing here (nothing: within the quota again).
     pub fn snapshot_end(&mut self) {
-        if self.round == 0 {
-            self.over.clear();
+        if let Some(round) = self.round.take() {
+            self.over = round;
         }
         self.room_freed = false;
     }
 
-    /// Refusals per limit name while over quota (empty: within it).
+    /// Refusals per limit name while over quota (empty: within it): those
+    /// of the last full snapshot (exactly the records missing then) plus
+    /// those since.
     pub fn over(&self) -> &BTreeMap<String, u64> {
         &self.over
     }
@@ -240,7 +243,10 @@ mod tests {
         q.snapshot_end();
         assert!(q.over().is_empty());
         assert!(!q.wants_snapshot());
-        // A snapshot that refuses again keeps it.
+        // A snapshot that refuses again shows what it refused.
+        assert!(q.admit(&e3, 10).is_err());
+        assert!(q.admit(&e3, 10).is_err());
+        assert_eq!(q.over().get("endpoints"), Some(&2), "events add up");
         q.snapshot_begin();
         assert!(q.admit(&e3, 10).is_err());
         q.snapshot_end();
