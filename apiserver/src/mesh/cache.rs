@@ -63,6 +63,9 @@ pub struct PeerCache {
     quota: Quota,
     /// The next Watch starts with a full snapshot (see [`PeerCache::want_snapshot`]).
     fresh_snapshot: bool,
+    /// Whether the peer's policies are mirrored (`connect --import-policies`);
+    /// otherwise its policy events and markers are ignored.
+    import_policies: bool,
     /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
     lookup: Option<Lookup>,
 }
@@ -134,6 +137,7 @@ impl PeerCache {
             gate,
             quota: held,
             fresh_snapshot: false,
+            import_policies: true,
             lookup: None,
         };
         if ctx.is_some() {
@@ -172,6 +176,13 @@ impl PeerCache {
     /// The peer's quota (every field set; see [`clustermesh_proto::quota::or_defaults`]).
     pub fn with_quota(mut self, limits: clustermesh_proto::v1::PeerQuota) -> Self {
         self.quota.set_limits(limits);
+        self
+    }
+
+    /// Whether the peer's policies are mirrored (default yes; the peer loop
+    /// sets the registration's `import_policies`).
+    pub fn with_import_policies(mut self, import: bool) -> Self {
+        self.import_policies = import;
         self
     }
 
@@ -260,6 +271,10 @@ impl PeerCache {
     ) -> Applied {
         let mut out = Applied::default();
         let t = BatchType::try_from(batch.r#type).unwrap_or(BatchType::Unspecified);
+        if !self.import_policies {
+            // Not asked for (see session.rs); a peer that sends them anyway is ignored.
+            batch.events.retain(|e| e.kind != Kind::Policy as i32);
+        }
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
             let events = std::mem::take(&mut batch.events);
             for mut e in events {

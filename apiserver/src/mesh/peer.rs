@@ -223,13 +223,32 @@ impl PeerLoop {
         for p in prefixes {
             records.extend(self.ctx.store.list(&p).await?.1);
         }
-        let synced = self.ctx.store.list(&synced_prefix).await?.1;
+        let mut synced = self.ctx.store.list(&synced_prefix).await?.1;
+        let mut dropped = Vec::new();
+        if !self.cfg.import_policies {
+            // Policies mirrored while they were imported go (DESIGN §10:
+            // a peer's policies apply here only while imported).
+            let policies = keys::cache_prefix(Kind::Policy, &self.peer.name);
+            let marker = keys::synced(&self.peer.name, Kind::Policy);
+            let before = records.len() + synced.len();
+            records.retain(|kv| !kv.key.starts_with(&policies));
+            synced.retain(|kv| kv.key != marker);
+            if records.len() + synced.len() < before {
+                dropped = vec![WriteOp::delete_prefix(policies), WriteOp::delete(marker)];
+            }
+        }
         // What the store holds passes today's rules too (an older version,
         // or this cluster's ranges, may have let it in).
         let ctx = ingest_context(&self.ctx, &self.peer.name);
-        let (cache, ops, refused) =
+        let (cache, mut ops, refused) =
             PeerCache::seeded_checked(self.peer.clone(), records, synced, Some(&ctx));
-        let cache = cache.with_quota(self.limits());
+        let cache = cache
+            .with_quota(self.limits())
+            .with_import_policies(self.cfg.import_policies);
+        if !dropped.is_empty() {
+            info!(peer = %self.peer.name, "peer's policies are not imported (connect --import-policies): its mirrored policies are deleted");
+            ops.extend(dropped);
+        }
         for r in &refused {
             warn!(peer = %self.peer.name, reason = r.reason().label(), error = %r, "stored record fails the ingest rules; deleted");
         }

@@ -134,9 +134,10 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
         .iter()
         .map(|p| {
             let synced = kinds(&p.synced);
-            let all = clustermesh_proto::RECORD_KINDS
-                .iter()
-                .all(|k| p.synced.contains(&(*k as i32)));
+            // Policies not imported are never synced: "all" without them.
+            let all = clustermesh_proto::RECORD_KINDS.iter().all(|k| {
+                p.synced.contains(&(*k as i32)) || (*k == Kind::Policy && !p.import_policies)
+            });
             vec![
                 p.name.clone(),
                 p.cluster_id.to_string(),
@@ -334,12 +335,12 @@ mod tests {
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains(" all "), "{t}");
-        assert!(row.contains(" ok ") && row.contains(" no "), "{t}");
+        assert!(row.contains(" ok ") && row.trim_end().ends_with(" no"), "{t}");
         s.peers[0].over_quota = [("endpoints".to_string(), 12)].into();
         s.peers[0].import_policies = true;
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
-        assert!(row.contains("OVER:endpoints(-12)") && row.contains(" yes "), "{t}");
+        assert!(row.contains("OVER:endpoints(-12)") && row.trim_end().ends_with(" yes"), "{t}");
         let v = to_json(&s, 15_000);
         assert_eq!(v["peers"][0]["over_quota"]["endpoints"], 12);
         assert_eq!(v["peers"][0]["import_policies"], true);
