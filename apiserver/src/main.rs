@@ -81,6 +81,12 @@ struct Args {
     /// IPs and service backends inside it are refused (see docs/mesh.md "Ingest rules").
     #[arg(long = "service-cidr", value_parser = parse_service_cidr)]
     service_cidr: Vec<clustermesh_apiserver::mesh::ingest::Cidr>,
+    /// The default per-peer quota, `name=value,...` over nodes, endpoints, identities,
+    /// services, policies and bytes (e.g. `endpoints=100000,bytes=128MiB`); names left out
+    /// keep the built-in default (nodes=5000,endpoints=50000,identities=20000,services=10000,
+    /// policies=5000,bytes=64MiB). `clustermesh connect --quota` overrides it per peer.
+    #[arg(long, default_value = "", value_parser = clustermesh_proto::quota::parse)]
+    peer_quota: clustermesh_proto::v1::PeerQuota,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -148,6 +154,10 @@ async fn main() {
             peer_timeout: args.peer_timeout,
             stale_ttl: args.stale_ttl,
             service_cidrs: args.service_cidr,
+            quota: clustermesh_proto::quota::or_defaults(
+                &args.peer_quota,
+                &clustermesh_proto::quota::DEFAULT,
+            ),
             ..Default::default()
         },
     };

@@ -71,6 +71,15 @@ pub enum Command {
         /// The address the peer should dial to reach this cluster (default: --server).
         #[arg(long)]
         advertise: Option<String>,
+        /// Per-peer quota on what each side accepts from the other, `name=value,...` over
+        /// nodes, endpoints, identities, services, policies, bytes (e.g. `endpoints=100000,bytes=128MiB`);
+        /// names left out take the apiserver's --peer-quota (see docs/mesh.md "Per-peer quotas").
+        #[arg(long, value_parser = clustermesh_proto::quota::parse)]
+        quota: Option<clustermesh_proto::v1::PeerQuota>,
+        /// Each side applies the other's global NetworkPolicies to its own pods (off by
+        /// default: a peer's policies change nothing here; see docs/policy.md).
+        #[arg(long)]
+        import_policies: bool,
     },
     /// Remove a peer: on this side always, on the peer's side too when its credentials are given.
     Disconnect {
@@ -240,7 +249,10 @@ mod tests {
             "--advertise",
             "a:9",
         ]);
-        let Command::Connect { peer, advertise } = c.command else {
+        let Command::Connect {
+            peer, advertise, ..
+        } = c.command
+        else {
             panic!()
         };
         assert_eq!(peer.peer_server.as_deref(), Some("b:1"));

@@ -89,7 +89,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("{msg}");
             Ok(())
         }
-        Command::Connect { peer: p, advertise } => {
+        Command::Connect {
+            peer: p,
+            advertise,
+            quota,
+            import_policies,
+        } => {
             let ours = this_cluster(cli)?;
             let theirs = peer(p)?.context(
                 "connect needs the peer: --peer-server ADDR --peer-tls-dir DIR, or --peer-context NAME",
@@ -100,7 +105,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                     theirs.server
                 );
             }
-            cmd::connect::run(&ours, &theirs, advertise.as_deref()).await
+            let pairing = cmd::connect::Pairing {
+                quota: quota.clone().unwrap_or_default(),
+                import_policies: *import_policies,
+            };
+            cmd::connect::run(&ours, &theirs, advertise.as_deref(), &pairing).await
         }
         Command::Disconnect { peer_name, peer: p } => {
             let ours = this_cluster(cli)?;

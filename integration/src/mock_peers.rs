@@ -111,6 +111,7 @@ impl MockPeer {
             ca_pem: self.ca_pem.clone(),
             enabled: true,
             cluster_id: self.id,
+            ..Default::default()
         }
     }
 
@@ -137,6 +138,40 @@ impl MockPeer {
     /// The identity number of this peer's `k`-th identity.
     pub fn identity(&self, k: u32) -> u32 {
         identity_of(self.id, k)
+    }
+
+    /// This peer's `e`-th endpoint (carrying identity 1 when `flipped`), as
+    /// it serves it; `e` may go beyond its shape (up to 249 per node).
+    pub fn endpoint(&self, e: u32, flipped: bool) -> Endpoint {
+        endpoint_record(&self.name, self.id, self.shape, e, flipped)
+    }
+
+    /// Adds or replaces (`Some`) or deletes (`None`) the endpoint `ip`,
+    /// sent live to every Watch.
+    pub fn set_endpoint(&self, ip: &str, record: Option<&Endpoint>) {
+        let mut st = lock(&self.state);
+        st.changes += 1;
+        st.revision += 1;
+        let id = (Kind::Endpoint, ip.to_owned());
+        let (t, value): (EventType, Bytes) = match record {
+            Some(r) => (EventType::Upsert, r.encode_to_vec().into()),
+            None => (EventType::Delete, Bytes::new()),
+        };
+        match record {
+            Some(_) => st.records.insert(id, value.clone()),
+            None => st.records.remove(&id),
+        };
+        let ev = Event {
+            r#type: t as i32,
+            kind: Kind::Endpoint as i32,
+            cluster: self.name.clone(),
+            key: ip.to_owned(),
+            value,
+            revision: st.revision,
+        };
+        let rev = st.revision;
+        drop(st);
+        let _ = self.events.send((rev, ev));
     }
 }
 

@@ -235,6 +235,7 @@ async fn remote_certificates_need_a_registered_peer_and_its_ca() {
         ca_pem: gamma_ca.clone(),
         enabled: false,
         cluster_id: 26,
+        ..Default::default()
     };
     register(&a, zeta).await.unwrap();
     let e = clustermesh_integration::eventually("gamma's CA trusted by alpha", T, || async {
@@ -262,6 +263,7 @@ async fn remote_certificates_need_a_registered_peer_and_its_ca() {
         ca_pem: ca_pem(&b),
         enabled: false,
         cluster_id: 3,
+        ..Default::default()
     };
     register(&a, gamma).await.unwrap();
     let e = clustermesh_integration::eventually("gamma refused: wrong CA", T, || async {

@@ -107,6 +107,7 @@ async fn restart_with_more_than_4_mib_of_records_reads_in_pages_and_rewrites_not
         ca_pem,
         enabled: true,
         cluster_id: 2,
+        ..Default::default()
     })
     .await
     .expect("register peer");

@@ -215,6 +215,7 @@ impl Cluster {
             ca_pem,
             enabled: true,
             cluster_id: self.id,
+            ..Default::default()
         })
     }
 

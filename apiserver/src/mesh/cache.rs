@@ -29,6 +29,7 @@ use tracing::warn;
 
 use super::attest::Attestations;
 use super::ingest::gate::{Gate, GateOp, Verdict};
+use super::ingest::quota::{self, Quota};
 use super::ingest::{Context, PeerRef, RejectError};
 use crate::store::{Kv, WriteOp};
 use crate::view::View;
@@ -59,6 +60,13 @@ pub struct PeerCache {
     deferred: BTreeMap<RecordId, Instant>,
     /// Endpoints and services waiting for a node of the peer (ingest rules).
     gate: Gate,
+    /// What the peer holds here against its quota (written, pending, deferred).
+    quota: Quota,
+    /// The next Watch starts with a full snapshot (see [`PeerCache::want_snapshot`]).
+    fresh_snapshot: bool,
+    /// Whether the peer's policies are mirrored (`connect --import-policies`);
+    /// otherwise its policy events and markers are ignored.
+    import_policies: bool,
     /// Reads a stored value back (the view; see [`PeerCache::with_view`]).
     lookup: Option<Lookup>,
     /// What the peer's markers attest, compared with what was mirrored.
@@ -88,6 +96,7 @@ impl PeerCache {
     ) -> (PeerCache, Vec<WriteOp>, Vec<RejectError>) {
         let mut mirror = Mirror::compact();
         let mut gate = Gate::default();
+        let mut held = Quota::default();
         let mut ops = Vec::new();
         let mut refused = Vec::new();
         for kv in &records {
@@ -114,8 +123,10 @@ impl PeerCache {
                 }
                 let id = (kind, cluster.to_owned(), key.to_owned());
                 gate.seed(&id, &kv.value);
-                // The mirror holds the origin's bytes, without our stamp.
-                mirror.seed(id, &stamp::split(&kv.value).0);
+                // The mirror and the quota hold the origin's bytes, without our stamp.
+                let (origin, _) = stamp::split(&kv.value);
+                held.seed(&id, quota::cost(&id, origin.len()));
+                mirror.seed(id, &origin);
             }
         }
         for kv in synced {
@@ -130,6 +141,9 @@ impl PeerCache {
             mirror,
             deferred: BTreeMap::new(),
             gate,
+            quota: held,
+            fresh_snapshot: false,
+            import_policies: true,
             lookup: None,
             attest: Attestations::default(),
         };
@@ -166,6 +180,24 @@ impl PeerCache {
         self.with_lookup(Arc::new(move |key: &str| view.get(key).map(|e| e.value)))
     }
 
+    /// The peer's quota (every field set; see [`clustermesh_proto::quota::or_defaults`]).
+    pub fn with_quota(mut self, limits: clustermesh_proto::v1::PeerQuota) -> Self {
+        self.quota.set_limits(limits);
+        self
+    }
+
+    /// Whether the peer's policies are mirrored (default yes; the peer loop
+    /// sets the registration's `import_policies`).
+    pub fn with_import_policies(mut self, import: bool) -> Self {
+        self.import_policies = import;
+        self
+    }
+
+    /// What the peer holds here against its quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
     pub fn with_lookup(mut self, lookup: Lookup) -> Self {
         self.lookup = Some(lookup);
         self
@@ -182,8 +214,18 @@ impl PeerCache {
         )
     }
 
+    /// Where the next Watch resumes; None (a full snapshot) after
+    /// [`PeerCache::want_snapshot`] until that snapshot begins.
     pub fn resume_point(&self) -> Option<ResumePoint> {
+        if self.fresh_snapshot {
+            return None;
+        }
         self.mirror.resume_point()
+    }
+
+    /// The next Watch asks for a full snapshot (no resume point).
+    pub fn want_snapshot(&mut self) {
+        self.fresh_snapshot = true;
     }
 
     /// Kinds the peer marked synced and whose marker attested what was
@@ -253,6 +295,10 @@ impl PeerCache {
         }
         // Origin stamps of live upserts: written with the record (field 13).
         let mut stamps: BTreeMap<RecordId, i64> = BTreeMap::new();
+        if !self.import_policies {
+            // Not asked for (see session.rs); a peer that sends them anyway is ignored.
+            batch.events.retain(|e| e.kind != Kind::Policy as i32);
+        }
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
             let events = std::mem::take(&mut batch.events);
             for mut e in events {
@@ -296,8 +342,19 @@ impl PeerCache {
         }
         if t == BatchType::SnapshotBegin {
             out.reset = batch.reset;
+            self.fresh_snapshot = false;
+            self.quota.snapshot_begin();
         }
-        let outcome = self.mirror.apply(&batch);
+        let mut outcome = self.mirror.apply(&batch);
+        if outcome.snapshot_done {
+            // A snapshot's deletes first: a peer that replaced records is
+            // not refused for quota by the records it no longer has. (Each
+            // record appears once in a snapshot's changes, so order between
+            // records does not matter otherwise.)
+            outcome
+                .changes
+                .sort_by_key(|c| !matches!(c, Change::Delete { .. }));
+        }
         out.snapshot_done = outcome.snapshot_done;
         out.resync = outcome.resync;
         let changed =
@@ -307,8 +364,24 @@ impl PeerCache {
         for change in outcome.changes {
             match change {
                 Change::Upsert { id, value } => {
-                    self.deferred.remove(&id);
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    if let Err(r) = self.quota.admit(&id, quota::cost(&id, value.len())) {
+                        // Not written and not remembered: a resend is checked again.
+                        // The peer did send it: its markers count it (attested sync).
+                        self.attest.refused(id.clone(), &value);
+                        self.mirror.records.remove(&id);
+                        if r.was_held {
+                            let written = !self.gate.is_pending(&id);
+                            self.gate.deleted(&id);
+                            if written {
+                                out.ops.push(WriteOp::delete(key));
+                            }
+                        }
+                        self.deferred.remove(&id);
+                        out.rejected.push(r.error);
+                        continue;
+                    }
+                    self.deferred.remove(&id);
                     let value = match stamps.get(&id) {
                         Some(at) => stamp::append(&value, *at),
                         None => value,
@@ -325,6 +398,7 @@ impl PeerCache {
                 }
                 Change::Delete { id } if self.gate.is_pending(&id) => {
                     self.gate.deleted(&id);
+                    self.quota.remove(&id);
                 }
                 Change::Delete { id } => {
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
@@ -333,6 +407,7 @@ impl PeerCache {
                     } else {
                         self.deferred.remove(&id);
                         self.gate.deleted(&id);
+                        self.quota.remove(&id);
                         out.ops
                             .push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
                     }
@@ -371,6 +446,7 @@ impl PeerCache {
             // Deferred records of kinds already synced in this snapshot go now.
             let synced: BTreeSet<Kind> = self.synced_kinds().into_iter().collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
+            self.quota.snapshot_end();
         }
         self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
         out
@@ -420,6 +496,7 @@ impl PeerCache {
             None => {
                 warn!(peer = %self.peer.name, kind = id.0.segment(), key = %id.2, "value of a withdrawn record not found; it returns with the peer's next snapshot");
                 self.mirror.records.remove(&id);
+                self.quota.remove(&id);
             }
         }
     }
@@ -436,6 +513,7 @@ impl PeerCache {
             self.deferred.remove(&id);
             if !self.mirror.records.contains_key(&id) {
                 self.gate.deleted(&id);
+                self.quota.remove(&id);
                 ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
             }
         }
@@ -477,6 +555,7 @@ impl PeerCache {
         self.deferred.clear();
         self.gate.clear();
         self.attest = Attestations::default();
+        self.quota.clear();
         withdraw_ops(&self.peer.name)
     }
 }
@@ -593,10 +672,10 @@ mod tests {
         assert_eq!(
             a.ops,
             vec![
-                WriteOp::put(keys::cache(Kind::Node, "a", "n3"), node("n3", "1")),
                 WriteOp::delete(keys::cache(Kind::Node, "a", "n2")),
+                WriteOp::put(keys::cache(Kind::Node, "a", "n3"), node("n3", "1")),
             ],
-            "n1 unchanged: not rewritten; marker unchanged: not rewritten"
+            "n1 unchanged: not rewritten; marker unchanged: not rewritten (a snapshot's deletes come first)"
         );
         assert!(c.resume_point().is_some());
     }

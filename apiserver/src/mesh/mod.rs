@@ -58,6 +58,9 @@ pub struct MeshConfig {
     /// This cluster's service CIDRs (`--service-cidr`): no peer's pod CIDR,
     /// endpoint or backend may lie inside them.
     pub service_cidrs: Vec<ingest::Cidr>,
+    /// The default per-peer quota (`--peer-quota`, every field set): a
+    /// registration's zero fields take these.
+    pub quota: clustermesh_proto::v1::PeerQuota,
 }
 
 impl Default for MeshConfig {
@@ -67,6 +70,7 @@ impl Default for MeshConfig {
             stale_ttl: DEFAULT_STALE_TTL,
             status_interval: DEFAULT_STATUS_INTERVAL,
             service_cidrs: Vec::new(),
+            quota: clustermesh_proto::quota::DEFAULT,
         }
     }
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cache::{PeerCache, withdraw_ops};
-use super::ingest::{Context, PeerRef, Reason};
+use super::ingest::{Context, PeerRef, Reason, RejectError};
 use super::liveness::{Backoff, Liveness};
 use super::session::{Params, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
@@ -48,6 +48,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// the redial runs: a redial that fails (or takes longer) shows it
 /// disconnected at once, not after peer-timeout.
 pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
+/// How often, at most, a peer over its quota is asked for a fresh snapshot
+/// after room freed up (so the refused records that now fit arrive).
+pub const QUOTA_RESNAPSHOT_INTERVAL: Duration = Duration::from_secs(30);
 
 struct PeerLoop {
     ctx: Arc<MeshContext>,
@@ -74,6 +77,10 @@ struct PeerLoop {
     context: Option<(Instant, Arc<Context>)>,
     /// Digests of the refusals and pendings already logged.
     logged: HashSet<u64>,
+    /// Quota limits already logged as reached (until the peer is within its quota).
+    quota_logged: HashSet<&'static str>,
+    /// The earliest moment a fresh snapshot may be asked for (quota).
+    resnapshot_at: Instant,
 }
 
 /// Runs one peer's loop until `stop` flips.
@@ -112,6 +119,8 @@ pub async fn run(
         attempts: 0,
         context: None,
         logged: HashSet::new(),
+        quota_logged: HashSet::new(),
+        resnapshot_at: now,
     };
     loop {
         if *stop.borrow() {
@@ -205,6 +214,7 @@ impl PeerLoop {
                 self.counts_at = None;
             }
         }
+        self.resnapshot_for_quota(now);
     }
 
     async fn seed(&self) -> Result<PeerCache, StoreError> {
@@ -213,12 +223,32 @@ impl PeerLoop {
         for p in prefixes {
             records.extend(self.ctx.store.list(&p).await?.1);
         }
-        let synced = self.ctx.store.list(&synced_prefix).await?.1;
+        let mut synced = self.ctx.store.list(&synced_prefix).await?.1;
+        let mut dropped = Vec::new();
+        if !self.cfg.import_policies {
+            // Policies mirrored while they were imported go (DESIGN §10:
+            // a peer's policies apply here only while imported).
+            let policies = keys::cache_prefix(Kind::Policy, &self.peer.name);
+            let marker = keys::synced(&self.peer.name, Kind::Policy);
+            let before = records.len() + synced.len();
+            records.retain(|kv| !kv.key.starts_with(&policies));
+            synced.retain(|kv| kv.key != marker);
+            if records.len() + synced.len() < before {
+                dropped = vec![WriteOp::delete_prefix(policies), WriteOp::delete(marker)];
+            }
+        }
         // What the store holds passes today's rules too (an older version,
         // or this cluster's ranges, may have let it in).
         let ctx = ingest_context(&self.ctx, &self.peer.name);
-        let (cache, ops, refused) =
+        let (cache, mut ops, refused) =
             PeerCache::seeded_checked(self.peer.clone(), records, synced, Some(&ctx));
+        let cache = cache
+            .with_quota(self.limits())
+            .with_import_policies(self.cfg.import_policies);
+        if !dropped.is_empty() {
+            info!(peer = %self.peer.name, "peer's policies are not imported (connect --import-policies): its mirrored policies are deleted");
+            ops.extend(dropped);
+        }
         for r in &refused {
             warn!(peer = %self.peer.name, reason = r.reason().label(), error = %r, "stored record fails the ingest rules; deleted");
         }
@@ -227,6 +257,35 @@ impl PeerLoop {
             self.ctx.write(&ops).await?;
         }
         Ok(cache.with_view(self.ctx.view.clone()))
+    }
+
+    /// The quota in force: the registration's, zero fields from `--peer-quota`.
+    fn limits(&self) -> clustermesh_proto::v1::PeerQuota {
+        clustermesh_proto::quota::or_defaults(
+            &self.cfg.quota.clone().unwrap_or_default(),
+            &self.ctx.config.quota,
+        )
+    }
+
+    /// A peer over its quota whose held records went down: ask it for a
+    /// fresh snapshot (at most every [`QUOTA_RESNAPSHOT_INTERVAL`]); the
+    /// refused records that now fit arrive with it. Only differences are
+    /// written.
+    fn resnapshot_for_quota(&mut self, now: Instant) {
+        let Some(cache) = self.cache.as_mut() else {
+            return;
+        };
+        if self.session_up.is_none() || !cache.quota().wants_snapshot() || now < self.resnapshot_at
+        {
+            return;
+        }
+        info!(peer = %self.peer.name, over = ?cache.quota().over(), "peer over its quota has room again; asking it for a fresh snapshot");
+        cache.want_snapshot();
+        self.resnapshot_at = now + QUOTA_RESNAPSHOT_INTERVAL;
+        self.session = None;
+        self.session_up = None;
+        self.redial_until = Some(now + REDIAL_GRACE);
+        self.retry_at = now;
     }
 
     async fn on_event(&mut self, ev: Option<SessionEvent>) {
@@ -328,10 +387,26 @@ impl PeerLoop {
         for r in &rejected {
             self.count_rejected(r.reason());
             let text = r.to_string();
-            if self.first_time(&text) {
+            let first = match r {
+                // Once per limit while over quota, not once per record.
+                RejectError::Rule {
+                    reason: Reason::QuotaExceeded,
+                    kind,
+                    ..
+                } => self.quota_logged.insert(kind),
+                _ => self.first_time(&text),
+            };
+            if first {
                 warn!(peer = %self.peer.name, reason = r.reason().label(), error = %text, "rejected record from peer; not written");
             }
             self.status.last_error = format!("rejected record: {text}");
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.quota().over().is_empty())
+        {
+            self.quota_logged.clear();
         }
         if ops.is_empty() && !snapshot_done {
             return;
@@ -450,6 +525,10 @@ impl PeerLoop {
                     .pending_by_reason
                     .insert(Reason::OutsidePeerPodCidrs.label().to_owned(), pending);
             }
+            let q = cache.quota();
+            self.status.quota = Some(q.limits().clone());
+            self.status.held_bytes = q.held_bytes();
+            self.status.over_quota = q.over().clone();
             if self
                 .counts_at
                 .is_none_or(|t| now >= t + Duration::from_secs(1))
@@ -495,6 +574,13 @@ impl PeerLoop {
         }
         if let Some(t) = self.cache.as_ref().and_then(|c| c.next_deadline()) {
             at(t);
+        }
+        if self
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.quota().wants_snapshot())
+        {
+            at(self.resnapshot_at);
         }
         wake
     }

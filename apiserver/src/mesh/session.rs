@@ -195,7 +195,16 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
         return e.into();
     }
     let req = WatchRequest {
-        kinds: Vec::new(),
+        // Without --import-policies the peer's policies are not even asked for.
+        kinds: if p.peer.import_policies {
+            Vec::new()
+        } else {
+            clustermesh_proto::RECORD_KINDS
+                .into_iter()
+                .filter(|k| *k != clustermesh_proto::v1::Kind::Policy)
+                .map(|k| k as i32)
+                .collect()
+        },
         scope: Scope::Exported as i32,
         resume: p.resume,
     };

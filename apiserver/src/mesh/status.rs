@@ -55,6 +55,7 @@ pub fn registration(s: &mut PeerStatus, cfg: &PeerConfig) {
     s.cluster_id = cfg.cluster_id;
     s.addresses = cfg.addresses.clone();
     s.enabled = cfg.enabled;
+    s.import_policies = cfg.import_policies;
 }
 
 /// The persisted status of one peer, if any.

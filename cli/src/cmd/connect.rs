@@ -6,9 +6,16 @@
 //! undone. Only CA certificates cross: each side learns the other's
 //! `ca.crt`, to verify its server and trust its `remote` certificate. No
 //! private key leaves its directory. `clustermesh demo` uses this same code.
+//!
+//! [`Pairing`] holds what both registrations share: the per-peer quota
+//! (`--quota`, zero fields meaning the apiserver's `--peer-quota`) and
+//! `--import-policies`. Both sides get the same: each limits what it takes
+//! from the other by that quota, and each applies the other's global
+//! policies only when `import_policies` is set (docs/policy.md).
 
 use clustermesh_proto::v1::{
     ClusterInfo, ConnectPeerRequest, DisconnectPeerRequest, ListPeersRequest, PeerConfig,
+    PeerQuota,
 };
 use thiserror::Error;
 
@@ -59,14 +66,29 @@ pub fn validate_pair(a: &ClusterInfo, b: &ClusterInfo) -> Result<(), PairError> 
     Ok(())
 }
 
+/// What both registrations of a pair share.
+#[derive(Debug, Clone, Default)]
+pub struct Pairing {
+    /// Zero fields: the apiserver's `--peer-quota` default.
+    pub quota: PeerQuota,
+    pub import_policies: bool,
+}
+
 /// The registration of `info` (reachable at `address`, CA `ca_pem`) as a peer.
-pub fn peer_config(info: &ClusterInfo, address: &str, ca_pem: String) -> PeerConfig {
+pub fn peer_config(
+    info: &ClusterInfo,
+    address: &str,
+    ca_pem: String,
+    pairing: &Pairing,
+) -> PeerConfig {
     PeerConfig {
         name: info.name.clone(),
         addresses: vec![address.to_owned()],
         ca_pem,
         enabled: true,
         cluster_id: info.id,
+        quota: (pairing.quota != PeerQuota::default()).then(|| pairing.quota.clone()),
+        import_policies: pairing.import_policies,
     }
 }
 
@@ -135,6 +157,7 @@ pub async fn connect(
     ours: &Conn,
     peer: &Conn,
     advertise: Option<&str>,
+    pairing: &Pairing,
 ) -> anyhow::Result<Connected> {
     let mut a = Admin::open(ours, "this cluster").await?;
     let mut b = Admin::open(peer, "the peer").await?;
@@ -146,8 +169,8 @@ pub async fn connect(
 
     let before_a = existing(&mut a, &b.info.name).await?;
     let before_b = existing(&mut b, &a.info.name).await?;
-    register(&mut a, peer_config(&b.info, &peer_address, b_ca)).await?;
-    if let Err(e) = register(&mut b, peer_config(&a.info, &our_address, a_ca)).await {
+    register(&mut a, peer_config(&b.info, &peer_address, b_ca, pairing)).await?;
+    if let Err(e) = register(&mut b, peer_config(&a.info, &our_address, a_ca, pairing)).await {
         let undo = match before_a.clone() {
             Some(previous) => register(&mut a, previous).await.map(|_| "restored"),
             None => a
@@ -179,8 +202,13 @@ pub async fn connect(
     })
 }
 
-pub async fn run(ours: &Conn, peer: &Conn, advertise: Option<&str>) -> anyhow::Result<()> {
-    let done = connect(ours, peer, advertise).await?;
+pub async fn run(
+    ours: &Conn,
+    peer: &Conn,
+    advertise: Option<&str>,
+    pairing: &Pairing,
+) -> anyhow::Result<()> {
+    let done = connect(ours, peer, advertise, pairing).await?;
     print!("{}", done.to_text());
     Ok(())
 }
@@ -214,7 +242,28 @@ mod tests {
 
     #[test]
     fn peer_config_carries_only_the_ca() {
-        let p = peer_config(&info("b", 2, 255), "10.0.0.2:7443", "CA".into());
+        let p = peer_config(
+            &info("b", 2, 255),
+            "10.0.0.2:7443",
+            "CA".into(),
+            &Pairing::default(),
+        );
+        assert_eq!(p.quota, None, "no --quota: the apiserver's defaults");
+        assert!(!p.import_policies);
+        let q = peer_config(
+            &info("b", 2, 255),
+            "x:1",
+            "CA".into(),
+            &Pairing {
+                quota: PeerQuota {
+                    endpoints: 7,
+                    ..Default::default()
+                },
+                import_policies: true,
+            },
+        );
+        assert_eq!(q.quota.map(|q| q.endpoints), Some(7));
+        assert!(q.import_policies);
         assert_eq!(p.name, "b");
         assert_eq!(p.cluster_id, 2);
         assert_eq!(p.addresses, ["10.0.0.2:7443"]);

@@ -158,7 +158,7 @@ pub async fn run(once: bool, examples: &Path, timeout: Duration) -> anyhow::Resu
     let (a, b) = (conn_of(&c1), conn_of(&c2));
     eprintln!("{}: {}   {}: {}", c1.name, a.server, c2.name, b.server);
 
-    let done = connect::connect(&a, &b, None)
+    let done = connect::connect(&a, &b, None, &connect::Pairing::default())
         .await
         .with_context(|| format!("connecting {} and {}", c1.name, c2.name))?;
     println!("=== connect {} and {} ===", c1.name, c2.name);

@@ -52,8 +52,23 @@ pub fn to_json(s: &StatusResponse, now_ms: i64) -> Value {
                 "mirrored_digest": format!("{:016x}", m.mirrored_digest),
             })).collect::<Vec<_>>(),
             "withdrawn": p.withdrawn, "last_error": p.last_error,
+            "quota": p.quota.as_ref().map(|q| json!({"nodes": q.nodes, "endpoints": q.endpoints, "identities": q.identities, "services": q.services, "policies": q.policies, "bytes": q.bytes})),
+            "held_bytes": p.held_bytes, "over_quota": p.over_quota, "import_policies": p.import_policies,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The QUOTA column: `ok`, or what is over it and how many records it refused.
+fn quota_text(p: &PeerStatus) -> String {
+    if p.over_quota.is_empty() {
+        return "ok".into();
+    }
+    let over: Vec<String> = p
+        .over_quota
+        .iter()
+        .map(|(limit, refused)| format!("{limit}(-{refused})"))
+        .collect();
+    format!("OVER:{}", over.join(","))
 }
 
 fn peer_state(p: &PeerStatus) -> &'static str {
@@ -130,9 +145,10 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
         .iter()
         .map(|p| {
             let synced = kinds(&p.synced);
-            let all = clustermesh_proto::RECORD_KINDS
-                .iter()
-                .all(|k| p.synced.contains(&(*k as i32)));
+            // Policies not imported are never synced: "all" without them.
+            let all = clustermesh_proto::RECORD_KINDS.iter().all(|k| {
+                p.synced.contains(&(*k as i32)) || (*k == Kind::Policy && !p.import_policies)
+            });
             vec![
                 p.name.clone(),
                 p.cluster_id.to_string(),
@@ -149,6 +165,8 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
                 p.failures.to_string(),
                 p.rejected_records.to_string(),
                 p.pending_records.to_string(),
+                quota_text(p),
+                if p.import_policies { "yes" } else { "no" }.into(),
                 p.last_error.clone(),
             ]
         })
@@ -164,6 +182,8 @@ pub fn to_text(s: &StatusResponse, now_ms: i64) -> String {
             "FAILURES",
             "REJECTED",
             "PENDING",
+            "QUOTA",
+            "POLICIES",
             "LAST ERROR",
         ],
         &rows,
@@ -326,6 +346,15 @@ mod tests {
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains(" all "), "{t}");
+        assert!(row.contains(" ok ") && row.trim_end().ends_with(" no"), "{t}");
+        s.peers[0].over_quota = [("endpoints".to_string(), 12)].into();
+        s.peers[0].import_policies = true;
+        let t = to_text(&s, 15_000);
+        let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
+        assert!(row.contains("OVER:endpoints(-12)") && row.trim_end().ends_with(" yes"), "{t}");
+        let v = to_json(&s, 15_000);
+        assert_eq!(v["peers"][0]["over_quota"]["endpoints"], 12);
+        assert_eq!(v["peers"][0]["import_policies"], true);
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! Compiling NetworkPolicy records × identities into `cm_policy` entries.
 //!
 //! Kubernetes NetworkPolicy semantics, applied across the mesh:
-//! - A policy applies to the pods of its namespace **in every cluster**
+//! - Which clusters a policy's selectors (its `podSelector` and its peers')
+//!   can select is decided by [`in_scope`] alone (docs/policy.md): a policy
+//!   that is not global only its own cluster's pods; a global one every
+//!   cluster's, narrowed by `clustermesh.io/cluster` in a selector. A peer's
+//!   global policies reach this agent only when this cluster imports them
+//!   (`connect --import-policies`; the apiserver does not mirror them
+//!   otherwise).
+//! - A policy applies to the pods of its namespace in the clusters in scope
 //!   (namespace sameness) whose labels its `podSelector` matches. A pod
 //!   selected by a policy with type `Ingress` is default-deny for ingress
 //!   (likewise `Egress`): only what some rule allows passes.
@@ -90,9 +97,19 @@ fn policy_types(p: &Policy) -> (bool, bool) {
     )
 }
 
+/// Whether any selector of policy `p` may select identity `l` by its
+/// cluster: a policy that is not global keeps its single-cluster meaning
+/// (only pods of the policy's own cluster, as Cilium's
+/// `policy-default-local-cluster`); a global one may select pods of every
+/// cluster (a selector naming clusters with `clustermesh.io/cluster` then
+/// narrows it like any label).
+pub fn in_scope(p: &Policy, l: &IdentityLabels) -> bool {
+    p.global || l.cluster == p.cluster
+}
+
 /// Whether policy `p` selects the identity `l`.
 fn selects(p: &Policy, l: &IdentityLabels) -> bool {
-    if p.namespace != l.namespace {
+    if p.namespace != l.namespace || !in_scope(p, l) {
         return false;
     }
     let sel = p.spec.as_ref().and_then(|s| s.pod_selector.as_ref());
@@ -152,6 +169,9 @@ pub fn compile<'p>(
 }
 
 fn peer_matches(policy: &Policy, peer: &PolicyPeer, l: &IdentityLabels) -> bool {
+    if !in_scope(policy, l) {
+        return false;
+    }
     match (&peer.pod_selector, &peer.namespace_selector) {
         (None, None) => false,
         (Some(ps), None) => l.namespace == policy.namespace && matches(ps, &l.pod),

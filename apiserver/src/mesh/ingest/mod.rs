@@ -8,6 +8,7 @@
 
 pub mod gate;
 pub mod net;
+pub mod quota;
 mod records;
 
 use std::net::IpAddr;
@@ -55,6 +56,8 @@ pub enum Reason {
     ForeignClusterLabel,
     /// Not a refusal: the record waits (see [`gate`]).
     OutsidePeerPodCidrs,
+    /// Beyond the peer's quota ([`quota`]): checked when the cache takes it.
+    QuotaExceeded,
     /// The store refused the write (too large for one write).
     StoreRefused,
 }
@@ -163,6 +166,11 @@ pub const RULES: &[Rule] = &[
         kinds: "endpoint, service",
         refuses: "nothing: an endpoint IP or backend IP outside every pod CIDR the peer announces is held pending until a node covers it",
     },
+    Rule {
+        reason: Reason::QuotaExceeded,
+        kinds: "all",
+        refuses: "a new record beyond the peer's quota of its kind, or a record whose bytes would take the peer over its byte quota (see Per-peer quotas)",
+    },
 ];
 
 impl Reason {
@@ -187,6 +195,7 @@ impl Reason {
             Reason::ReservedIdentity => "reserved_identity",
             Reason::ForeignClusterLabel => "foreign_cluster_label",
             Reason::OutsidePeerPodCidrs => "outside_peer_pod_cidrs",
+            Reason::QuotaExceeded => "quota_exceeded",
             Reason::StoreRefused => "store_refused",
         }
     }
@@ -379,7 +388,7 @@ fn check_key(kind: &'static str, key: &str) -> Result<(), RejectError> {
     Ok(())
 }
 
-fn truncated(key: &str) -> String {
+pub(crate) fn truncated(key: &str) -> String {
     if key.len() <= 64 {
         return key.to_owned();
     }

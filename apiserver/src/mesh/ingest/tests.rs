@@ -506,4 +506,66 @@ mod through_the_cache {
         let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
         assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
     }
+
+    #[test]
+    fn over_quota_refuses_new_records_keeps_updates_and_refills_on_a_fresh_snapshot() {
+        let q = clustermesh_proto::v1::PeerQuota {
+            endpoints: 2,
+            ..clustermesh_proto::quota::DEFAULT
+        };
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]).with_quota(q);
+        let e = |ip: &str, ns: &str| ev(UP, Kind::Endpoint, "a", ip, ep(ip, 0x01_0100, ns));
+        let all = vec![
+            node_ev(),
+            e("10.1.0.1", "shop"),
+            e("10.1.0.2", "shop"),
+            e("10.1.0.3", "shop"),
+        ];
+        apply(&mut c, BatchType::SnapshotBegin, vec![]);
+        let r = c.apply(
+            batch(BatchType::Snapshot, all.clone()),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        assert!(r.rejected.is_empty(), "the rules pass all of them");
+        let a = c.apply(
+            batch(BatchType::SnapshotEnd, vec![]),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        let reasons: Vec<&str> = a.rejected.iter().map(|r| r.reason().label()).collect();
+        assert_eq!(reasons, ["quota_exceeded"]);
+        assert_eq!(puts(&a.ops).len(), 3, "the node and two endpoints: {:?}", a.ops);
+        assert!(!puts(&a.ops).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.3")));
+        assert_eq!(c.quota().over().get("endpoints"), Some(&1));
+        // An update of a held record passes; the refused one is still refused.
+        let w = apply(&mut c, BatchType::Events, vec![e("10.1.0.1", "other")]);
+        assert_eq!(puts(&w), [keys::cache(Kind::Endpoint, "a", "10.1.0.1")]);
+        let a = c.apply(
+            batch(BatchType::Events, vec![e("10.1.0.3", "other")]),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        assert!(a.ops.is_empty() && a.rejected.len() == 1);
+        // The peer deletes a held one: room, so a fresh snapshot is wanted.
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..e("10.1.0.2", "shop")
+        };
+        assert_eq!(apply(&mut c, BatchType::Events, vec![del]).len(), 1);
+        assert!(c.quota().wants_snapshot());
+        c.want_snapshot();
+        assert!(c.resume_point().is_none(), "a full snapshot, not a resume");
+        let w = snapshot(
+            &mut c,
+            vec![vec![node_ev(), e("10.1.0.1", "other"), e("10.1.0.3", "other")]],
+        );
+        assert_eq!(puts(&w), [keys::cache(Kind::Endpoint, "a", "10.1.0.3")]);
+        assert!(c.quota().over().is_empty(), "everything fits: not over quota");
+        assert!(c.resume_point().is_some());
+    }
 }

@@ -118,6 +118,7 @@ pub fn policy_record(np: &networking::NetworkPolicy, ns: &NamespaceInfo, cluster
         namespace: np.metadata.namespace.clone().unwrap_or_default(),
         name: np.metadata.name.clone().unwrap_or_default(),
         spec: Some(policy_spec(np.spec.as_ref())),
+        global,
         cluster: cluster.to_string(),
         exported: global && ns.exported,
     }

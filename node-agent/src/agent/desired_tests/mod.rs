@@ -134,6 +134,7 @@ pub(super) fn policy(cluster: &str, name: &str, spec: NetworkPolicySpec) -> pb::
         namespace: "shop".into(),
         name: name.into(),
         spec: Some(spec),
+        global: true,
         cluster: cluster.into(),
         exported: true,
     }
@@ -329,4 +330,5 @@ pub(super) fn rule(
 
 mod ipcache;
 mod policy;
+mod policy_scope;
 mod services;
