@@ -129,13 +129,13 @@ fn native_routing_with_identity_from_ipcache() {
     start_echo_server(&t.pod(1, 0).ns, server).expect("echo server");
     let mut dp_b = t.datapath(1);
     dp_b.upsert_policy(
-        &PolicyRule {
-            local_identity: identity(2, 0),
-            peer_identity: identity(1, 0),
-            proto: PROTO_TCP,
-            port: 8080,
-            direction: Direction::Ingress,
-        },
+        &PolicyRule::identities(
+            identity(2, 0),
+            identity(1, 0),
+            PROTO_TCP,
+            8080,
+            Direction::Ingress,
+        ),
         Verdict::Allow,
     )
     .expect("policy");

@@ -18,6 +18,8 @@ pub mod host;
 pub mod labels;
 pub mod mtu;
 pub mod policy;
+pub mod policy_cidr;
+pub mod policy_report;
 pub mod reconciler;
 pub mod routes;
 pub mod run;
