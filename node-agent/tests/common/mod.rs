@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod pcap;
+pub mod policy;
 pub mod topology;
 
 use std::io::{Read, Write};
