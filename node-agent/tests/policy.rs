@@ -65,10 +65,14 @@ fn serve(t: &Topology, g: usize, n: usize, ports: &[u16]) {
 
 /// Probes TCP `port` of `dst` from pod A: true if the echo came back.
 fn reach(t: &Topology, dst: Ipv4Addr, port: u16) -> bool {
+    reach_from(&t.pod(0, 0).ns, dst, port)
+}
+
+fn reach_from(ns: &str, dst: Ipv4Addr, port: u16) -> bool {
     // A denied SYN is dropped: the probe can only time out. An allowed one
     // answers within a few ms, so a short timeout plus one retry decides.
     let addr = SocketAddr::from((dst, port));
-    probe(&t.pod(0, 0).ns, addr, QUICK) || probe(&t.pod(0, 0).ns, addr, QUICK * 2)
+    probe(ns, addr, QUICK) || probe(ns, addr, QUICK * 2)
 }
 
 #[test]
@@ -390,6 +394,58 @@ fn ip_block_with_except_egress() {
     );
     assert!(
         !reach(&t, POD_B1, 80),
+        "a mesh pod is not selected by an ipBlock"
+    );
+}
+
+#[test]
+fn ip_block_with_except_ingress_native() {
+    if !require_root("ip_block_with_except_ingress_native") {
+        return;
+    }
+    // Native routing: B receives A's pods unencapsulated and, since B's
+    // ipcache does not know them, as `world` peers outside the mesh.
+    const POD_A2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
+    let mut t = Topology::new(
+        TunnelKind::Vxlan,
+        [
+            &[(POD_A, client()), (POD_A2, client())],
+            &[(POD_B1, server())],
+        ],
+    );
+    t.load_and_program();
+    t.go_native(["10.1.0.0/24", "10.2.0.0/24"]);
+    serve(&t, 1, 0, &[8080]);
+    let rec = records(vec![policy(
+        "from-outside",
+        "server",
+        false,
+        pb::PolicyRule {
+            peers: vec![ip_block("10.1.0.0/24", &["10.1.0.3/32"])],
+            ports: vec![tcp_range(8080, None)],
+        },
+    )]);
+    let none = BTreeMap::new();
+    let (mut d, c) = desired(&t, 1, &rec, &none, &[]);
+    d.ipcache
+        .retain(|p, _| p.addr() != POD_A && p.addr() != POD_A2);
+    t.datapath(1).apply(&d).expect("apply");
+    assert_eq!(c.cidrs.len(), 2);
+    assert!(
+        reach_from(&t.pod(0, 0).ns, POD_B1, 8080),
+        "10.1.0.2 is inside the cidr"
+    );
+    assert!(
+        !reach_from(&t.pod(0, 1).ns, POD_B1, 8080),
+        "10.1.0.3 is the except"
+    );
+
+    // Once B knows A's pod as a mesh endpoint, the ipBlock no longer selects it.
+    t.datapath(1)
+        .apply(&desired(&t, 1, &rec, &none, &[]).0)
+        .expect("apply");
+    assert!(
+        !reach_from(&t.pod(0, 0).ns, POD_B1, 8080),
         "a mesh pod is not selected by an ipBlock"
     );
 }
