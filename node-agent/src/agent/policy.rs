@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 use clustermesh_proto::v1::{NamedPort, Policy, PolicyPeer, PolicyPort, PolicyRule as K8sRule};
 
 use super::labels::{IdentityLabels, matches};
-use super::policy_cidr::{self, Block};
+use super::policy_cidr::Blocks;
 pub use super::policy_report::{PolicyReport, Refusal};
 use crate::datapath::pins::{POLICY_CIDR_MAX, POLICY_MAX};
 use crate::datapath::{
@@ -113,7 +113,7 @@ fn selects(p: &Policy, l: &IdentityLabels) -> bool {
     sel.is_none_or(|s| matches(s, &l.pod))
 }
 
-fn policy_name(p: &Policy) -> String {
+pub(crate) fn policy_name(p: &Policy) -> String {
     format!("{}/{}/{}", p.cluster, p.namespace, p.name)
 }
 
@@ -125,7 +125,7 @@ pub fn compile<'p>(
     let mut out = CompiledPolicy::default();
     let mut blocks = Blocks::default();
     for p in policies.clone() {
-        blocks.gather(&mut out.report, p);
+        blocks.gather(&mut out.report, &policy_name(p), p);
     }
     let mut locals: BTreeMap<u32, Vec<&LocalEndpoint>> = BTreeMap::new();
     for e in inputs.local {
@@ -251,58 +251,6 @@ fn enforce_capacity(out: &mut CompiledPolicy, locals: &BTreeMap<u32, Vec<&LocalE
         }
     }
     out.rules.retain(|r, _| !dropped.contains(&identity_of(r)));
-}
-
-/// The ipBlocks of every policy, parsed once, and their prefix set.
-#[derive(Default)]
-struct Blocks {
-    parsed: BTreeMap<(String, String), Result<Block, Refusal>>,
-    set: BTreeSet<Ipv4Prefix>,
-}
-
-impl Blocks {
-    fn gather(&mut self, report: &mut PolicyReport, p: &Policy) {
-        let Some(spec) = &p.spec else {
-            return;
-        };
-        for rule in spec.ingress.iter().chain(&spec.egress) {
-            for peer in &rule.peers {
-                let (None, None, Some(b)) =
-                    (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block)
-                else {
-                    continue;
-                };
-                let key = (b.cidr.clone(), b.except.join(","));
-                if self.parsed.contains_key(&key) {
-                    continue;
-                }
-                let parsed = policy_cidr::parse(b);
-                match &parsed {
-                    Ok(block) => self.set.extend(block.prefixes()),
-                    Err(why) => report.refuse(
-                        *why,
-                        policy_name(p),
-                        format!("ipBlock {} except [{}]", key.0, key.1),
-                    ),
-                }
-                self.parsed.insert(key, parsed);
-            }
-        }
-    }
-
-    fn peers(&self, b: &clustermesh_proto::v1::IpBlock) -> Vec<Peer> {
-        let key = (b.cidr.clone(), b.except.join(","));
-        match self.parsed.get(&key) {
-            Some(Ok(block)) => block
-                .select(&self.set)
-                .map(|p| Peer::Cidr {
-                    addr: p.addr(),
-                    len: p.len(),
-                })
-                .collect(),
-            _ => vec![],
-        }
-    }
 }
 
 /// Compiling the rules of one policy for one local identity.

@@ -12,14 +12,14 @@
 //! its identity and an ipBlock never selects it (Cilium's choice; Kubernetes
 //! leaves it to the implementation) — see docs/datapath.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use clustermesh_proto::v1::IpBlock;
+use clustermesh_proto::v1::{IpBlock, Policy};
 
 use super::desired::covers;
-use super::policy_report::Refusal;
-use crate::datapath::Ipv4Prefix;
+use super::policy_report::{PolicyReport, Refusal};
+use crate::datapath::{Ipv4Prefix, PolicyPeer};
 
 /// A parsed ipBlock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +72,62 @@ impl Block {
     /// The prefixes it adds to the set.
     pub fn prefixes(&self) -> impl Iterator<Item = Ipv4Prefix> + '_ {
         std::iter::once(self.cidr).chain(self.except.iter().copied())
+    }
+}
+
+/// The ipBlocks of every policy, parsed once, and their prefix set.
+#[derive(Default)]
+pub struct Blocks {
+    parsed: BTreeMap<(String, String), Result<Block, Refusal>>,
+    /// Every cidr and except (the contents of `cm_policy_cidr`).
+    pub set: BTreeSet<Ipv4Prefix>,
+}
+
+impl Blocks {
+    /// Parses the ipBlocks of `p` (refusing the ones that cannot be
+    /// programmed) and adds their prefixes to the set.
+    pub fn gather(&mut self, report: &mut PolicyReport, name: &str, p: &Policy) {
+        let Some(spec) = &p.spec else {
+            return;
+        };
+        for rule in spec.ingress.iter().chain(&spec.egress) {
+            for peer in &rule.peers {
+                let (None, None, Some(b)) =
+                    (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block)
+                else {
+                    continue;
+                };
+                let key = (b.cidr.clone(), b.except.join(","));
+                if self.parsed.contains_key(&key) {
+                    continue;
+                }
+                let parsed = parse(b);
+                match &parsed {
+                    Ok(block) => self.set.extend(block.prefixes()),
+                    Err(why) => report.refuse(
+                        *why,
+                        name.to_string(),
+                        format!("ipBlock {} except [{}]", key.0, key.1),
+                    ),
+                }
+                self.parsed.insert(key, parsed);
+            }
+        }
+    }
+
+    /// The policy peers an ipBlock compiles to: the prefixes it selects.
+    pub fn peers(&self, b: &IpBlock) -> Vec<PolicyPeer> {
+        let key = (b.cidr.clone(), b.except.join(","));
+        match self.parsed.get(&key) {
+            Some(Ok(block)) => block
+                .select(&self.set)
+                .map(|p| PolicyPeer::Cidr {
+                    addr: p.addr(),
+                    len: p.len(),
+                })
+                .collect(),
+            _ => vec![],
+        }
     }
 }
 

@@ -242,3 +242,45 @@ fn what_cannot_be_programmed_is_refused_never_widened() {
     );
     assert!(c.desired.policy_cidrs.is_empty());
 }
+
+#[test]
+fn a_full_policy_map_refuses_whole_identities_and_keeps_them_default_deny() {
+    let mut v = mesh();
+    // 3,000 peer identities × 30 prefixes (1-65534) for the backend: 90,000
+    // entries, more than cm_policy_lpm holds; the frontend's policy is small.
+    for n in 0..3000u32 {
+        v.insert_identity(identity("c2", 0x02_1000 + n, "shop", "crowd", &[]));
+    }
+    v.insert_policy(ingress_policy(
+        "c1",
+        "backend",
+        vec![pb::PolicyRule {
+            peers: vec![pod_peer(&[("app", "crowd")])],
+            ports: vec![ranged(1, 65534)],
+        }],
+    ));
+    v.insert_policy(ingress_policy(
+        "c1",
+        "frontend",
+        vec![any_peer(vec![tcp(80)])],
+    ));
+    let c = run(&v);
+    assert_eq!(
+        c.policy.refused()["policy_map_full"],
+        1,
+        "{:?}",
+        c.policy.refusals
+    );
+    assert!(
+        c.desired
+            .policy
+            .keys()
+            .all(|r| r.local == PolicyLocal::Identity(C1_FRONT)),
+        "the backend's entries are all left out"
+    );
+    assert_eq!(c.desired.policy.len(), 1);
+    assert!(
+        c.desired.enforced.contains(&(C1_BACK, Direction::Ingress)),
+        "and it stays default-deny (narrowed, never widened)"
+    );
+}
