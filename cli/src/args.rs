@@ -93,6 +93,10 @@ pub enum Command {
         /// Wait (up to this long, default 60s) until the cluster is ready and every peer is connected and synced.
         #[arg(long, num_args = 0..=1, default_missing_value = "60s", value_parser = duration)]
         wait: Option<Duration>,
+        /// Also read this node agent's `/status` (its `--health-listen` address; repeatable):
+        /// health, policy entries and the policy rules it refused.
+        #[arg(long = "agent", value_name = "HOST:PORT")]
+        agents: Vec<String>,
         #[command(flatten)]
         output: Output,
     },
@@ -218,7 +222,7 @@ mod tests {
         assert_eq!(c.context.as_deref(), Some("x"));
         assert!(c.tls_dir.is_none());
         match c.command {
-            Command::Status { wait, output } => {
+            Command::Status { wait, output, .. } => {
                 assert!(wait.is_none());
                 assert_eq!(output.format, Format::Json);
             }

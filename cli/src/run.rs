@@ -116,9 +116,11 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
             let theirs = peer(p)?;
             cmd::disconnect::run(&ours, peer_name, theirs.as_ref()).await
         }
-        Command::Status { wait, output } => {
-            cmd::status::run(&this_cluster(cli)?, *wait, output.format).await
-        }
+        Command::Status {
+            wait,
+            agents,
+            output,
+        } => cmd::status::run(&this_cluster(cli)?, *wait, agents, output.format).await,
         Command::Service { command } => {
             let conn = this_cluster(cli)?;
             match command {

@@ -19,6 +19,7 @@
 #define CM_IPCACHE_MAX 524288
 #define CM_ENDPOINTS_MAX 4096
 #define CM_POLICY_MAX 65536
+#define CM_POLICY_CIDR_MAX 16384
 #define CM_ENFORCED_MAX 16384
 #define CM_CT_MAX 65536
 #define CM_LB_FRONTENDS_MAX 16384
@@ -44,12 +45,22 @@ struct {
 } cm_endpoints SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, CM_POLICY_MAX);
 	__type(key, struct cm_policy_key);
 	__type(value, struct cm_policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cm_policy SEC(".maps");
+} cm_policy_lpm SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CM_POLICY_CIDR_MAX);
+	__type(key, struct cm_ipcache_key);
+	__type(value, struct cm_policy_cidr_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_policy_cidr SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

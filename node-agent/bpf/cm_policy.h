@@ -147,18 +147,23 @@ static __always_inline void cm_ct_track(const struct cm_flow *f, __u8 flags)
 	bpf_map_update_elem(&cm_ct, &k, &nv, BPF_ANY);
 }
 
-/* Looks up one policy entry; returns its action (0 if absent) and counts. */
-static __always_inline __u8 cm_policy_try(__u32 local, __u32 peer, __u16 dport, __u8 proto,
-					  __u8 dir, __u64 bytes)
+/* Looks up the longest entry of cm_policy_lpm matching one (local, peer)
+ * pair for this flow; returns its action (0 if none) and counts. */
+static __always_inline __u8 cm_policy_try(__u32 local, __u8 local_kind, __u32 peer,
+					  __u8 peer_kind, const struct cm_flow *f, __u8 dir,
+					  __u64 bytes)
 {
 	struct cm_policy_key k = {
-		.local_identity = local,
-		.peer_identity = peer,
-		.dport = dport,
-		.proto = proto,
+		.prefixlen = CM_POLICY_PREFIX_FULL,
+		.local = local,
+		.peer = peer,
+		.local_kind = local_kind,
+		.peer_kind = peer_kind,
 		.direction = dir,
+		.proto = f->proto,
+		.dport = f->pdport,
 	};
-	struct cm_policy_value *v = bpf_map_lookup_elem(&cm_policy, &k);
+	struct cm_policy_value *v = bpf_map_lookup_elem(&cm_policy_lpm, &k);
 
 	if (!v)
 		return 0;
@@ -167,14 +172,41 @@ static __always_inline __u8 cm_policy_try(__u32 local, __u32 peer, __u16 dport, 
 	return v->action;
 }
 
+/* Every peer form for one local form, most specific first: the peer pod
+ * itself (named ports of egress rules), its identity, its ipBlock prefix
+ * (only for `world`), any peer. */
+static __always_inline __u8 cm_policy_local(__u32 local, __u8 local_kind, __u32 peer,
+					    __u32 peer_addr,
+					    const struct cm_policy_cidr_value *cidr,
+					    const struct cm_flow *f, __u8 dir, __u64 bytes)
+{
+	__u8 a = cm_policy_try(local, local_kind, peer_addr, CM_PEER_ENDPOINT, f, dir, bytes);
+
+	if (a)
+		return a;
+	a = cm_policy_try(local, local_kind, peer, CM_PEER_IDENTITY, f, dir, bytes);
+	if (a)
+		return a;
+	if (cidr && cidr->prefixlen <= 32) {
+		a = cm_policy_try(local, local_kind, cidr->addr,
+				  (__u8)(CM_PEER_CIDR_BASE + cidr->prefixlen), f, dir, bytes);
+		if (a)
+			return a;
+	}
+	return cm_policy_try(local, local_kind, 0, CM_PEER_IDENTITY, f, dir, bytes);
+}
+
 /*
  * Policy verdict for traffic of `local` (the identity the rules attach to)
  * with `peer` in direction `dir`. An identity not present in
  * cm_policy_enforced for the direction is not selected by any policy: allow.
- * Otherwise the first entry found, most specific first, decides:
- *   {peer, port, proto} {peer, *, proto} {*, port, proto} {*, *, proto}
- *   {peer, *, *} {*, *, *}
- * and no entry means deny (Kubernetes NetworkPolicy default deny).
+ * Otherwise the first entry found decides, local pod before local identity,
+ * and for each the peer forms of cm_policy_local; within one (local, peer)
+ * pair the longest prefix (the most specific protocol/port) wins. No entry
+ * means deny (Kubernetes NetworkPolicy default deny).
+ *
+ * The local pod is the destination for ingress and the source for egress;
+ * the peer address is the other end.
  */
 static __always_inline int cm_policy_allows(__u32 local, __u32 peer, const struct cm_flow *f,
 					    __u8 dir, __u64 bytes)
@@ -184,28 +216,20 @@ static __always_inline int cm_policy_allows(__u32 local, __u32 peer, const struc
 	if (!bpf_map_lookup_elem(&cm_policy_enforced, &ek))
 		return 1;
 
-	__u8 a;
+	__u32 local_addr = dir == CM_DIR_INGRESS ? f->daddr : f->saddr;
+	__u32 peer_addr = dir == CM_DIR_INGRESS ? f->saddr : f->daddr;
+	struct cm_policy_cidr_value *cidr = 0;
 
-	if (f->pdport) {
-		a = cm_policy_try(local, peer, f->pdport, f->proto, dir, bytes);
-		if (a)
-			return a == CM_POLICY_ALLOW;
+	if (peer == CM_IDENTITY_WORLD) {
+		struct cm_ipcache_key ck = { .prefixlen = 32, .addr = peer_addr };
+
+		cidr = bpf_map_lookup_elem(&cm_policy_cidr, &ck);
 	}
-	a = cm_policy_try(local, peer, 0, f->proto, dir, bytes);
-	if (a)
-		return a == CM_POLICY_ALLOW;
-	if (f->pdport) {
-		a = cm_policy_try(local, 0, f->pdport, f->proto, dir, bytes);
-		if (a)
-			return a == CM_POLICY_ALLOW;
-	}
-	a = cm_policy_try(local, 0, 0, f->proto, dir, bytes);
-	if (a)
-		return a == CM_POLICY_ALLOW;
-	a = cm_policy_try(local, peer, 0, 0, dir, bytes);
-	if (a)
-		return a == CM_POLICY_ALLOW;
-	a = cm_policy_try(local, 0, 0, 0, dir, bytes);
+	__u8 a = cm_policy_local(local_addr, CM_LOCAL_ENDPOINT, peer, peer_addr, cidr, f, dir,
+				 bytes);
+
+	if (!a)
+		a = cm_policy_local(local, CM_LOCAL_IDENTITY, peer, peer_addr, cidr, f, dir, bytes);
 	return a == CM_POLICY_ALLOW;
 }
 

@@ -45,16 +45,51 @@ struct cm_endpoint_value {
 	__u32 identity;             /* the pod's identity (informational) */
 };
 
-/* ---- cm_policy: HASH ---- */
+/* ---- cm_policy_lpm: LPM_TRIE ----
+ * One key holds every dimension of a rule; the LPM prefix covers the fields
+ * in order, so the prefix length says what the entry leaves open:
+ *   CM_POLICY_PREFIX_ANY_PROTO (88 bits: up to direction)  any protocol/port
+ *   CM_POLICY_PREFIX_ANY_PORT  (96 bits: up to proto)      one protocol, any port
+ *   CM_POLICY_PREFIX_ANY_PORT + n                          the ports sharing the
+ *                                                          first n bits of dport
+ * so a port range becomes at most 30 entries (prefix/mask decomposition).
+ * The local side is an identity or one local pod (named ports of ingress
+ * rules resolve per pod); the peer side is an identity (0 = any), one mesh
+ * pod (named ports of egress rules) or an ipBlock prefix (see cm_policy_cidr).
+ */
 #define CM_DIR_INGRESS 0
 #define CM_DIR_EGRESS 1
 
+#define CM_LOCAL_IDENTITY 0 /* local = security identity */
+#define CM_LOCAL_ENDPOINT 1 /* local = IPv4 of one local pod, network order */
+
+#define CM_PEER_IDENTITY 0 /* peer = security identity, 0 = any peer */
+/* 1..=33: peer = an ipBlock prefix of length (kind - 1), network order */
+#define CM_PEER_CIDR_BASE 1
+#define CM_PEER_ENDPOINT 34 /* peer = IPv4 of one mesh pod, network order */
+
+#define CM_POLICY_PREFIX_ANY_PROTO 88
+#define CM_POLICY_PREFIX_ANY_PORT 96
+#define CM_POLICY_PREFIX_FULL 112
+
 struct cm_policy_key {
-	__u32 local_identity; /* identity the rule is attached to */
-	__u32 peer_identity;  /* 0 = any peer */
-	__u16 dport;          /* network order; 0 = any port */
-	__u8 proto;           /* IPPROTO_*; 0 = any protocol */
-	__u8 direction;       /* CM_DIR_* */
+	__u32 prefixlen; /* bpf_lpm_trie_key header */
+	__u32 local;     /* identity or local pod IPv4 (CM_LOCAL_*) */
+	__u32 peer;      /* identity, pod IPv4 or prefix address (CM_PEER_*) */
+	__u8 local_kind; /* CM_LOCAL_* */
+	__u8 peer_kind;  /* CM_PEER_* */
+	__u8 direction;  /* CM_DIR_* */
+	__u8 proto;      /* IPPROTO_*; 0 with prefix ANY_PROTO */
+	__u16 dport;     /* network order; masked by the prefix */
+	__u16 pad;       /* outside every prefix; 0 */
+};
+
+/* ---- cm_policy_cidr: LPM_TRIE address -> the longest ipBlock prefix
+ * (cidr or except) of any policy that contains it. Looked up only for peers
+ * of identity `world` (addresses the ipcache does not place in the mesh). */
+struct cm_policy_cidr_value {
+	__u32 addr;      /* the prefix, network order */
+	__u32 prefixlen; /* 0..=32 */
 };
 
 #define CM_POLICY_ALLOW 1
@@ -199,10 +234,11 @@ _Static_assert(__builtin_offsetof(struct cm_ipcache_value, ifindex) == 8, "ipcac
 _Static_assert(__builtin_offsetof(struct cm_ipcache_value, flags) == 12, "ipcache flags");
 _Static_assert(sizeof(struct cm_endpoint_value) == 16, "cm_endpoint_value");
 _Static_assert(__builtin_offsetof(struct cm_endpoint_value, identity) == 12, "endpoint identity");
-_Static_assert(sizeof(struct cm_policy_key) == 12, "cm_policy_key");
-_Static_assert(__builtin_offsetof(struct cm_policy_key, dport) == 8, "policy dport");
-_Static_assert(__builtin_offsetof(struct cm_policy_key, proto) == 10, "policy proto");
-_Static_assert(__builtin_offsetof(struct cm_policy_key, direction) == 11, "policy direction");
+_Static_assert(sizeof(struct cm_policy_key) == 20, "cm_policy_key");
+_Static_assert(__builtin_offsetof(struct cm_policy_key, local_kind) == 12, "policy local_kind");
+_Static_assert(__builtin_offsetof(struct cm_policy_key, proto) == 15, "policy proto");
+_Static_assert(__builtin_offsetof(struct cm_policy_key, dport) == 16, "policy dport");
+_Static_assert(sizeof(struct cm_policy_cidr_value) == 8, "cm_policy_cidr_value");
 _Static_assert(sizeof(struct cm_policy_value) == 24, "cm_policy_value");
 _Static_assert(__builtin_offsetof(struct cm_policy_value, packets) == 8, "policy packets");
 _Static_assert(sizeof(struct cm_enforced_key) == 8, "cm_enforced_key");

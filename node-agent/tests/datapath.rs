@@ -162,13 +162,7 @@ fn ingress_policy_allows_only_tcp_8080() {
     assert!(ping(&t.pod(0, 0).ns, POD_B, 2), "baseline ping failed");
 
     let mut dp_b = t.datapath(1);
-    let rule = PolicyRule {
-        local_identity: id_b,
-        peer_identity: id_a,
-        proto: PROTO_TCP,
-        port: 8080,
-        direction: Direction::Ingress,
-    };
+    let rule = PolicyRule::identities(id_b, id_a, PROTO_TCP, 8080, Direction::Ingress);
     dp_b.upsert_policy(&rule, Verdict::Allow).expect("policy");
     dp_b.set_enforced(id_b, Direction::Ingress)
         .expect("enforce");
@@ -209,11 +203,7 @@ fn ingress_policy_allows_only_tcp_8080() {
     );
 
     // An explicit ICMP allow from podA's identity opens ping again.
-    let icmp = PolicyRule {
-        proto: PROTO_ICMP,
-        port: 0,
-        ..rule
-    };
+    let icmp = PolicyRule::identities(id_b, id_a, PROTO_ICMP, 0, Direction::Ingress);
     dp_b.upsert_policy(&icmp, Verdict::Allow)
         .expect("icmp rule");
     assert!(
@@ -251,13 +241,7 @@ fn restart_keeps_pinned_maps_and_traffic() {
     }
     let mut t = two_clusters(TunnelKind::Vxlan);
     let (id_a, id_b) = (identity(1, 0), identity(2, 0));
-    let rule = PolicyRule {
-        local_identity: id_b,
-        peer_identity: id_a,
-        proto: PROTO_ICMP,
-        port: 0,
-        direction: Direction::Ingress,
-    };
+    let rule = PolicyRule::identities(id_b, id_a, PROTO_ICMP, 0, Direction::Ingress);
     {
         let mut dp = t.datapath(1);
         dp.upsert_policy(&rule, Verdict::Allow).expect("policy");
@@ -338,15 +322,15 @@ fn reload_adopts_pins_and_refuses_incompatible_ones() {
         "config lost across reload"
     );
 
-    // Put a map of another layout where cm_policy should be: refuse, name the pin.
-    std::fs::remove_file(dir.join("cm_policy")).expect("unpin cm_policy");
-    std::fs::rename(dir.join("cm_endpoints"), dir.join("cm_policy")).expect("rename in bpffs");
+    // Put a map of another layout where cm_policy_lpm should be: refuse, name the pin.
+    std::fs::remove_file(dir.join("cm_policy_lpm")).expect("unpin cm_policy_lpm");
+    std::fs::rename(dir.join("cm_endpoints"), dir.join("cm_policy_lpm")).expect("rename in bpffs");
     let err = Loader::load(&dir)
         .err()
         .expect("an incompatible pin must be refused");
     let msg = err.to_string();
     assert!(
-        msg.contains("cm_policy") && msg.contains("does not match"),
+        msg.contains("cm_policy_lpm") && msg.contains("does not match"),
         "{msg}"
     );
 }

@@ -8,24 +8,15 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 
-use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
+use clustermesh_node_agent::datapath::netns::named_netns_path;
 use clustermesh_node_agent::datapath::{
-    DatapathConfig, Direction, PROTO_TCP, PolicyRule, Reason, TunnelKind, Verdict,
+    Direction, PROTO_TCP, PolicyRule, Reason, TunnelKind, Verdict,
 };
 use common::topology::{Topology, UNDERLAY_IF, identity};
-use common::{ns_cmd, ping, ping_fails, require_root, start_echo_server, tcp_echo};
+use common::{ping, ping_fails, require_root, start_echo_server, tcp_echo};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
-
-fn sh_ok(ns: &str, args: &[&str]) {
-    let out = ns_cmd(ns, args);
-    assert!(
-        out.status.success(),
-        "{args:?} in {ns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Counts ICMP packets between the pods seen in clear on gwA's underlay.
 fn plain_icmp_on_underlay(ns: &str, during: impl FnOnce()) -> usize {
@@ -88,26 +79,7 @@ fn native_routing_with_identity_from_ipcache() {
         [&[(POD_A, identity(1, 0))], &[(POD_B, identity(2, 0))]],
     );
     t.load_and_program();
-    let cidrs = ["10.1.0.0/24", "10.2.0.0/24"];
-    for g in 0..2 {
-        let ns = t.gws[g].ns.clone();
-        let mut loader = t.gws[g].loader.take().expect("loaded");
-        let loader = run_in_netns(&named_netns_path(&ns), move || {
-            loader.attach_from_underlay(UNDERLAY_IF).map(|()| loader)
-        })
-        .expect("netns")
-        .expect("attach from_underlay");
-        t.gws[g].loader = Some(loader);
-        let mut dp = t.datapath(g);
-        let cfg = DatapathConfig {
-            native: true,
-            ..dp.config().expect("config")
-        };
-        dp.set_config(&cfg).expect("config");
-        sh_ok(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        let peer = t.gws[1 - g].underlay_ip.to_string();
-        sh_ok(&ns, &["ip", "route", "add", cidrs[1 - g], "via", &peer]);
-    }
+    t.go_native(["10.1.0.0/24", "10.2.0.0/24"]);
 
     let seen = plain_icmp_on_underlay(&t.gws[0].ns, || {
         assert!(
@@ -129,13 +101,13 @@ fn native_routing_with_identity_from_ipcache() {
     start_echo_server(&t.pod(1, 0).ns, server).expect("echo server");
     let mut dp_b = t.datapath(1);
     dp_b.upsert_policy(
-        &PolicyRule {
-            local_identity: identity(2, 0),
-            peer_identity: identity(1, 0),
-            proto: PROTO_TCP,
-            port: 8080,
-            direction: Direction::Ingress,
-        },
+        &PolicyRule::identities(
+            identity(2, 0),
+            identity(1, 0),
+            PROTO_TCP,
+            8080,
+            Direction::Ingress,
+        ),
         Verdict::Allow,
     )
     .expect("policy");

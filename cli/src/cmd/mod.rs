@@ -1,5 +1,6 @@
 //! One module per `clustermesh` subcommand.
 
+pub mod agents;
 pub mod certs;
 pub mod connect;
 pub mod context;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clustermesh_proto::v1::{Kind, PeerStatus, StatusRequest, StatusResponse};
 use serde_json::{Value, json};
 
-use super::{Conn, rpc_error};
+use super::{Conn, agents, rpc_error};
 use crate::output::{Format, age_millis, age_text, json_text, table};
 use crate::progress::Progress;
 
@@ -264,15 +264,32 @@ pub async fn wait(
 
 /// `status [--wait[=DUR]]`: prints the status; with --wait, fails (after
 /// printing the last status) when it is not all ready and synced in time.
-pub async fn run(conn: &Conn, wait_for: Option<Duration>, format: Format) -> anyhow::Result<()> {
+pub async fn run(
+    conn: &Conn,
+    wait_for: Option<Duration>,
+    agent_addrs: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
     let (status, still) = match wait_for {
         Some(t) => wait(conn, t).await?,
         None => (fetch(conn).await?, None),
     };
+    let agents = agents::fetch_all(agent_addrs).await;
     let now = clustermesh_proto::clock::unix_millis();
     match format {
-        Format::Json => print!("{}", json_text(&to_json(&status, now))),
-        Format::Table => print!("{}", to_text(&status, now)),
+        Format::Json => {
+            let mut v = to_json(&status, now);
+            if !agent_addrs.is_empty() {
+                v["agents"] = agents::to_json(&agents);
+            }
+            print!("{}", json_text(&v))
+        }
+        Format::Table => {
+            print!("{}", to_text(&status, now));
+            if !agent_addrs.is_empty() {
+                print!("{}", agents::to_text(&agents));
+            }
+        }
     }
     if let (Some(w), Some(t)) = (still, wait_for) {
         anyhow::bail!(

@@ -25,7 +25,7 @@ use clustermesh_proto::v1::NamedPort;
 
 use super::gateways::{self, GatewayPlan};
 use super::labels::IdentityLabels;
-use super::policy::{self, PolicyInputs, PolicyReport};
+use super::policy::{self, LocalEndpoint, PeerEndpoint, PolicyInputs, PolicyReport};
 use super::services::{self, ServiceIds};
 use super::view::View;
 use crate::datapath::types::IDENTITY_WORLD;
@@ -53,6 +53,7 @@ pub struct LocalPod {
     pub identity: u32,
     pub namespace: String,
     pub pod: String,
+    pub named_ports: Vec<NamedPort>,
 }
 
 /// What the computation produced, and what it had to leave out.
@@ -93,6 +94,7 @@ pub fn local_pods(view: &View, node_name: &str) -> BTreeMap<Ipv4Addr, LocalPod> 
                     identity: e.identity,
                     namespace: e.namespace.clone(),
                     pod: e.pod.clone(),
+                    named_ports: e.named_ports.clone(),
                 },
             ))
         })
@@ -294,27 +296,40 @@ pub fn compute(
         .values()
         .map(|i| (i.id, IdentityLabels::from_record(i)))
         .collect();
-    let mut named_ports: BTreeMap<u32, Vec<NamedPort>> = BTreeMap::new();
+    let local_endpoints: Vec<LocalEndpoint> = local_pods(view, node_name)
+        .into_iter()
+        .filter(|(ip, p)| valid_identity(p.identity) && ifaces.contains_key(ip))
+        .map(|(ip, p)| LocalEndpoint {
+            ip,
+            identity: p.identity,
+            namespace: p.namespace,
+            named_ports: p.named_ports,
+        })
+        .collect();
+    let mut endpoints: BTreeMap<u32, Vec<PeerEndpoint>> = BTreeMap::new();
     for e in view
         .endpoints
         .values()
         .filter(|e| !e.named_ports.is_empty())
     {
-        named_ports
-            .entry(e.identity)
-            .or_default()
-            .extend(e.named_ports.iter().cloned());
+        if let Ok(ip) = e.ip.parse() {
+            endpoints.entry(e.identity).or_default().push(PeerEndpoint {
+                ip,
+                named_ports: e.named_ports.clone(),
+            });
+        }
     }
     let compiled = policy::compile(
         &PolicyInputs {
-            local: &local_ids,
+            local: &local_endpoints,
             identities: &identities,
-            named_ports: &named_ports,
+            endpoints: &endpoints,
         },
         view.policies.values(),
     );
     d.policy = compiled.rules;
     d.enforced = compiled.enforced;
+    d.policy_cidrs = compiled.cidrs;
     c.policy = compiled.report;
 
     // Global services.

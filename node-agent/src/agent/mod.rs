@@ -20,6 +20,8 @@ pub mod labels;
 pub mod mtu;
 pub mod policy;
 pub mod propagation;
+pub mod policy_cidr;
+pub mod policy_report;
 pub mod reconciler;
 pub mod report;
 pub mod routes;

@@ -19,58 +19,72 @@
 //!   every cluster); with `namespaceSelector` pods of the matching namespaces;
 //!   with both, both must match. `clustermesh.io/cluster` in either selector
 //!   restricts the match to the named clusters.
-//! - Named ports resolve through the endpoints' named ports: for ingress the
-//!   selected pod's own ports, for egress the peer's.
-//! - `endPort` ranges are expanded, at most [`MAX_RANGE`] ports per range.
-//! - **Limitation:** `ipBlock` peers are skipped (counted), so such a rule
-//!   admits nothing extra; traffic from/to outside the mesh is identity
-//!   `world` and is only admitted by rules without peers.
+//! - Named ports resolve against each pod's own container ports: for
+//!   ingress each selected local pod's (entries keyed by that pod), for egress
+//!   each peer pod's (entries naming that pod as the peer).
+//! - `port..endPort` ranges of any width become the few port prefixes that
+//!   cover them exactly ([`PortPrefix::cover`], at most 30).
+//! - `ipBlock` peers select addresses outside the mesh by prefix (see
+//!   [`super::policy_cidr`]); a mesh pod's IP is never selected by an ipBlock.
+//! - Fail-closed: a local pod whose identity record is unknown is default-deny
+//!   in every direction some policy of its namespace enforces, until it is known.
+//! - What cannot be programmed is refused, counted per reason and left out,
+//!   never widened ([`super::policy_report`]).
 //!
 //! Entries are only produced for the identities of this node's pods: they
 //! are the only `local_identity` the programs ever look up.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use clustermesh_proto::v1::{NamedPort, Policy, PolicyPeer, PolicyPort, PolicyRule as K8sRule};
 
 use super::labels::{IdentityLabels, matches};
-use crate::datapath::{Direction, PROTO_TCP, PROTO_UDP, PolicyRule, Verdict};
+use super::policy_cidr::Blocks;
+pub use super::policy_report::{PolicyReport, Refusal};
+use crate::datapath::pins::{POLICY_CIDR_MAX, POLICY_MAX};
+use crate::datapath::{
+    Direction, Ipv4Prefix, PROTO_TCP, PROTO_UDP, PolicyLocal, PolicyPeer as Peer, PolicyRule,
+    PortPrefix, Verdict,
+};
 
 /// SCTP's IP protocol number.
 pub const PROTO_SCTP: u8 = 132;
-/// The most ports one `port..endPort` range expands to.
-pub const MAX_RANGE: u32 = 1024;
-
-/// What the compilation could not express.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PolicyReport {
-    /// `ipBlock` peers skipped (see the module docs).
-    pub skipped_ip_blocks: usize,
-    /// Named ports that no endpoint defines (the port admits nothing).
-    pub unresolved_named_ports: usize,
-    /// Port ranges cut at [`MAX_RANGE`].
-    pub truncated_ranges: usize,
-    /// Local identities without an identity record (selectors cannot be evaluated:
-    /// treated as selected by no policy).
-    pub unknown_local_identities: usize,
-}
 
 /// The compiled entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub rules: BTreeMap<PolicyRule, Verdict>,
     pub enforced: BTreeSet<(u32, Direction)>,
+    /// The ipBlock prefixes of `cm_policy_cidr`.
+    pub cidrs: BTreeSet<Ipv4Prefix>,
     pub report: PolicyReport,
+}
+
+/// A pod of this node as the compiler sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub ip: Ipv4Addr,
+    pub identity: u32,
+    pub namespace: String,
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// A pod anywhere in the mesh that defines named ports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEndpoint {
+    pub ip: Ipv4Addr,
+    pub named_ports: Vec<NamedPort>,
 }
 
 /// Inputs of the compilation.
 pub struct PolicyInputs<'a> {
-    /// Identities of this node's pods.
-    pub local: &'a BTreeSet<u32>,
+    /// This node's pods.
+    pub local: &'a [LocalEndpoint],
     /// Every known identity by number.
     pub identities: &'a BTreeMap<u32, IdentityLabels>,
-    /// Named ports of the endpoints, by identity.
-    pub named_ports: &'a BTreeMap<u32, Vec<NamedPort>>,
+    /// The pods of the mesh that define named ports, by identity.
+    pub endpoints: &'a BTreeMap<u32, Vec<PeerEndpoint>>,
 }
 
 /// The IP protocol of a Kubernetes protocol name (empty = TCP).
@@ -116,20 +130,8 @@ fn selects(p: &Policy, l: &IdentityLabels) -> bool {
     sel.is_none_or(|s| matches(s, &l.pod))
 }
 
-/// A peer of a rule: any identity, or one identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Peer {
-    Any,
-    Id(u32),
-}
-
-impl Peer {
-    fn raw(self) -> u32 {
-        match self {
-            Peer::Any => 0,
-            Peer::Id(id) => id,
-        }
-    }
+pub(crate) fn policy_name(p: &Policy) -> String {
+    format!("{}/{}/{}", p.cluster, p.namespace, p.name)
 }
 
 /// Compiles every policy for every local identity.
@@ -138,9 +140,17 @@ pub fn compile<'p>(
     policies: impl IntoIterator<Item = &'p Policy> + Clone,
 ) -> CompiledPolicy {
     let mut out = CompiledPolicy::default();
-    for &local in inputs.local {
+    let mut blocks = Blocks::default();
+    for p in policies.clone() {
+        blocks.gather(&mut out.report, &policy_name(p), p);
+    }
+    let mut locals: BTreeMap<u32, Vec<&LocalEndpoint>> = BTreeMap::new();
+    for e in inputs.local {
+        locals.entry(e.identity).or_default().push(e);
+    }
+    for (&local, pods) in &locals {
         let Some(l) = inputs.identities.get(&local) else {
-            out.report.unknown_local_identities += 1;
+            fail_closed(&mut out, local, pods, policies.clone());
             continue;
         };
         for p in policies.clone() {
@@ -151,21 +161,123 @@ pub fn compile<'p>(
             let Some(spec) = p.spec.as_ref() else {
                 continue;
             };
+            let mut cx = Rule {
+                inputs,
+                blocks: &blocks,
+                policy: p,
+                local,
+                pods,
+                out: &mut out,
+            };
             if ingress {
-                out.enforced.insert((local, Direction::Ingress));
+                cx.out.enforced.insert((local, Direction::Ingress));
                 for rule in &spec.ingress {
-                    compile_rule(inputs, &mut out, p, local, rule, Direction::Ingress);
+                    cx.compile(rule, Direction::Ingress);
                 }
             }
             if egress {
-                out.enforced.insert((local, Direction::Egress));
+                cx.out.enforced.insert((local, Direction::Egress));
                 for rule in &spec.egress {
-                    compile_rule(inputs, &mut out, p, local, rule, Direction::Egress);
+                    cx.compile(rule, Direction::Egress);
                 }
             }
         }
     }
+    if out
+        .rules
+        .keys()
+        .any(|r| matches!(r.peer, Peer::Cidr { .. }))
+    {
+        out.cidrs = blocks.set.clone();
+    }
+    enforce_capacity(&mut out, &locals);
+    out.report.ip_block_prefixes = out.cidrs.len();
     out
+}
+
+/// A local identity without a record: its selectors cannot be evaluated, so
+/// it is default-deny in every direction any policy of its pods' namespaces
+/// enforces (a policy there may select it once its labels are known).
+fn fail_closed<'p>(
+    out: &mut CompiledPolicy,
+    local: u32,
+    pods: &[&LocalEndpoint],
+    policies: impl IntoIterator<Item = &'p Policy>,
+) {
+    out.report.unknown_local_identities += 1;
+    let namespaces: BTreeSet<&str> = pods.iter().map(|e| e.namespace.as_str()).collect();
+    let mut closed = false;
+    for p in policies {
+        if !namespaces.contains(p.namespace.as_str()) || p.spec.is_none() {
+            continue;
+        }
+        let (ingress, egress) = policy_types(p);
+        for (on, dir) in [(ingress, Direction::Ingress), (egress, Direction::Egress)] {
+            if on {
+                out.enforced.insert((local, dir));
+                closed = true;
+            }
+        }
+    }
+    if closed {
+        out.report.fail_closed_identities += 1;
+    }
+}
+
+/// Leaves out what the maps cannot hold, refusing it: whole local identities
+/// (they stay default-deny) beyond `cm_policy_lpm`'s capacity, every ipBlock
+/// peer beyond `cm_policy_cidr`'s.
+fn enforce_capacity(out: &mut CompiledPolicy, locals: &BTreeMap<u32, Vec<&LocalEndpoint>>) {
+    if out.cidrs.len() > POLICY_CIDR_MAX as usize {
+        out.report.refuse(
+            Refusal::CidrMapFull,
+            String::new(),
+            format!("{} prefixes > {POLICY_CIDR_MAX}", out.cidrs.len()),
+        );
+        out.rules
+            .retain(|r, _| !matches!(r.peer, Peer::Cidr { .. }));
+        out.cidrs.clear();
+    }
+    if out.rules.len() <= POLICY_MAX as usize {
+        return;
+    }
+    let by_ip: BTreeMap<Ipv4Addr, u32> = locals
+        .iter()
+        .flat_map(|(id, pods)| pods.iter().map(move |e| (e.ip, *id)))
+        .collect();
+    let identity_of = |r: &PolicyRule| match r.local {
+        PolicyLocal::Identity(id) => id,
+        PolicyLocal::Endpoint(ip) => by_ip.get(&ip).copied().unwrap_or(0),
+    };
+    let mut per_identity: BTreeMap<u32, usize> = BTreeMap::new();
+    for r in out.rules.keys() {
+        *per_identity.entry(identity_of(r)).or_default() += 1;
+    }
+    let mut room = POLICY_MAX as usize;
+    let mut dropped = BTreeSet::new();
+    for (id, n) in per_identity {
+        if n <= room {
+            room -= n;
+        } else {
+            dropped.insert(id);
+            out.report.refuse(
+                Refusal::PolicyMapFull,
+                format!("identity {id}"),
+                format!("{n} entries"),
+            );
+        }
+    }
+    out.rules.retain(|r, _| !dropped.contains(&identity_of(r)));
+}
+
+/// Compiling the rules of one policy for one local identity.
+struct Rule<'a, 'i> {
+    inputs: &'a PolicyInputs<'i>,
+    blocks: &'a Blocks,
+    policy: &'a Policy,
+    local: u32,
+    pods: &'a [&'a LocalEndpoint],
+    out: &'a mut CompiledPolicy,
 }
 
 fn peer_matches(policy: &Policy, peer: &PolicyPeer, l: &IdentityLabels) -> bool {
@@ -180,157 +292,173 @@ fn peer_matches(policy: &Policy, peer: &PolicyPeer, l: &IdentityLabels) -> bool 
     }
 }
 
-fn peers_of(
-    inputs: &PolicyInputs<'_>,
-    out: &mut CompiledPolicy,
-    p: &Policy,
-    rule: &K8sRule,
-) -> Vec<Peer> {
-    if rule.peers.is_empty() {
-        return vec![Peer::Any];
+impl Rule<'_, '_> {
+    fn refuse(&mut self, why: Refusal, detail: String) {
+        self.out
+            .report
+            .refuse(why, policy_name(self.policy), detail);
     }
-    let mut peers = BTreeSet::new();
-    for peer in &rule.peers {
-        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
-            if peer.ip_block.is_some() {
-                out.report.skipped_ip_blocks += 1;
-            }
-            continue;
+
+    fn allow(
+        &mut self,
+        local: PolicyLocal,
+        peer: Peer,
+        proto: u8,
+        port: PortPrefix,
+        dir: Direction,
+    ) {
+        self.out.rules.insert(
+            PolicyRule {
+                local,
+                peer,
+                proto,
+                port,
+                direction: dir,
+            },
+            Verdict::Allow,
+        );
+    }
+
+    fn peers(&self, rule: &K8sRule) -> Vec<Peer> {
+        if rule.peers.is_empty() {
+            return vec![Peer::Any];
         }
-        for (id, l) in inputs.identities {
-            if peer_matches(p, peer, l) {
-                peers.insert(Peer::Id(*id));
+        let mut peers = BTreeSet::new();
+        for peer in &rule.peers {
+            if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+                if let Some(b) = &peer.ip_block {
+                    peers.extend(self.blocks.peers(b));
+                }
+                continue;
+            }
+            for (id, l) in self.inputs.identities {
+                if peer_matches(self.policy, peer, l) {
+                    peers.insert(Peer::Identity(*id));
+                }
+            }
+        }
+        peers.into_iter().collect()
+    }
+
+    fn compile(&mut self, rule: &K8sRule, dir: Direction) {
+        let peers = self.peers(rule);
+        let local = PolicyLocal::Identity(self.local);
+        if rule.ports.is_empty() {
+            for peer in &peers {
+                self.allow(local, *peer, 0, PortPrefix::ANY, dir);
+            }
+            return;
+        }
+        for port in &rule.ports {
+            let Some(proto) = protocol_number(&port.protocol) else {
+                self.refuse(
+                    Refusal::UnknownProtocol,
+                    format!("protocol {:?}", port.protocol),
+                );
+                continue;
+            };
+            if let Some(name) = &port.named_port {
+                self.named(&peers, name, proto, dir);
+                continue;
+            }
+            let Some(prefixes) = self.numeric(port, proto) else {
+                continue;
+            };
+            for peer in &peers {
+                for pp in &prefixes {
+                    self.allow(local, *peer, proto, *pp, dir);
+                }
             }
         }
     }
-    peers.into_iter().collect()
+
+    /// The port prefixes of a numeric port (or the whole protocol); `None` if refused.
+    fn numeric(&mut self, port: &PolicyPort, proto: u8) -> Option<Vec<PortPrefix>> {
+        let Some(start) = port.port.filter(|p| *p != 0) else {
+            return Some(vec![PortPrefix::ANY]);
+        };
+        let end = port.end_port.unwrap_or(start);
+        let (Ok(lo), Ok(hi)) = (u16::try_from(start), u16::try_from(end)) else {
+            self.refuse(Refusal::InvalidPort, format!("port {start}..{end}"));
+            return None;
+        };
+        if hi < lo {
+            self.refuse(Refusal::InvalidPort, format!("port {start}..{end}"));
+            return None;
+        }
+        if proto == PROTO_SCTP {
+            self.refuse(Refusal::SctpPort, format!("SCTP port {start}..{end}"));
+            return None;
+        }
+        Some(PortPrefix::cover(lo, hi))
+    }
+
+    /// A named port: ingress resolves on each selected local pod, egress on
+    /// each peer pod.
+    fn named(&mut self, peers: &[Peer], name: &str, proto: u8, dir: Direction) {
+        if proto == PROTO_SCTP {
+            self.refuse(Refusal::SctpPort, format!("SCTP port {name:?}"));
+            return;
+        }
+        let mut resolved = false;
+        match dir {
+            Direction::Ingress => {
+                let pods: Vec<(Ipv4Addr, Vec<u16>)> = self
+                    .pods
+                    .iter()
+                    .map(|e| (e.ip, resolve(&e.named_ports, name, proto)))
+                    .collect();
+                for (ip, numbers) in pods {
+                    for n in numbers {
+                        resolved = true;
+                        for peer in peers {
+                            let port = PortPrefix::exact(n);
+                            self.allow(PolicyLocal::Endpoint(ip), *peer, proto, port, dir);
+                        }
+                    }
+                }
+            }
+            Direction::Egress => {
+                let local = PolicyLocal::Identity(self.local);
+                let mut targets: Vec<(Ipv4Addr, u16)> = Vec::new();
+                for peer in peers {
+                    let ids: Vec<u32> = match peer {
+                        Peer::Any => self.inputs.endpoints.keys().copied().collect(),
+                        Peer::Identity(id) => vec![*id],
+                        Peer::Cidr { addr, len } => {
+                            self.refuse(
+                                Refusal::NamedPortToIpBlock,
+                                format!("port {name:?} to {addr}/{len}"),
+                            );
+                            continue;
+                        }
+                        Peer::Endpoint(_) => continue,
+                    };
+                    for id in ids {
+                        for e in self.inputs.endpoints.get(&id).into_iter().flatten() {
+                            for n in resolve(&e.named_ports, name, proto) {
+                                targets.push((e.ip, n));
+                            }
+                        }
+                    }
+                }
+                for (ip, n) in targets {
+                    resolved = true;
+                    self.allow(local, Peer::Endpoint(ip), proto, PortPrefix::exact(n), dir);
+                }
+            }
+        }
+        if !resolved {
+            self.out.report.unresolved_named_ports += 1;
+        }
+    }
 }
 
-/// Port numbers a named port resolves to on the endpoints of `identity`.
-fn named(inputs: &PolicyInputs<'_>, identity: u32, name: &str, proto: u8) -> BTreeSet<u16> {
-    inputs
-        .named_ports
-        .get(&identity)
-        .into_iter()
-        .flatten()
+/// The numbers `name` has among `ports` for `proto`.
+fn resolve(ports: &[NamedPort], name: &str, proto: u8) -> Vec<u16> {
+    ports
+        .iter()
         .filter(|np| np.name == name && protocol_number(&np.protocol) == Some(proto))
         .filter_map(|np| u16::try_from(np.port).ok().filter(|p| *p != 0))
         .collect()
-}
-
-/// (proto, port) pairs of one PolicyPort for one (local, peer) pair.
-fn ports_of(
-    inputs: &PolicyInputs<'_>,
-    report: &mut PolicyReport,
-    port: &PolicyPort,
-    dir: Direction,
-    local: u32,
-    peer: Peer,
-) -> Vec<(u8, u16)> {
-    let Some(proto) = protocol_number(&port.protocol) else {
-        return vec![];
-    };
-    if let Some(name) = &port.named_port {
-        // Ingress: the selected pod's own port; egress: the destination's.
-        let ids: Vec<u32> = match (dir, peer) {
-            (Direction::Ingress, _) => vec![local],
-            (Direction::Egress, Peer::Id(id)) => vec![id],
-            (Direction::Egress, Peer::Any) => inputs.named_ports.keys().copied().collect(),
-        };
-        let found: BTreeSet<u16> = ids
-            .iter()
-            .flat_map(|id| named(inputs, *id, name, proto))
-            .collect();
-        return found.into_iter().map(|p| (proto, p)).collect();
-    }
-    match port.port {
-        None | Some(0) => vec![(proto, 0)],
-        Some(start) => {
-            let Ok(start) = u16::try_from(start) else {
-                return vec![];
-            };
-            let end = port
-                .end_port
-                .and_then(|e| u16::try_from(e).ok())
-                .filter(|e| *e >= start)
-                .unwrap_or(start);
-            let mut last = u32::from(end);
-            if last - u32::from(start) + 1 > MAX_RANGE {
-                report.truncated_ranges += 1;
-                last = u32::from(start) + MAX_RANGE - 1;
-            }
-            (u32::from(start)..=last)
-                .filter_map(|p| u16::try_from(p).ok())
-                .map(|p| (proto, p))
-                .collect()
-        }
-    }
-}
-
-fn compile_rule(
-    inputs: &PolicyInputs<'_>,
-    out: &mut CompiledPolicy,
-    p: &Policy,
-    local: u32,
-    rule: &K8sRule,
-    dir: Direction,
-) {
-    let peers = peers_of(inputs, out, p, rule);
-    // Named ports that resolved for at least one peer.
-    let mut resolved = vec![false; rule.ports.len()];
-    for peer in peers {
-        let pairs: Vec<(u8, u16)> = if rule.ports.is_empty() {
-            vec![(0, 0)]
-        } else {
-            let mut v = Vec::new();
-            for (i, port) in rule.ports.iter().enumerate() {
-                // Egress to any peer with a named port: one entry per peer
-                // identity that defines it (the number differs per peer).
-                if dir == Direction::Egress && peer == Peer::Any && port.named_port.is_some() {
-                    let name = port.named_port.as_deref().unwrap_or_default();
-                    let Some(proto) = protocol_number(&port.protocol) else {
-                        continue;
-                    };
-                    for id in inputs.named_ports.keys() {
-                        for n in named(inputs, *id, name, proto) {
-                            resolved[i] = true;
-                            out.rules.insert(
-                                PolicyRule {
-                                    local_identity: local,
-                                    peer_identity: *id,
-                                    proto,
-                                    port: n,
-                                    direction: dir,
-                                },
-                                Verdict::Allow,
-                            );
-                        }
-                    }
-                    continue;
-                }
-                let pairs = ports_of(inputs, &mut out.report, port, dir, local, peer);
-                resolved[i] |= !pairs.is_empty();
-                v.extend(pairs);
-            }
-            v
-        };
-        for (proto, port) in pairs {
-            out.rules.insert(
-                PolicyRule {
-                    local_identity: local,
-                    peer_identity: peer.raw(),
-                    proto,
-                    port,
-                    direction: dir,
-                },
-                Verdict::Allow,
-            );
-        }
-    }
-    out.report.unresolved_named_ports += rule
-        .ports
-        .iter()
-        .zip(&resolved)
-        .filter(|(p, ok)| p.named_port.is_some() && !**ok)
-        .count();
 }

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::config::{AgentConfig, Mode};
 use super::desired::{self, Computed, PodIface};
 use super::host::PodFinder;
+use super::policy_report::RefusalKey;
 use super::services::ServiceIds;
 use super::status::Status;
 use super::view::View;
@@ -58,6 +59,8 @@ pub struct Reconciler {
     last: Option<RawState>,
     last_read: Instant,
     status: Arc<Mutex<Status>>,
+    /// Policy refusals already logged (each is logged once while it lasts).
+    refusals_logged: BTreeSet<RefusalKey>,
 }
 
 /// Brings the datapath up: tunnel device or native forwarding, programs
@@ -161,6 +164,7 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
         last: Some(adopted),
         last_read: Instant::now(),
         status,
+        refusals_logged: BTreeSet::new(),
     })
 }
 
@@ -230,6 +234,7 @@ impl Reconciler {
             Mode::Tunnel(_) => 0,
         };
         debug!(elapsed = ?started.elapsed(), "reconciled");
+        self.log_refusals(&computed);
         self.publish(&computed, res, route_count);
     }
 
@@ -337,6 +342,20 @@ impl Reconciler {
         }
     }
 
+    /// Logs each policy refusal once (again only if it goes away and comes back).
+    fn log_refusals(&mut self, c: &Computed) {
+        for r in c.policy.refusals.difference(&self.refusals_logged) {
+            let (why, policy, detail) = r;
+            warn!(
+                reason = why.label(),
+                policy = %policy,
+                detail = %detail,
+                "policy rule not programmed: left out (the rule admits less, never more)"
+            );
+        }
+        self.refusals_logged = c.policy.refusals.clone();
+    }
+
     fn publish(&self, c: &Computed, res: Result<(usize, usize, usize), String>, routes: usize) {
         let Ok(mut s) = self.status.lock() else {
             return;
@@ -360,8 +379,10 @@ impl Reconciler {
         d.services = c.desired.services.len();
         d.routes = routes;
         d.attached = self.attached.keys().cloned().collect();
-        d.skipped_ip_blocks = c.policy.skipped_ip_blocks;
+        d.policy_refused = c.policy.refused();
         d.unresolved_named_ports = c.policy.unresolved_named_ports;
+        d.fail_closed_identities = c.policy.fail_closed_identities;
+        d.ip_block_prefixes = c.policy.ip_block_prefixes;
         d.applies += 1;
         match res {
             Ok(r) => {

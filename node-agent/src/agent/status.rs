@@ -2,6 +2,7 @@
 //! the health endpoint, and its renderings (`/status` JSON, `/metrics`
 //! Prometheus text).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -55,8 +56,12 @@ pub struct DatapathStatus {
     pub last_apply: Option<(usize, usize, usize)>,
     pub last_error: Option<String>,
     pub last_apply_unix_ms: i64,
-    pub skipped_ip_blocks: usize,
+    /// Policy rule parts the agent could not program, per reason (left out, never widened).
+    pub policy_refused: BTreeMap<&'static str, usize>,
     pub unresolved_named_ports: usize,
+    /// Local identities without a record, default-deny until it arrives.
+    pub fail_closed_identities: usize,
+    pub ip_block_prefixes: usize,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -127,8 +132,10 @@ impl Status {
                 "attached": d.attached, "applies": d.applies, "apply_errors": d.apply_errors,
                 "last_apply": d.last_apply.map(|(u, del, same)| json!({"upserts": u, "deletes": del, "unchanged": same})),
                 "last_apply_unix_ms": d.last_apply_unix_ms, "last_error": d.last_error,
-                "skipped_ip_blocks": d.skipped_ip_blocks,
+                "policy_refused": d.policy_refused,
                 "unresolved_named_ports": d.unresolved_named_ports,
+                "fail_closed_identities": d.fail_closed_identities,
+                "ip_block_prefixes": d.ip_block_prefixes,
             },
             "counters": counters,
         })
@@ -218,6 +225,21 @@ impl Status {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         self.propagation.render(&mut s);
+        let _ = writeln!(
+            s,
+            "# HELP clustermesh_agent_policy_refused Policy rule parts not programmed (left out, never widened), by reason.\n# TYPE clustermesh_agent_policy_refused gauge"
+        );
+        for (reason, n) in &d.policy_refused {
+            let _ = writeln!(
+                s,
+                "clustermesh_agent_policy_refused{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP clustermesh_agent_policy_fail_closed_identities Local identities without a record, default-deny until it arrives.\n# TYPE clustermesh_agent_policy_fail_closed_identities gauge\nclustermesh_agent_policy_fail_closed_identities {}",
+            d.fail_closed_identities
+        );
         if let Some(m) = metrics {
             let _ = writeln!(
                 s,
@@ -260,6 +282,7 @@ mod tests {
         };
         st.datapath.synced = true;
         st.datapath.pending_pods = vec![Ipv4Addr::new(10, 1, 0, 9)];
+        st.datapath.policy_refused = [("unknown_protocol", 2), ("policy_map_full", 0)].into();
         let m = Metrics::default();
         let j = st.to_json(Some(&m));
         assert_eq!(j["healthy"], true);
@@ -268,6 +291,8 @@ mod tests {
         let p = st.to_prometheus(Some(&m));
         assert!(p.contains("clustermesh_datapath_packets_total{reason=\"drop_policy_deny\"} 0"));
         assert!(p.contains("clustermesh_agent_synced 1"));
+        assert_eq!(j["datapath"]["policy_refused"]["unknown_protocol"], 2);
+        assert!(p.contains("clustermesh_agent_policy_refused{reason=\"unknown_protocol\"} 2\n"));
         assert!(p.contains("# TYPE clustermesh_agent_watch_reconnects_total counter\n"));
         assert!(p.contains("# TYPE clustermesh_agent_applies_total counter\n"));
         assert!(p.contains("# TYPE clustermesh_agent_apply_errors_total counter\n"));

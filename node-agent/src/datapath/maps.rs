@@ -14,14 +14,15 @@ use super::error::{DatapathError, Result};
 use super::metrics::{Counter, Metrics, Reason};
 use super::pins::{
     MAP_CONFIG, MAP_CT, MAP_ENDPOINTS, MAP_ENFORCED, MAP_IPCACHE, MAP_LB_BACKENDS,
-    MAP_LB_FRONTENDS, MAP_METRICS, MAP_POLICY, MAP_TUNNEL_SOURCES,
+    MAP_LB_FRONTENDS, MAP_METRICS, MAP_POLICY, MAP_POLICY_CIDR, MAP_TUNNEL_SOURCES,
 };
-use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
+use super::policy_key::PolicyRule;
+use super::rules::{Direction, Frontend, Service, Verdict};
 use super::state::{DatapathConfig, Endpoint, IpcacheEntry, Ipv4Prefix};
 use super::types::{
     BackendKey, BackendValue, ConfigValue, CtKey, CtValue, EndpointValue, EnforcedKey, FrontendKey,
-    FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyKey, PolicyValue,
-    TunnelSourceValue,
+    FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyCidrValue, PolicyKey,
+    PolicyKeyData, PolicyValue, TunnelSourceValue,
 };
 
 /// Counters of one policy entry, as the BPF side accumulated them.
@@ -37,7 +38,8 @@ pub struct Datapath {
     pin_dir: PathBuf,
     pub(crate) ipcache: LpmTrie<MapData, u32, IpcacheValue>,
     pub(crate) endpoints: HashMap<MapData, u32, EndpointValue>,
-    pub(crate) policy: HashMap<MapData, PolicyKey, PolicyValue>,
+    pub(crate) policy: LpmTrie<MapData, PolicyKeyData, PolicyValue>,
+    pub(crate) policy_cidr: LpmTrie<MapData, u32, PolicyCidrValue>,
     pub(crate) enforced: HashMap<MapData, EnforcedKey, u8>,
     pub(crate) ct: HashMap<MapData, CtKey, CtValue>,
     pub(crate) frontends: HashMap<MapData, FrontendKey, FrontendValue>,
@@ -96,6 +98,7 @@ impl Datapath {
             ipcache: typed(d, MAP_IPCACHE)?,
             endpoints: typed(d, MAP_ENDPOINTS)?,
             policy: typed(d, MAP_POLICY)?,
+            policy_cidr: typed(d, MAP_POLICY_CIDR)?,
             enforced: typed(d, MAP_ENFORCED)?,
             ct: typed(d, MAP_CT)?,
             frontends: typed(d, MAP_LB_FRONTENDS)?,
@@ -212,19 +215,21 @@ impl Datapath {
 
     // ---- policy ----
 
-    /// Sets the verdict of `rule`, keeping its counters if it exists.
+    /// Sets the verdict of `rule` (its counters start at zero; [`Datapath::apply`]
+    /// does not touch entries that are already right, so they keep theirs).
     pub fn upsert_policy(&mut self, rule: &PolicyRule, verdict: Verdict) -> Result<()> {
         self.upsert_policy_raw(rule.key(), verdict.raw())
     }
 
     pub(crate) fn upsert_policy_raw(&mut self, k: PolicyKey, action: u8) -> Result<()> {
-        let mut v = found(MAP_POLICY, self.policy.get(&k, 0))?.unwrap_or_default();
-        if v.action == action {
-            return Ok(());
-        }
-        v.action = action;
+        // An LPM lookup from user space is a longest-prefix match, not an
+        // exact one, so the old counters cannot be told apart: start fresh.
+        let v = PolicyValue {
+            action,
+            ..Default::default()
+        };
         self.policy
-            .insert(k, v, 0)
+            .insert(&LpmKey::new(k.prefixlen, k.data), v, 0)
             .map_err(|e| DatapathError::map(MAP_POLICY, e))
     }
 
@@ -234,13 +239,33 @@ impl Datapath {
     }
 
     pub(crate) fn delete_policy_raw(&mut self, k: PolicyKey) -> Result<bool> {
-        Ok(found(MAP_POLICY, self.policy.remove(&k))?.is_some())
+        Ok(found(
+            MAP_POLICY,
+            self.policy.remove(&LpmKey::new(k.prefixlen, k.data)),
+        )?
+        .is_some())
+    }
+
+    /// Every policy entry, raw.
+    pub fn policy_raw(&self) -> Result<BTreeMap<PolicyKey, PolicyValue>> {
+        let it = self.policy.iter().map(|r| {
+            r.map(|(k, v)| {
+                (
+                    PolicyKey {
+                        prefixlen: k.prefix_len(),
+                        data: k.data(),
+                    },
+                    v,
+                )
+            })
+        });
+        collect(MAP_POLICY, it)
     }
 
     /// Every policy entry with its counters.
     pub fn policy_entries(&self) -> Result<BTreeMap<PolicyRule, PolicyStats>> {
         let mut out = BTreeMap::new();
-        for (k, v) in collect(MAP_POLICY, self.policy.iter())? {
+        for (k, v) in self.policy_raw()? {
             if let Some(rule) = PolicyRule::from_key(&k) {
                 out.insert(
                     rule,
@@ -253,6 +278,40 @@ impl Datapath {
             }
         }
         Ok(out)
+    }
+
+    pub(crate) fn upsert_policy_cidr_raw(
+        &mut self,
+        k: IpcacheKey,
+        v: PolicyCidrValue,
+    ) -> Result<()> {
+        self.policy_cidr
+            .insert(&LpmKey::new(k.prefixlen, k.addr), v, 0)
+            .map_err(|e| DatapathError::map(MAP_POLICY_CIDR, e))
+    }
+
+    pub(crate) fn delete_policy_cidr_raw(&mut self, k: IpcacheKey) -> Result<bool> {
+        Ok(found(
+            MAP_POLICY_CIDR,
+            self.policy_cidr.remove(&LpmKey::new(k.prefixlen, k.addr)),
+        )?
+        .is_some())
+    }
+
+    /// Every ipBlock prefix of `cm_policy_cidr`, raw.
+    pub fn policy_cidr_raw(&self) -> Result<BTreeMap<IpcacheKey, PolicyCidrValue>> {
+        let it = self.policy_cidr.iter().map(|r| {
+            r.map(|(k, v)| {
+                (
+                    IpcacheKey {
+                        prefixlen: k.prefix_len(),
+                        addr: k.data(),
+                    },
+                    v,
+                )
+            })
+        });
+        collect(MAP_POLICY_CIDR, it)
     }
 
     /// Marks `identity` as selected by a policy in `dir` (default deny there).

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netdev;
 pub mod netns;
 pub mod pins;
+pub mod policy_key;
 pub mod reconcile;
 pub mod rules;
 pub mod state;
@@ -28,10 +29,10 @@ pub use maps::{Datapath, PolicyStats};
 pub use metrics::{Counter, Metrics, Reason};
 pub use netdev::TunnelKind;
 pub use pins::default_pin_dir;
+pub use policy_key::{PolicyLocal, PolicyPeer, PolicyRule, PortPrefix};
 pub use reconcile::ApplyReport;
 pub use rules::{
-    Affinity, Backend, Direction, Frontend, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PolicyRule, Service,
-    Verdict,
+    Affinity, Backend, Direction, Frontend, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Service, Verdict,
 };
 pub use state::{
     DatapathConfig, DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location, RawState,

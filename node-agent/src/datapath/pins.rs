@@ -11,8 +11,8 @@ use tracing::{debug, info, warn};
 use super::error::{DatapathError, Result};
 use super::types::{
     BackendKey, BackendValue, ConfigValue, CtKey, CtValue, EndpointValue, EnforcedKey, FrontendKey,
-    FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyKey, PolicyValue, RevNatKey,
-    RevNatValue, TunnelSourceValue,
+    FrontendValue, IpcacheKey, IpcacheValue, MetricValue, PolicyCidrValue, PolicyKey, PolicyValue,
+    RevNatKey, RevNatValue, TunnelSourceValue,
 };
 
 /// Where bpffs is conventionally mounted.
@@ -23,7 +23,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Map names (the pin file names under the pin directory).
 pub const MAP_IPCACHE: &str = "cm_ipcache";
 pub const MAP_ENDPOINTS: &str = "cm_endpoints";
-pub const MAP_POLICY: &str = "cm_policy";
+pub const MAP_POLICY: &str = "cm_policy_lpm";
+pub const MAP_POLICY_CIDR: &str = "cm_policy_cidr";
+/// Capacity of `cm_policy_lpm` (`CM_POLICY_MAX`).
+pub const POLICY_MAX: u32 = 65_536;
+/// Capacity of `cm_policy_cidr` (`CM_POLICY_CIDR_MAX`).
+pub const POLICY_CIDR_MAX: u32 = 16_384;
+/// Maps of earlier agents that this one no longer uses (removed with the pin dir).
+pub const RETIRED_MAPS: [&str; 1] = ["cm_policy"];
 pub const MAP_ENFORCED: &str = "cm_policy_enforced";
 pub const MAP_CT: &str = "cm_ct";
 pub const MAP_LB_FRONTENDS: &str = "cm_lb_frontends";
@@ -54,10 +61,11 @@ const fn spec<K, V>(name: &'static str, map_type: MapType, max_entries: u32) -> 
 }
 
 /// Every map of the datapath.
-pub const MAP_SPECS: [MapSpec; 11] = [
+pub const MAP_SPECS: [MapSpec; 12] = [
     spec::<IpcacheKey, IpcacheValue>(MAP_IPCACHE, MapType::LpmTrie, 524_288),
     spec::<u32, EndpointValue>(MAP_ENDPOINTS, MapType::Hash, 4096),
-    spec::<PolicyKey, PolicyValue>(MAP_POLICY, MapType::Hash, 65_536),
+    spec::<PolicyKey, PolicyValue>(MAP_POLICY, MapType::LpmTrie, POLICY_MAX),
+    spec::<IpcacheKey, PolicyCidrValue>(MAP_POLICY_CIDR, MapType::LpmTrie, POLICY_CIDR_MAX),
     spec::<EnforcedKey, u8>(MAP_ENFORCED, MapType::Hash, 16_384),
     spec::<CtKey, CtValue>(MAP_CT, MapType::LruHash, 65_536),
     spec::<FrontendKey, FrontendValue>(MAP_LB_FRONTENDS, MapType::Hash, 16_384),
@@ -229,8 +237,8 @@ pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
         }
     }
     let _ = fs::remove_dir(&links);
-    for spec in MAP_SPECS.iter() {
-        let p = pin_dir.join(spec.name);
+    for name in MAP_SPECS.iter().map(|s| s.name).chain(RETIRED_MAPS) {
+        let p = pin_dir.join(name);
         if p.exists() {
             fs::remove_file(&p)
                 .map_err(|e| DatapathError::io(format!("removing {}", p.display()), e))?;

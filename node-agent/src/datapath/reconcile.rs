@@ -6,8 +6,9 @@
 //! empty map. Operations are ordered so that no intermediate state drops
 //! traffic that both the old and the new state allow:
 //! endpoints before the ipcache entries that point at them, policy entries
-//! before the enforcement marks that make them matter (and marks removed
-//! before their entries), backend slots before the frontend count that
+//! before the ipBlock prefixes and enforcement marks that make them matter
+//! (and marks and prefixes removed before their entries), all of policy before
+//! the ipcache entries that give an address its (new) identity, backend slots before the frontend count that
 //! exposes them (and the count lowered before slots go away).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,11 +17,11 @@ use tracing::debug;
 
 use super::error::Result;
 use super::maps::{Datapath, collect};
-use super::pins::{MAP_ENFORCED, MAP_POLICY, MAP_TUNNEL_SOURCES};
+use super::pins::{MAP_ENFORCED, MAP_TUNNEL_SOURCES};
 use super::state::{DesiredState, RawState};
 use super::types::{
     BackendKey, BackendValue, EndpointValue, EnforcedKey, FrontendKey, FrontendValue, IpcacheKey,
-    IpcacheValue, PolicyKey, TunnelSourceValue,
+    IpcacheValue, PolicyCidrValue, PolicyKey, TunnelSourceValue,
 };
 
 /// One map write, in the order [`plan`] emits them.
@@ -30,12 +31,14 @@ pub enum Op {
     UpsertEndpoint(u32, EndpointValue),
     UpsertIpcache(IpcacheKey, IpcacheValue),
     UpsertPolicy(PolicyKey, u8),
+    UpsertPolicyCidr(IpcacheKey, PolicyCidrValue),
     SetEnforced(EnforcedKey),
     UpsertBackend(BackendKey, BackendValue),
     UpsertFrontend(FrontendKey, FrontendValue),
     DeleteFrontend(FrontendKey),
     DeleteBackend(BackendKey),
     DeleteEnforced(EnforcedKey),
+    DeletePolicyCidr(IpcacheKey),
     DeletePolicy(PolicyKey),
     DeleteIpcache(IpcacheKey),
     DeleteEndpoint(u32),
@@ -49,6 +52,7 @@ impl Op {
             Op::DeleteFrontend(_)
                 | Op::DeleteBackend(_)
                 | Op::DeleteEnforced(_)
+                | Op::DeletePolicyCidr(_)
                 | Op::DeletePolicy(_)
                 | Op::DeleteIpcache(_)
                 | Op::DeleteEndpoint(_)
@@ -101,6 +105,7 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     let (ep_up, ep_del, u1) = diff(&current.endpoints, &desired.endpoints);
     let (ip_up, ip_del, u2) = diff(&current.ipcache, &desired.ipcache);
     let (po_up, po_del, u3) = diff(&current.policy, &desired.policy);
+    let (pc_up, pc_del, u7) = diff(&current.policy_cidr, &desired.policy_cidr);
     let (en_add, en_del, u4) = set_diff(&current.enforced, &desired.enforced);
     let (be_up, be_del, u5) = diff(&current.backends, &desired.backends);
     let (fe_up, fe_del, u6) = diff(&current.frontends, &desired.frontends);
@@ -110,14 +115,18 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     // Senders are accepted before the entries that make their packets deliverable.
     ops.extend(ts_up.into_iter().map(|(k, v)| Op::UpsertTunnelSource(k, v)));
     ops.extend(ep_up.into_iter().map(|(k, v)| Op::UpsertEndpoint(k, v)));
-    ops.extend(ip_up.into_iter().map(|(k, v)| Op::UpsertIpcache(k, v)));
     ops.extend(po_up.into_iter().map(|(k, v)| Op::UpsertPolicy(k, v)));
+    ops.extend(pc_up.into_iter().map(|(k, v)| Op::UpsertPolicyCidr(k, v)));
     ops.extend(en_add.into_iter().map(Op::SetEnforced));
+    // After the policy of an address's new identity is complete (fail-closed
+    // at pod start and on relabels).
+    ops.extend(ip_up.into_iter().map(|(k, v)| Op::UpsertIpcache(k, v)));
     ops.extend(be_up.into_iter().map(|(k, v)| Op::UpsertBackend(k, v)));
     ops.extend(fe_up.into_iter().map(|(k, v)| Op::UpsertFrontend(k, v)));
     ops.extend(fe_del.into_iter().map(Op::DeleteFrontend));
     ops.extend(be_del.into_iter().map(Op::DeleteBackend));
     ops.extend(en_del.into_iter().map(Op::DeleteEnforced));
+    ops.extend(pc_del.into_iter().map(Op::DeletePolicyCidr));
     ops.extend(po_del.into_iter().map(Op::DeletePolicy));
     ops.extend(ip_del.into_iter().map(Op::DeleteIpcache));
     ops.extend(ep_del.into_iter().map(Op::DeleteEndpoint));
@@ -131,10 +140,12 @@ impl Datapath {
         Ok(RawState {
             ipcache: self.ipcache_raw()?,
             endpoints: self.endpoints_raw()?,
-            policy: collect(MAP_POLICY, self.policy.iter())?
+            policy: self
+                .policy_raw()?
                 .into_iter()
                 .map(|(k, v)| (k, v.action))
                 .collect(),
+            policy_cidr: self.policy_cidr_raw()?,
             enforced: collect(MAP_ENFORCED, self.enforced.iter())?
                 .into_keys()
                 .collect(),
@@ -183,6 +194,7 @@ impl Datapath {
                 .map_err(|e| E::map(MAP_ENDPOINTS, e))?,
             Op::UpsertIpcache(k, v) => self.upsert_ipcache_raw(k, v)?,
             Op::UpsertPolicy(k, a) => self.upsert_policy_raw(k, a)?,
+            Op::UpsertPolicyCidr(k, v) => self.upsert_policy_cidr_raw(k, v)?,
             Op::SetEnforced(k) => self
                 .enforced
                 .insert(k, 1, 0)
@@ -208,6 +220,9 @@ impl Datapath {
                 {
                     return Err(E::map(MAP_ENFORCED, e));
                 }
+            }
+            Op::DeletePolicyCidr(k) => {
+                self.delete_policy_cidr_raw(k)?;
             }
             Op::DeletePolicy(k) => {
                 self.delete_policy_raw(k)?;
@@ -238,9 +253,8 @@ impl Datapath {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::rules::{
-        Backend, Direction, Frontend, PROTO_TCP, PolicyRule, Service, Verdict,
-    };
+    use crate::datapath::policy_key::PolicyRule;
+    use crate::datapath::rules::{Backend, Direction, Frontend, PROTO_TCP, Service, Verdict};
     use crate::datapath::state::{Endpoint, IpcacheEntry, Ipv4Prefix, Location};
     use std::net::Ipv4Addr;
 
@@ -261,13 +275,7 @@ mod tests {
                 location: Location::Local { ifindex: 5 },
             },
         );
-        let rule = PolicyRule {
-            local_identity: 65792,
-            peer_identity: 131328,
-            proto: PROTO_TCP,
-            port: 8080,
-            direction: Direction::Ingress,
-        };
+        let rule = PolicyRule::identities(65792, 131328, PROTO_TCP, 8080, Direction::Ingress);
         d.policy.insert(rule, Verdict::Allow);
         d.enforced.insert((65792, Direction::Ingress));
         let fe = Frontend {
@@ -307,6 +315,11 @@ mod tests {
         assert!(
             pos(&ops, |o| matches!(o, Op::UpsertPolicy(..)))
                 < pos(&ops, |o| matches!(o, Op::SetEnforced(..)))
+        );
+        assert!(
+            pos(&ops, |o| matches!(o, Op::SetEnforced(..)))
+                < pos(&ops, |o| matches!(o, Op::UpsertIpcache(..))),
+            "a pod's address gets its identity only once that identity's policy is in place"
         );
         assert!(
             pos(&ops, |o| matches!(o, Op::UpsertBackend(..)))

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::types::{self, FrontendKey, PolicyKey, be16, be32, port_from_be16};
+use super::types::{self, FrontendKey, be16, be32, port_from_be16};
 
 /// IP protocol numbers used in policy and LB keys.
 pub const PROTO_ICMP: u8 = 1;
@@ -54,40 +54,6 @@ impl Verdict {
             types::POLICY_DENY => Some(Verdict::Deny),
             _ => None,
         }
-    }
-}
-
-/// One policy entry's key. Zero means "any" for `peer_identity`, `proto` and `port`.
-/// ICMP is `proto = 1, port = 0`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PolicyRule {
-    pub local_identity: u32,
-    pub peer_identity: u32,
-    pub proto: u8,
-    /// Destination port in host order.
-    pub port: u16,
-    pub direction: Direction,
-}
-
-impl PolicyRule {
-    pub(crate) fn key(&self) -> PolicyKey {
-        PolicyKey {
-            local_identity: self.local_identity,
-            peer_identity: self.peer_identity,
-            dport: be16(self.port),
-            proto: self.proto,
-            direction: self.direction.raw(),
-        }
-    }
-
-    pub(crate) fn from_key(k: &PolicyKey) -> Option<Self> {
-        Some(PolicyRule {
-            local_identity: k.local_identity,
-            peer_identity: k.peer_identity,
-            proto: k.proto,
-            port: port_from_be16(k.dport),
-            direction: Direction::from_raw(k.direction)?,
-        })
     }
 }
 
@@ -153,22 +119,4 @@ pub struct Service {
     pub service_id: u32,
     pub affinity: Affinity,
     pub backends: Vec<Backend>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policy_rule_port_is_network_order() {
-        let r = PolicyRule {
-            local_identity: 1,
-            peer_identity: 0,
-            proto: PROTO_TCP,
-            port: 8080,
-            direction: Direction::Ingress,
-        };
-        assert_eq!(r.key().dport.to_ne_bytes(), [0x1f, 0x90]);
-        assert_eq!(PolicyRule::from_key(&r.key()), Some(r));
-    }
 }

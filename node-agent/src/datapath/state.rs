@@ -7,11 +7,12 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use super::error::{DatapathError, Result};
-use super::rules::{Direction, Frontend, PolicyRule, Service, Verdict};
+use super::policy_key::PolicyRule;
+use super::rules::{Direction, Frontend, Service, Verdict};
 use super::types::{
     self, BackendKey, BackendValue, ConfigValue, EndpointValue, EnforcedKey, FrontendKey,
-    FrontendValue, IpcacheKey, IpcacheValue, PolicyKey, TunnelSourceValue, be16, be32,
-    ip_from_be32,
+    FrontendValue, IpcacheKey, IpcacheValue, PolicyCidrValue, PolicyKey, TunnelSourceValue, be16,
+    be32, ip_from_be32,
 };
 
 /// Map contents in raw form (policy as key -> action; counters and CT excluded).
@@ -20,6 +21,7 @@ pub struct RawState {
     pub ipcache: BTreeMap<IpcacheKey, IpcacheValue>,
     pub endpoints: BTreeMap<u32, EndpointValue>,
     pub policy: BTreeMap<PolicyKey, u8>,
+    pub policy_cidr: BTreeMap<IpcacheKey, PolicyCidrValue>,
     pub enforced: BTreeSet<EnforcedKey>,
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub backends: BTreeMap<BackendKey, BackendValue>,
@@ -301,6 +303,9 @@ pub struct DesiredState {
     /// Host-side veth ifindex -> the pod's MACs.
     pub endpoints: BTreeMap<u32, Endpoint>,
     pub policy: BTreeMap<PolicyRule, Verdict>,
+    /// The ipBlock prefixes (cidrs and excepts) policy entries refer to: a
+    /// `world` peer address takes the longest of them that contains it.
+    pub policy_cidrs: BTreeSet<Ipv4Prefix>,
     /// Identities selected by a policy in a direction: default deny there.
     pub enforced: BTreeSet<(u32, Direction)>,
     pub services: BTreeMap<Frontend, Service>,
@@ -329,6 +334,15 @@ impl DesiredState {
         }
         for (rule, verdict) in &self.policy {
             raw.policy.insert(rule.key(), verdict.raw());
+        }
+        for p in &self.policy_cidrs {
+            raw.policy_cidr.insert(
+                p.key(),
+                PolicyCidrValue {
+                    addr: be32(p.addr()),
+                    prefixlen: u32::from(p.len()),
+                },
+            );
         }
         for (identity, dir) in &self.enforced {
             raw.enforced.insert(EnforcedKey {

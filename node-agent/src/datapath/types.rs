@@ -76,18 +76,51 @@ pub struct EndpointValue {
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
 
-/// `cm_policy` key (`struct cm_policy_key`).
+/// `cm_policy_lpm` local kinds (`CM_LOCAL_*`).
+pub const LOCAL_IDENTITY: u8 = 0;
+pub const LOCAL_ENDPOINT: u8 = 1;
+/// `cm_policy_lpm` peer kinds (`CM_PEER_*`): 1..=33 is an ipBlock prefix of length kind - 1.
+pub const PEER_IDENTITY: u8 = 0;
+pub const PEER_CIDR_BASE: u8 = 1;
+pub const PEER_ENDPOINT: u8 = 34;
+/// `cm_policy_lpm` prefix lengths (`CM_POLICY_PREFIX_*`).
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 88;
+pub const POLICY_PREFIX_ANY_PORT: u32 = 96;
+pub const POLICY_PREFIX_FULL: u32 = 112;
+
+/// The data part of a `cm_policy_lpm` key (`struct cm_policy_key` after `prefixlen`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKeyData {
+    /// Identity, or a local pod's IPv4 in network order.
+    pub local: u32,
+    /// Identity (0 = any), or an IPv4 (pod or prefix address) in network order.
+    pub peer: u32,
+    pub local_kind: u8,
+    pub peer_kind: u8,
+    pub direction: u8,
+    /// IP protocol; 0 = any (prefix [`POLICY_PREFIX_ANY_PROTO`]).
+    pub proto: u8,
+    /// Network order, masked by the prefix.
+    pub dport: u16,
+    pub pad: u16,
+}
+
+/// `cm_policy_lpm` key (`struct cm_policy_key`): LPM prefix length + [`PolicyKeyData`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyKey {
-    pub local_identity: u32,
-    /// 0 = any peer.
-    pub peer_identity: u32,
-    /// Network order; 0 = any port.
-    pub dport: u16,
-    /// IP protocol; 0 = any.
-    pub proto: u8,
-    pub direction: u8,
+    pub prefixlen: u32,
+    pub data: PolicyKeyData,
+}
+
+/// `cm_policy_cidr` value (`struct cm_policy_cidr_value`): the matched prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyCidrValue {
+    /// Network order.
+    pub addr: u32,
+    pub prefixlen: u32,
 }
 
 /// Policy actions (`CM_POLICY_*`).
@@ -242,6 +275,8 @@ unsafe impl aya::Pod for IpcacheKey {}
 unsafe impl aya::Pod for IpcacheValue {}
 unsafe impl aya::Pod for EndpointValue {}
 unsafe impl aya::Pod for PolicyKey {}
+unsafe impl aya::Pod for PolicyKeyData {}
+unsafe impl aya::Pod for PolicyCidrValue {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for EnforcedKey {}
 unsafe impl aya::Pod for CtKey {}
@@ -266,10 +301,12 @@ const _: () = {
     assert!(offset_of!(IpcacheValue, flags) == 12);
     assert!(size_of::<EndpointValue>() == 16);
     assert!(offset_of!(EndpointValue, identity) == 12);
-    assert!(size_of::<PolicyKey>() == 12);
-    assert!(offset_of!(PolicyKey, dport) == 8);
-    assert!(offset_of!(PolicyKey, proto) == 10);
-    assert!(offset_of!(PolicyKey, direction) == 11);
+    assert!(size_of::<PolicyKey>() == 20);
+    assert!(size_of::<PolicyKeyData>() == 16);
+    assert!(offset_of!(PolicyKeyData, local_kind) == 8);
+    assert!(offset_of!(PolicyKeyData, proto) == 11);
+    assert!(offset_of!(PolicyKeyData, dport) == 12);
+    assert!(size_of::<PolicyCidrValue>() == 8);
     assert!(size_of::<PolicyValue>() == 24);
     assert!(offset_of!(PolicyValue, packets) == 8);
     assert!(size_of::<EnforcedKey>() == 8);

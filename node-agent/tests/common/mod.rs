@@ -3,6 +3,7 @@
 //! this crate's own two-gateway topology that programs the maps directly.
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
+pub mod policy;
 pub mod topology;
 
 pub use clustermesh_netkit::traffic::{

@@ -268,6 +268,37 @@ impl Topology {
         }
     }
 
+    /// Switches both gateways to native routing: `from_underlay` attached,
+    /// the native flag set, forwarding on, a route to the other side's pods
+    /// (`cidrs[g]` holds gateway g's pod CIDR) via the other gateway.
+    pub fn go_native(&mut self, cidrs: [&str; 2]) {
+        for g in 0..self.gws.len() {
+            let ns = self.gws[g].ns.clone();
+            let mut loader = self.gws[g].loader.take().expect("loaded");
+            let loader = in_ns(&ns, move || {
+                loader.attach_from_underlay(UNDERLAY_IF).map(|()| loader)
+            })
+            .expect("attach from_underlay");
+            self.gws[g].loader = Some(loader);
+            let mut dp = self.datapath(g);
+            let cfg = DatapathConfig {
+                native: true,
+                ..dp.config().expect("config")
+            };
+            dp.set_config(&cfg).expect("config");
+            ip(&[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]);
+            let peer = self.gws[1 - g].underlay_ip.to_string();
+            ip(&["-n", &ns, "route", "add", cidrs[1 - g], "via", &peer]);
+        }
+    }
+
     pub fn pod(&self, g: usize, n: usize) -> &Pod {
         &self.gws[g].pods[n]
     }

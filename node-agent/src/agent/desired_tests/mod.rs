@@ -16,7 +16,7 @@ use super::view::View;
 use crate::datapath::types::IDENTITY_WORLD;
 use crate::datapath::{
     Affinity, Backend, Direction, Frontend, IpcacheEntry, Ipv4Prefix, Location, PROTO_TCP,
-    PROTO_UDP, PolicyRule, TunnelSender, Verdict,
+    PROTO_UDP, PolicyLocal, PolicyPeer as DpPeer, PolicyRule, PortPrefix, TunnelSender, Verdict,
 };
 
 pub(super) const NODE: &str = "c1-gw";
@@ -319,16 +319,11 @@ pub(super) fn rule(
     port: u16,
     direction: Direction,
 ) -> PolicyRule {
-    PolicyRule {
-        local_identity: local,
-        peer_identity: peer,
-        proto,
-        port,
-        direction,
-    }
+    PolicyRule::identities(local, peer, proto, port, direction)
 }
 
 mod ipcache;
 mod policy;
 mod policy_scope;
+mod policy_rules;
 mod services;

@@ -96,7 +96,7 @@ fn namespace_selector_and_empty_rules() {
                     ..Default::default()
                 }],
             },
-            // ipBlock peers are skipped.
+            // ipBlock: addresses outside the mesh, by prefix.
             pb::PolicyRule {
                 peers: vec![PolicyPeer {
                     ip_block: Some(pb::IpBlock {
@@ -116,9 +116,20 @@ fn namespace_selector_and_empty_rules() {
         vec![
             rule(C1_BACK, 0, PROTO_UDP, 0, Direction::Ingress),
             rule(C1_BACK, C2_TOOL, 0, 0, Direction::Ingress),
+            PolicyRule {
+                peer: DpPeer::Cidr {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    len: 0
+                },
+                ..rule(C1_BACK, 0, 0, 0, Direction::Ingress)
+            },
         ]
     );
-    assert_eq!(c.policy.skipped_ip_blocks, 1);
+    assert_eq!(
+        c.desired.policy_cidrs,
+        ["0.0.0.0/0".parse().unwrap()].into()
+    );
+    assert_eq!(c.policy.refused_total(), 0);
 }
 
 #[test]
@@ -154,25 +165,27 @@ fn named_ports_resolve_per_side() {
     ));
     let c = run(&v);
     let d = &c.desired;
-    assert!(d.policy.contains_key(&rule(
+    // Ingress: keyed by the local pod (10.1.0.11) that defines the name.
+    assert!(d.policy.contains_key(&PolicyRule {
+        local: PolicyLocal::Endpoint(ip("10.1.0.11")),
+        ..rule(C1_BACK, C2_FRONT, PROTO_TCP, 8080, Direction::Ingress)
+    }));
+    assert!(!d.policy.contains_key(&rule(
         C1_BACK,
         C2_FRONT,
         PROTO_TCP,
         8080,
         Direction::Ingress
     )));
-    assert!(
-        d.policy
-            .contains_key(&rule(C1_FRONT, C1_BACK, PROTO_TCP, 8080, Direction::Egress))
-    );
-    assert!(
-        d.policy
-            .contains_key(&rule(C1_FRONT, C2_BACK, PROTO_TCP, 9090, Direction::Egress))
-    );
-    assert!(
-        !d.policy
-            .contains_key(&rule(C1_FRONT, C2_BACK, PROTO_TCP, 8080, Direction::Egress))
-    );
+    // Egress: keyed by each destination pod with its own number.
+    let egress = |peer: &str, port| PolicyRule {
+        peer: DpPeer::Endpoint(ip(peer)),
+        ..rule(C1_FRONT, 0, PROTO_TCP, port, Direction::Egress)
+    };
+    assert!(d.policy.contains_key(&egress("10.1.0.11", 8080)));
+    assert!(d.policy.contains_key(&egress("10.1.1.10", 8080)));
+    assert!(d.policy.contains_key(&egress("10.2.0.11", 9090)));
+    assert!(!d.policy.contains_key(&egress("10.2.0.11", 8080)));
     assert_eq!(c.policy.unresolved_named_ports, 1, "\"nope\" names no port");
     assert!(d.enforced.contains(&(C1_FRONT, Direction::Egress)));
     assert!(!d.enforced.contains(&(C1_FRONT, Direction::Ingress)));
@@ -213,6 +226,15 @@ fn egress_default_deny_and_port_ranges() {
         }],
     ));
     let d = run(&v).desired;
-    let ports: Vec<u16> = d.policy.keys().map(|r| r.port).collect();
-    assert_eq!(ports, vec![8000, 8001, 8002]);
+    let ports: Vec<PortPrefix> = d.policy.keys().map(|r| r.port).collect();
+    assert_eq!(
+        ports,
+        vec![
+            PortPrefix {
+                port: 8000,
+                len: 15
+            },
+            PortPrefix::exact(8002)
+        ]
+    );
 }
