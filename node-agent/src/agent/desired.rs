@@ -275,7 +275,9 @@ pub fn compute(
         if is_local(d, &prefix) {
             continue;
         }
-        if !c.routes.iter().any(|(p, g)| *g == gw && covers(p, ip)) {
+        // A /32 route only for endpoints outside every CIDR routed to the
+        // same gateway: one lookup per prefix length, not a scan of the routes.
+        if !routed_via(&c.routes, ip, gw) {
             c.routes.insert(prefix, gw);
         }
         d.ipcache.insert(
@@ -337,7 +339,13 @@ pub fn compute(
     c
 }
 
-/// Whether `prefix` contains `ip`.
-pub fn covers(prefix: &Ipv4Prefix, ip: Ipv4Addr) -> bool {
-    Ipv4Prefix::new(ip, prefix.len()).is_ok_and(|p| p.addr() == prefix.addr())
+/// Whether some prefix in `routes` that contains `ip` goes to `gw` (at most
+/// 33 map lookups, whatever the number of routes).
+pub fn routed_via(routes: &BTreeMap<Ipv4Prefix, Ipv4Addr>, ip: Ipv4Addr, gw: Ipv4Addr) -> bool {
+    (0..=32u8).any(|len| {
+        Ipv4Prefix::new(ip, len)
+            .ok()
+            .and_then(|p| routes.get(&p))
+            .is_some_and(|g| *g == gw)
+    })
 }
