@@ -168,6 +168,7 @@ impl MockPeer {
             key: ip.to_owned(),
             value,
             revision: st.revision,
+            origin_unix_micros: Some(clustermesh_proto::stamp::now_micros()),
         };
         let rev = st.revision;
         drop(st);

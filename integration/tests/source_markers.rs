@@ -82,12 +82,15 @@ impl Exporting {
             stop_rx.clone(),
         ));
         let (tx, rx) = mpsc::channel(1024);
+        let (_live_tx, live_rx) = tokio::sync::watch::channel(std::collections::BTreeSet::new());
         let exporter = Exporter::new(
             store.clone(),
             view.clone(),
             info,
             Duration::from_secs(60),
             runtime.clone(),
+            // No node agents here: no gateway is live.
+            live_rx,
         );
         let mut leading = lead_rx.clone();
         tokio::spawn(exporter.run(rx, lead_rx, token, stop_rx));

@@ -14,8 +14,7 @@
 //! policies only when `import_policies` is set (docs/policy.md).
 
 use clustermesh_proto::v1::{
-    ClusterInfo, ConnectPeerRequest, DisconnectPeerRequest, ListPeersRequest, PeerConfig,
-    PeerQuota,
+    ClusterInfo, ConnectPeerRequest, DisconnectPeerRequest, ListPeersRequest, PeerConfig, PeerQuota,
 };
 use thiserror::Error;
 

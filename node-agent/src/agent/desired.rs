@@ -349,3 +349,8 @@ pub fn routed_via(routes: &BTreeMap<Ipv4Prefix, Ipv4Addr>, ip: Ipv4Addr, gw: Ipv
             .is_some_and(|g| *g == gw)
     })
 }
+
+/// Whether `prefix` contains `ip`.
+pub fn covers(prefix: &Ipv4Prefix, ip: Ipv4Addr) -> bool {
+    Ipv4Prefix::new(ip, prefix.len()).is_ok_and(|p| p.addr() == prefix.addr())
+}

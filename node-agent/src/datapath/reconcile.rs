@@ -109,7 +109,7 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     let (en_add, en_del, u4) = set_diff(&current.enforced, &desired.enforced);
     let (be_up, be_del, u5) = diff(&current.backends, &desired.backends);
     let (fe_up, fe_del, u6) = diff(&current.frontends, &desired.frontends);
-    let (ts_up, ts_del, u7) = diff(&current.tunnel_sources, &desired.tunnel_sources);
+    let (ts_up, ts_del, u8) = diff(&current.tunnel_sources, &desired.tunnel_sources);
 
     let mut ops = Vec::new();
     // Senders are accepted before the entries that make their packets deliverable.
@@ -131,7 +131,7 @@ pub fn plan(current: &RawState, desired: &RawState) -> (Vec<Op>, usize) {
     ops.extend(ip_del.into_iter().map(Op::DeleteIpcache));
     ops.extend(ep_del.into_iter().map(Op::DeleteEndpoint));
     ops.extend(ts_del.into_iter().map(Op::DeleteTunnelSource));
-    (ops, u1 + u2 + u3 + u4 + u5 + u6 + u7)
+    (ops, u1 + u2 + u3 + u4 + u5 + u6 + u7 + u8)
 }
 
 impl Datapath {

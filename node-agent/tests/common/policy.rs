@@ -102,6 +102,8 @@ pub fn policy(name: &str, target: &str, egress: bool, rule: pb::PolicyRule) -> p
         }),
         cluster: "c1".into(),
         exported: true,
+        // Across both test clusters (a plain policy selects only its own cluster's pods).
+        global: true,
     }
 }
 

@@ -537,7 +537,12 @@ mod through_the_cache {
         );
         let reasons: Vec<&str> = a.rejected.iter().map(|r| r.reason().label()).collect();
         assert_eq!(reasons, ["quota_exceeded"]);
-        assert_eq!(puts(&a.ops).len(), 3, "the node and two endpoints: {:?}", a.ops);
+        assert_eq!(
+            puts(&a.ops).len(),
+            3,
+            "the node and two endpoints: {:?}",
+            a.ops
+        );
         assert!(!puts(&a.ops).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.3")));
         assert_eq!(c.quota().over().get("endpoints"), Some(&1));
         // An update of a held record passes; the refused one is still refused.
@@ -562,10 +567,17 @@ mod through_the_cache {
         assert!(c.resume_point().is_none(), "a full snapshot, not a resume");
         let w = snapshot(
             &mut c,
-            vec![vec![node_ev(), e("10.1.0.1", "other"), e("10.1.0.3", "other")]],
+            vec![vec![
+                node_ev(),
+                e("10.1.0.1", "other"),
+                e("10.1.0.3", "other"),
+            ]],
         );
         assert_eq!(puts(&w), [keys::cache(Kind::Endpoint, "a", "10.1.0.3")]);
-        assert!(c.quota().over().is_empty(), "everything fits: not over quota");
+        assert!(
+            c.quota().over().is_empty(),
+            "everything fits: not over quota"
+        );
         assert!(c.resume_point().is_some());
     }
 }

@@ -324,6 +324,6 @@ pub(super) fn rule(
 
 mod ipcache;
 mod policy;
-mod policy_scope;
 mod policy_rules;
+mod policy_scope;
 mod services;

@@ -75,7 +75,7 @@ fn named_ports_resolve_per_pod_not_per_identity() {
     ));
     let mut ifs = ifaces();
     ifs.insert(ip("10.1.0.12"), iface(12, None));
-    let c = compute(&v, NODE, &ifs, &mut ServiceIds::new());
+    let c = compute(&v, NODE, &ifs, &mut ServiceIds::new(), &[]);
     let got: BTreeMap<PolicyLocal, Vec<PortPrefix>> =
         c.desired.policy.keys().fold(BTreeMap::new(), |mut m, r| {
             m.entry(r.local).or_insert_with(Vec::new).push(r.port);

@@ -82,7 +82,10 @@ fn a_plain_namespace_selector_peer_stays_in_its_cluster_too() {
         .desired
         .policy
         .keys()
-        .map(|r| r.peer_identity)
+        .filter_map(|r| match r.peer {
+            crate::datapath::PolicyPeer::Identity(id) => Some(id),
+            _ => None,
+        })
         .collect();
     assert_eq!(peers, vec![C1_FRONT, C1_BACK]);
 }
