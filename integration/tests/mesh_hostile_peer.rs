@@ -322,7 +322,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
         "alpha",
         "alpha synced with its refusals counted",
         T,
-        |s| s.synced.len() == 5 && counted_as_expected(s),
+        |s| mesh_support::all_synced(s) && counted_as_expected(s),
     )
     .await;
     let stored_b = cached_records(&b).await;
@@ -405,7 +405,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     // Before any node: the honest endpoint and service wait with the two
     // that never get a node; none of them is written.
     let st = wait_status(&g, "alpha", "endpoints and services pending", T, |s| {
-        s.synced.len() == 4 && s.pending_records == 4
+        s.synced.len() + 1 == mesh_support::imported_kinds(s) && s.pending_records == 4
     })
     .await;
     println!("gamma before the nodes: pending {:?}", st.pending_by_reason);
@@ -422,7 +422,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
         "alpha",
         "nodes arrived, honest records admitted",
         T,
-        |s| s.synced.len() == 5 && counted_as_expected(s),
+        |s| mesh_support::all_synced(s) && counted_as_expected(s),
     )
     .await;
     let stored_g = match eventually("gamma stores the honest records", T, || async {

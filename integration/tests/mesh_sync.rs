@@ -157,7 +157,7 @@ async fn exported_records_flow_between_peers_and_disconnect_withdraws() {
     println!("propagation A store -> B merged watch: add {add:?}, delete {del:?}");
 
     let st = wait_status(&b, "alpha", "alpha synced on beta", T, |s| {
-        s.connected && s.synced.len() == 5
+        s.connected && mesh_support::all_synced(s)
     })
     .await;
     println!("beta's status of alpha: {st:?}");

@@ -66,11 +66,16 @@ pub async fn register(on: &Cluster, peer: PeerConfig) -> Result<(), tonic::Statu
     on.register_peer(peer).await
 }
 
-/// Registers each cluster as the other's peer.
+/// Registers each cluster as the other's peer, importing each other's
+/// policies (these tests mirror every kind; docs/policy.md for the default).
 pub async fn connect(a: &Cluster, b: &Cluster) {
-    clustermesh_integration::apiserver::connect(a, b)
-        .await
-        .expect("connect");
+    for (on, peer) in [(a, b), (b, a)] {
+        let mut cfg = peer_config(peer);
+        cfg.import_policies = true;
+        register(on, cfg)
+            .await
+            .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
+    }
 }
 
 pub async fn status(c: &Cluster) -> StatusResponse {
@@ -102,6 +107,21 @@ pub async fn wait_status(
         Ok(s) => s,
         Err(e) => panic!("{e}; last status: {:?}", peer_status(c, peer).await),
     }
+}
+
+/// How many kinds a peer's status can show synced: every kind, or every kind
+/// but policies when it was registered without `--import-policies` (its
+/// policies are not even asked for, docs/policy.md).
+pub fn imported_kinds(s: &PeerStatus) -> usize {
+    RECORD_KINDS
+        .iter()
+        .filter(|k| s.import_policies || **k != Kind::Policy)
+        .count()
+}
+
+/// Every kind the peer is mirrored for is synced.
+pub fn all_synced(s: &PeerStatus) -> bool {
+    s.synced.len() == imported_kinds(s)
 }
 
 /// Every key mirrored from `peer` in `c`'s store (cache and sync markers).
