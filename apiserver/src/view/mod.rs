@@ -92,10 +92,15 @@ impl Default for ViewConfig {
     }
 }
 
+/// Every key of the view, ordered.
+type Entries = imbl::OrdMap<String, Entry>;
+
 struct State {
     epoch: String,
     revision: i64,
-    entries: BTreeMap<String, Entry>,
+    /// A persistent map: a new subscription clones it in O(1) under the
+    /// lock and builds its snapshot from the clone without holding it.
+    entries: Entries,
     history: VecDeque<Arc<Batch>>,
     history_events: usize,
     /// Resume is possible from any revision >= this (all later batches are in `history`).
@@ -140,7 +145,7 @@ impl View {
             state: Mutex::new(State {
                 epoch: String::new(),
                 revision: 0,
-                entries: BTreeMap::new(),
+                entries: Entries::new(),
                 history: VecDeque::new(),
                 history_events: 0,
                 resumable_from: i64::MAX,
@@ -223,11 +228,10 @@ impl View {
 
     /// Count and digest ([`attest`]) of the records of `kind` this cluster
     /// exports: what a peer's mirror holds at this revision.
-    fn exported_tally(&self, st: &State, kind: Kind) -> Tally {
+    fn exported_tally(&self, entries: &Entries, kind: Kind) -> Tally {
         let prefix = keys::state_prefix(kind, &self.local);
         let mut t = Tally::default();
-        for (k, e) in st
-            .entries
+        for (k, e) in entries
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
         {
@@ -240,13 +244,13 @@ impl View {
 
     /// This cluster's marker of `kind` as Watch serves it: with the count and
     /// digest of what is exported now (docs/mesh.md "Attested sync").
-    fn attested_marker(&self, st: &State, kind: Kind, stored: &Bytes) -> Bytes {
+    fn attested_marker(&self, entries: &Entries, kind: Kind, stored: &Bytes) -> Bytes {
         let mut m = SyncedMarker::decode(stored.clone()).unwrap_or_else(|_| SyncedMarker {
             cluster: self.local.clone(),
             kind: kind as i32,
             ..Default::default()
         });
-        let t = self.exported_tally(st, kind);
+        let t = self.exported_tally(entries, kind);
         m.records = t.records;
         m.digest = Some(t.digest);
         m.encode_to_vec().into()
@@ -292,7 +296,9 @@ impl View {
             let exported_now = value.as_ref().is_some_and(|v| exported_flag(&target, v));
             // Served with what is exported at this point of the batch.
             let value = match (target.class, value) {
-                (Class::LocalSynced, Some(v)) => Some(self.attested_marker(st, target.kind, &v)),
+                (Class::LocalSynced, Some(v)) => {
+                    Some(self.attested_marker(&st.entries, target.kind, &v))
+                }
                 (_, v) => v,
             };
             events.push(ViewEvent {
@@ -363,8 +369,12 @@ impl View {
                 )
             };
         }
-        let events = st
-            .entries
+        // O(1) under the lock; the snapshot is built without it, so a new
+        // Watch of a large store never stalls the feed or the other streams.
+        let entries = st.entries.clone();
+        let (epoch, revision) = (st.epoch.clone(), st.revision);
+        drop(st);
+        let events = entries
             .iter()
             .filter_map(|(k, e)| {
                 let target = Target::of(k, &self.local);
@@ -372,7 +382,7 @@ impl View {
                 // mass reconnect of agents should not hash the cluster each.
                 let value = match (target.class, scope) {
                     (Class::LocalSynced, Scope::Exported) => {
-                        self.attested_marker(&st, target.kind, &e.value)
+                        self.attested_marker(&entries, target.kind, &e.value)
                     }
                     _ => e.served(),
                 };
@@ -388,8 +398,8 @@ impl View {
             })
             .collect();
         Subscription {
-            epoch: st.epoch.clone(),
-            revision: st.revision,
+            epoch,
+            revision,
             start: Start::Snapshot {
                 events,
                 reset: resume.is_some(),
