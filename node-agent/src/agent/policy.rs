@@ -130,6 +130,13 @@ fn selects(p: &Policy, l: &IdentityLabels) -> bool {
     sel.is_none_or(|s| matches(s, &l.pod))
 }
 
+/// Whether policy `p` could select a pod of `namespace` whatever its labels
+/// (the part of [`selects`] that does not need the identity record; the
+/// fail-closed rule uses it for pods whose record is unknown).
+fn may_select_namespace(p: &Policy, namespace: &str) -> bool {
+    p.namespace == namespace
+}
+
 pub(crate) fn policy_name(p: &Policy) -> String {
     format!("{}/{}/{}", p.cluster, p.namespace, p.name)
 }
@@ -208,7 +215,7 @@ fn fail_closed<'p>(
     let namespaces: BTreeSet<&str> = pods.iter().map(|e| e.namespace.as_str()).collect();
     let mut closed = false;
     for p in policies {
-        if !namespaces.contains(p.namespace.as_str()) || p.spec.is_none() {
+        if !namespaces.iter().any(|ns| may_select_namespace(p, ns)) || p.spec.is_none() {
             continue;
         }
         let (ingress, egress) = policy_types(p);

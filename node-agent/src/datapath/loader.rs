@@ -99,6 +99,17 @@ impl Loader {
         &self.pin_dir
     }
 
+    /// The raw fd of the loaded `from_pod` program (for `BPF_PROG_TEST_RUN`
+    /// in benchmarks); valid while this loader lives.
+    pub fn from_pod_fd(&mut self) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let p = sched_classifier(&mut self.tc, PROG_FROM_POD)?;
+        let fd = p
+            .fd()
+            .map_err(|e| DatapathError::program(PROG_FROM_POD, e))?;
+        Ok(fd.as_fd().as_raw_fd())
+    }
+
     /// Opens the pinned maps for programming.
     pub fn datapath(&self) -> Result<Datapath> {
         Datapath::open(&self.pin_dir)
