@@ -104,7 +104,8 @@ async fn setup() -> Mesh {
     let a = start_cluster("east", 1, dirs[0].path()).await;
     let b = start_cluster("west", 2, dirs[1].path()).await;
     connect_peer(&a, &b).await;
-    connect_peer(&b, &a).await;
+    // B enforces A's global policy: it imports A's policies (docs/policy.md).
+    connect_peer_importing(&b, &a).await;
     for p in t.gws.iter().flat_map(|g| &g.pods) {
         for port in [8080, 9090] {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));

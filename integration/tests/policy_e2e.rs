@@ -154,7 +154,8 @@ async fn relabel_and_pod_start_fail_closed_end_to_end() {
     let a = start_cluster("east", 1, dirs[0].path()).await;
     let b = start_cluster("west", 2, dirs[1].path()).await;
     connect_peer(&a, &b).await;
-    connect_peer(&b, &a).await;
+    // West enforces east's global policy: it imports east's policies.
+    connect_peer_importing(&b, &a).await;
     for p in t.gws.iter().flat_map(|g| &g.pods) {
         for port in [8080, 9090] {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));
