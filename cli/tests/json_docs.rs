@@ -157,6 +157,7 @@ fn every_documented_json_shape_matches() {
             report: Some(clustermesh_proto::v1::AgentReport {
                 node: "w".into(),
                 via: [("west".to_string(), "10.0.0.1".to_string())].into(),
+                policy_refused: [("sctp_port".to_string(), 1)].into(),
                 ..Default::default()
             }),
             live: true,

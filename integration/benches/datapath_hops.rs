@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
-use clustermesh_integration::manifests::{self, write};
 use datapath_support::agent::{Agent, relay_into_netns};
-use datapath_support::nodes::{LAN_IF, Node, NodeSpec, Nodes, WAN_IF};
+use datapath_support::nodes::{LAN_IF, Node, NodeSpec, Nodes, WAN_IF, write_manifests};
 use datapath_support::topology::ip;
 use datapath_support::traffic::GapPing;
 use datapath_support::{connect_peer, require_root, start_cluster};
@@ -169,46 +168,6 @@ fn datapath_off(t: &Nodes) {
     }
 }
 
-fn write_cluster(dir: &std::path::Path, nodes: &[Node]) {
-    write(
-        dir,
-        "00-namespaces.yaml",
-        &manifests::namespace("shop", &[]),
-    )
-    .expect("write");
-    let docs: Vec<String> = nodes
-        .iter()
-        .map(|n| match n.wan_ip {
-            Some(wan) => manifests::node_with_external(
-                &n.name,
-                &n.lan_ip.to_string(),
-                &wan.to_string(),
-                &n.pod_cidr,
-                true,
-            ),
-            None => manifests::node(&n.name, &n.lan_ip.to_string(), &n.pod_cidr, false),
-        })
-        .collect();
-    write(dir, "10-nodes.yaml", &manifests::docs(&docs)).expect("write");
-    let pods: Vec<String> = nodes
-        .iter()
-        .flat_map(|n| {
-            n.pods.iter().map(move |p| {
-                manifests::pod(
-                    "shop",
-                    &p.name,
-                    &[("app", &p.app)],
-                    &p.ip.to_string(),
-                    &n.name,
-                    &n.lan_ip.to_string(),
-                    5201,
-                )
-            })
-        })
-        .collect();
-    write(dir, "20-pods.yaml", &manifests::docs(&pods)).expect("write");
-}
-
 struct Bench {
     agents: BTreeMap<String, Agent>,
     clusters: Vec<Cluster>,
@@ -332,8 +291,8 @@ async fn run() {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     ];
-    write_cluster(dirs[0].path(), &t.clusters[0]);
-    write_cluster(dirs[1].path(), &t.clusters[1]);
+    write_manifests(dirs[0].path(), &t.clusters[0], 5201, None);
+    write_manifests(dirs[1].path(), &t.clusters[1], 5201, None);
     let east = start_cluster("east", 1, dirs[0].path()).await;
     let west = start_cluster("west", 2, dirs[1].path()).await;
     connect_peer(&east, &west).await;

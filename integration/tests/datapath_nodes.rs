@@ -26,13 +26,12 @@ use std::time::{Duration, Instant};
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
-use clustermesh_integration::manifests::{self, write};
 use clustermesh_node_agent::datapath::netns::named_netns_path;
 use clustermesh_proto::v1::{
     StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
 };
 use datapath_support::agent::{Agent, relay_into_netns};
-use datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF};
+use datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF, write_manifests};
 use datapath_support::pcap::Capture;
 use datapath_support::traffic::{GapPing, ping, ping_fails, start_whoami, whoami};
 use datapath_support::*;
@@ -76,49 +75,6 @@ struct Mesh {
     clusters: Vec<Cluster>,
     _dirs: Vec<tempfile::TempDir>,
     t: Nodes,
-}
-
-fn write_cluster(dir: &Path, nodes: &[datapath_support::nodes::Node], policy: bool) {
-    write(
-        dir,
-        "00-namespaces.yaml",
-        &manifests::namespace("shop", &[]),
-    )
-    .expect("write");
-    let docs: Vec<String> = nodes
-        .iter()
-        .map(|n| match n.wan_ip {
-            Some(wan) => manifests::node_with_external(
-                &n.name,
-                &n.lan_ip.to_string(),
-                &wan.to_string(),
-                &n.pod_cidr,
-                n.gateway,
-            ),
-            None => manifests::node(&n.name, &n.lan_ip.to_string(), &n.pod_cidr, false),
-        })
-        .collect();
-    write(dir, "10-nodes.yaml", &manifests::docs(&docs)).expect("write");
-    let pods: Vec<String> = nodes
-        .iter()
-        .flat_map(|n| {
-            n.pods.iter().map(move |p| {
-                manifests::pod(
-                    "shop",
-                    &p.name,
-                    &[("app", &p.app)],
-                    &p.ip.to_string(),
-                    &n.name,
-                    &n.lan_ip.to_string(),
-                    8080,
-                )
-            })
-        })
-        .collect();
-    write(dir, "20-pods.yaml", &manifests::docs(&pods)).expect("write");
-    if policy {
-        write(dir, "40-policies.yaml", POLICY).expect("write");
-    }
 }
 
 async fn status(c: &Cluster) -> StatusResponse {
@@ -184,8 +140,8 @@ async fn setup() -> Mesh {
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),
     ];
-    write_cluster(dirs[0].path(), &t.clusters[0], false);
-    write_cluster(dirs[1].path(), &t.clusters[1], true);
+    write_manifests(dirs[0].path(), &t.clusters[0], 8080, None);
+    write_manifests(dirs[1].path(), &t.clusters[1], 8080, Some(POLICY));
     let east = start_cluster("east", 1, dirs[0].path()).await;
     let west = start_cluster("west", 2, dirs[1].path()).await;
     connect_peer(&east, &west).await;

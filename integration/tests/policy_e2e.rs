@@ -361,10 +361,28 @@ spec:
     let json: serde_json::Value =
         serde_json::from_str(&tokio::task::block_in_place(|| run("json"))).expect("status json");
     assert_eq!(
-        json["agents"][0]["policy_refused"]["sctp_port"], 1,
+        json["agent_endpoints"][0]["policy_refused"]["sctp_port"], 1,
         "{json}"
     );
-    assert_eq!(json["agents"][0]["node"], "gw-b");
+    assert_eq!(json["agent_endpoints"][0]["node"], "gw-b");
+    // Plain `clustermesh status` shows the same refusals from the agent's
+    // reports to its apiserver (no --agent address needed).
+    let reported =
+        clustermesh_integration::eventually("gw-b's report carries the refusals", T, || async {
+            let ch = b.api().channel(clustermesh_certs::Role::Admin).await.ok()?;
+            let st = clustermesh_proto::v1::cluster_mesh_client::ClusterMeshClient::new(ch)
+                .status(clustermesh_proto::v1::StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            st.agents
+                .into_iter()
+                .filter_map(|a| a.report)
+                .find(|r| r.node == "gw-b" && r.policy_refused.get("sctp_port") == Some(&1))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reported.policy_refused.get("ipv6_ip_block"), Some(&1));
     // Logged once, although every later reconciliation still refuses them.
     let entries = |s: &serde_json::Value| s["datapath"]["policy_entries"].as_u64().unwrap_or(0);
     let before = agent.status().map(|s| entries(&s)).unwrap_or(0);

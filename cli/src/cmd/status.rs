@@ -280,7 +280,7 @@ pub async fn run(
         Format::Json => {
             let mut v = to_json(&status, now);
             if !agent_addrs.is_empty() {
-                v["agents"] = agents::to_json(&agents);
+                v["agent_endpoints"] = agents::to_json(&agents);
             }
             print!("{}", json_text(&v))
         }

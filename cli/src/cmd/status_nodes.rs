@@ -24,6 +24,8 @@ pub fn agents_json(a: &[AgentStatus]) -> Value {
             json!({"node": r.node, "gateway": r.gateway, "programmed": r.programmed,
                    "live": a.live, "age_millis": a.age_ms, "mode": r.mode, "via": r.via,
                    "local_pods": r.local_pods, "remote_endpoints": r.remote_endpoints,
+                   "policy_refused": r.policy_refused,
+                   "fail_closed_identities": r.fail_closed_identities,
                    "last_error": r.last_error})
         })
         .collect()
@@ -61,6 +63,18 @@ pub fn to_text(gateways: &[GatewayStatus], agents: &[AgentStatus]) -> String {
             .map(|a| {
                 let r = a.report.clone().unwrap_or_default();
                 let via: Vec<String> = r.via.iter().map(|(c, g)| format!("{c}→{g}")).collect();
+                let refused: Vec<String> = r
+                    .policy_refused
+                    .iter()
+                    .map(|(reason, n)| format!("{reason}={n}"))
+                    .collect();
+                let list = |v: Vec<String>| {
+                    if v.is_empty() {
+                        "-".into()
+                    } else {
+                        v.join(",")
+                    }
+                };
                 vec![
                     r.node,
                     if r.gateway { "gateway" } else { "node" }.into(),
@@ -73,11 +87,8 @@ pub fn to_text(gateways: &[GatewayStatus], agents: &[AgentStatus]) -> String {
                     },
                     r.local_pods.to_string(),
                     r.remote_endpoints.to_string(),
-                    if via.is_empty() {
-                        "-".into()
-                    } else {
-                        via.join(",")
-                    },
+                    list(via),
+                    list(refused),
                     r.last_error,
                 ]
             })
@@ -91,6 +102,7 @@ pub fn to_text(gateways: &[GatewayStatus], agents: &[AgentStatus]) -> String {
                 "PODS",
                 "REMOTE",
                 "VIA",
+                "POLICY REFUSED",
                 "LAST ERROR",
             ],
             &rows,
@@ -127,6 +139,7 @@ mod tests {
                 node: "east-w1".into(),
                 programmed: true,
                 via: [("west".to_string(), "192.168.1.11".to_string())].into(),
+                policy_refused: [("sctp_port".to_string(), 2)].into(),
                 ..Default::default()
             }),
             live: true,
@@ -136,6 +149,10 @@ mod tests {
         assert!(text.contains("east-gw2") && text.contains("DOWN"), "{text}");
         assert!(text.contains("west→192.168.1.11"), "{text}");
         assert!(text.contains("programmed"), "{text}");
+        assert!(
+            text.contains("sctp_port=2"),
+            "policy refusals shown: {text}"
+        );
         assert_eq!(agents_json(&a)[0]["via"]["west"], "192.168.1.11");
         assert_eq!(gateways_json(&g)[1]["live"], false);
         assert_eq!(to_text(&[], &[]), "");

@@ -18,6 +18,7 @@ use std::process::Command;
 
 use clustermesh_node_agent::datapath;
 
+use clustermesh_integration::manifests::{self, write};
 use clustermesh_netkit::pod::{NextHop, PodSpec, add_pod};
 use clustermesh_netkit::{Namespaces, ip, sysctl};
 
@@ -207,6 +208,53 @@ impl Nodes {
             Ipv4Addr::new(203, 0, 113, 99),
         );
         ns
+    }
+}
+
+/// Writes the manifests of one cluster's `nodes` into `dir`: namespace
+/// `shop`, the Nodes (LAN address as InternalIP; gateways labelled, with the
+/// WAN address as ExternalIP), every pod (named port `http` on `port`), and
+/// `policies` (YAML) if given.
+pub fn write_manifests(dir: &std::path::Path, nodes: &[Node], port: u16, policies: Option<&str>) {
+    write(
+        dir,
+        "00-namespaces.yaml",
+        &manifests::namespace("shop", &[]),
+    )
+    .expect("write");
+    let docs: Vec<String> = nodes
+        .iter()
+        .map(|n| match n.wan_ip {
+            Some(wan) => manifests::node_with_external(
+                &n.name,
+                &n.lan_ip.to_string(),
+                &wan.to_string(),
+                &n.pod_cidr,
+                n.gateway,
+            ),
+            None => manifests::node(&n.name, &n.lan_ip.to_string(), &n.pod_cidr, n.gateway),
+        })
+        .collect();
+    write(dir, "10-nodes.yaml", &manifests::docs(&docs)).expect("write");
+    let pods: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            n.pods.iter().map(move |p| {
+                manifests::pod(
+                    "shop",
+                    &p.name,
+                    &[("app", &p.app)],
+                    &p.ip.to_string(),
+                    &n.name,
+                    &n.lan_ip.to_string(),
+                    port,
+                )
+            })
+        })
+        .collect();
+    write(dir, "20-pods.yaml", &manifests::docs(&pods)).expect("write");
+    if let Some(p) = policies {
+        write(dir, "40-policies.yaml", p).expect("write");
     }
 }
 

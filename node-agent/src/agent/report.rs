@@ -19,11 +19,15 @@ use super::status::Status;
 const LOOK: Duration = Duration::from_millis(50);
 
 /// The part of a report whose change is sent at once.
-fn essence(r: &AgentReport) -> (bool, bool, Vec<(String, String)>) {
+fn essence(r: &AgentReport) -> (bool, bool, Vec<(String, String)>, Vec<(String, u64)>) {
     (
         r.gateway,
         r.programmed,
         r.via.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        r.policy_refused
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     )
 }
 
@@ -45,6 +49,13 @@ pub fn report(s: &Status, sequence: u64) -> AgentReport {
         last_error: d.last_error.clone().unwrap_or_default(),
         sequence,
         unix_millis: clustermesh_proto::clock::unix_millis(),
+        policy_refused: d
+            .policy_refused
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| (r.to_string(), *n as u64))
+            .collect(),
+        fail_closed_identities: d.fail_closed_identities as u64,
     }
 }
 
