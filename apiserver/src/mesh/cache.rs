@@ -316,8 +316,10 @@ impl PeerCache {
                         if record {
                             self.attest.accepted(&id);
                         }
+                        // Only live changes are stamped (a snapshot's are not changes).
                         if let Some(at) = e.origin_unix_micros
                             && e.r#type == EventType::Upsert as i32
+                            && t == BatchType::Events
                         {
                             stamps.insert(id, at);
                         }
