@@ -86,7 +86,7 @@ async fn setup() -> Mesh {
         tempfile::tempdir().expect("tmp"),
     ];
     // Only cluster A defines the policy: B enforces A's exported copy
-    // (a policy applies to its namespace in every cluster).
+    // (a global policy; B imports A's policies, docs/policy.md).
     write_cluster(
         dirs[0].path(),
         &t.gws[0],
@@ -102,7 +102,7 @@ async fn setup() -> Mesh {
     let a = start_cluster("east", 1, dirs[0].path()).await;
     let b = start_cluster("west", 2, dirs[1].path()).await;
     connect_peer(&a, &b).await;
-    connect_peer(&b, &a).await;
+    connect_peer_importing(&b, &a).await;
     for p in t.gws.iter().flat_map(|g| &g.pods) {
         for port in [8080, 9090] {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));

@@ -392,6 +392,15 @@ impl PeerCache {
                     keys::cache(id.0, &self.peer.name, &id.2),
                     value,
                 )),
+                GateOp::Withdraw(id) if !self.mirror.records.contains_key(&id) => {
+                    // A deferred record (the peer no longer has it; kept
+                    // only until its kind is synced): it goes for good, it
+                    // must not wait to be admitted again.
+                    self.deferred.remove(&id);
+                    self.gate.deleted(&id);
+                    self.quota.remove(&id);
+                    ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+                }
                 GateOp::Withdraw(id) => {
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
                     // The value: from this very write, or from the view.

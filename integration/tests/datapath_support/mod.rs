@@ -60,6 +60,15 @@ pub async fn connect_peer(on: &Cluster, peer: &Cluster) {
         .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
 }
 
+/// [`connect_peer`] with `import_policies`: `on` applies `peer`'s global policies.
+pub async fn connect_peer_importing(on: &Cluster, peer: &Cluster) {
+    let mut cfg = peer.peer_config().expect("peer config");
+    cfg.import_policies = true;
+    on.register_peer(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
+}
+
 /// The endpoint record of `ip` (of cluster `owner`) as `on`'s merged view has it.
 pub async fn endpoint(on: &Cluster, owner: &str, ip: Ipv4Addr) -> Endpoint {
     let ch = on.api().channel(Role::Admin).await.expect("channel");
