@@ -11,9 +11,7 @@
 use bytes::Bytes;
 use clustermesh_apiserver::mesh::ingest::{Cidr, Context, PeerRef};
 use clustermesh_proto::ClusterMode;
-use clustermesh_proto::v1::{
-    Endpoint, Event, Identity, Kind, Node, Policy, RecordHeader, Service,
-};
+use clustermesh_proto::v1::{Endpoint, Event, Identity, Kind, Node, Policy, RecordHeader, Service};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 

@@ -45,7 +45,12 @@ impl R<'_> {
 }
 
 fn record(kind: Kind, idx: u8, var: u8, r: &mut R) -> (String, Bytes) {
-    let cluster = if var & 0x80 != 0 && var & 0x40 != 0 { "x" } else { "a" }.to_string();
+    let cluster = if var & 0x80 != 0 && var & 0x40 != 0 {
+        "x"
+    } else {
+        "a"
+    }
+    .to_string();
     if var == 0xff {
         let n = usize::from(r.byte().unwrap_or(0) % 16).min(r.0.len());
         let raw = Bytes::copy_from_slice(&r.0[..n]);
@@ -295,7 +300,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let a = cache.apply(b, now, grace, &ctx);
         if debug() {
-            eprintln!("ops {:?} rejected {:?} pending {:?} unresolved {:?}", a.ops, a.rejected, a.pending, a.unresolved);
+            eprintln!(
+                "ops {:?} rejected {:?} pending {:?} unresolved {:?}",
+                a.ops, a.rejected, a.pending, a.unresolved
+            );
         }
         // As the peer loop does: a withdrawn record's value from this write,
         // else from the store (its delete is not written yet).

@@ -69,9 +69,11 @@ fn reaches(from: &str, to: Ipv4Addr, port: u16) -> bool {
 /// Waits until `from` → `to:port` is `open` (or closed), as the agents
 /// program the change.
 async fn until(what: &str, from: &str, to: Ipv4Addr, port: u16, open: bool) {
-    eventually(what, T, || async { (reaches(from, to, port) == open).then_some(()) })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    eventually(what, T, || async {
+        (reaches(from, to, port) == open).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,16 +141,32 @@ async fn plain_policies_stay_in_their_cluster_global_ones_span_the_mesh() {
     // 1. Plain: only west's own web pods.
     until("web-w -> db-w:8080 admitted", &web_w, DB_W, 8080, true).await;
     let denied = agents[0].counter("drop_policy_deny");
-    assert!(!reaches(&web_e, DB_W, 8080), "east's web passed west's plain policy");
+    assert!(
+        !reaches(&web_e, DB_W, 8080),
+        "east's web passed west's plain policy"
+    );
     assert!(!reaches(&web_w, DB_W, 9090), "web-w -> db-w:9090 passed");
     let after = agents[0].counter("drop_policy_deny");
-    assert!(after > denied, "west's policy-deny counter did not move ({denied} -> {after})");
+    assert!(
+        after > denied,
+        "west's policy-deny counter did not move ({denied} -> {after})"
+    );
     // East has no policy: its db is open, also to west's web on any port.
-    assert!(reaches(&web_w, DB_E, 9090), "east's db is not protected yet");
+    assert!(
+        reaches(&web_w, DB_E, 9090),
+        "east's db is not protected yet"
+    );
 
     // 2. Global: east's web pods are admitted too, on 8080 only.
     write(dirs[0].path(), "40-policies.yaml", &policy(true)).expect("write");
-    until("web-e -> db-w:8080 admitted (global)", &web_e, DB_W, 8080, true).await;
+    until(
+        "web-e -> db-w:8080 admitted (global)",
+        &web_e,
+        DB_W,
+        8080,
+        true,
+    )
+    .await;
     assert!(!reaches(&web_e, DB_W, 9090), "web-e -> db-w:9090 passed");
     assert!(reaches(&web_w, DB_W, 8080), "web-w lost access to db-w");
 
@@ -160,7 +178,10 @@ async fn plain_policies_stay_in_their_cluster_global_ones_span_the_mesh() {
     );
     connect_peer_importing(&east, &west).await;
     until("east imports: db-e:9090 closed", &web_w, DB_E, 9090, false).await;
-    assert!(reaches(&web_w, DB_E, 8080), "web-w -> db-e:8080 (admitted by the imported policy)");
+    assert!(
+        reaches(&web_w, DB_E, 8080),
+        "web-w -> db-e:8080 (admitted by the imported policy)"
+    );
     assert!(reaches(&web_e, DB_E, 8080), "web-e -> db-e:8080");
     println!(
         "policy scope: plain stays in west, global admits east's web, east enforces west's only after import"

@@ -34,11 +34,20 @@ async fn a_peers_policies_arrive_only_when_imported() {
     let sa = store(&a).await;
     let id_a = ident_no(1, 0);
     let mut ops = alpha_web(id_a);
-    ops.push(put(Kind::Policy, "alpha", "shop/allow-web", global_policy()));
+    ops.push(put(
+        Kind::Policy,
+        "alpha",
+        "shop/allow-web",
+        global_policy(),
+    ));
     ops.extend(markers("alpha"));
     sa.apply(&ops).await.expect("alpha's records");
 
-    let pol = (Kind::Policy, "alpha".to_string(), "shop/allow-web".to_string());
+    let pol = (
+        Kind::Policy,
+        "alpha".to_string(),
+        "shop/allow-web".to_string(),
+    );
     let ep = (Kind::Endpoint, "alpha".to_string(), "10.1.0.5".to_string());
     let mut w = merged_watcher(&b).await;
     // Alpha trusts beta (its Watch), beta mirrors alpha.
@@ -49,11 +58,18 @@ async fn a_peers_policies_arrive_only_when_imported() {
     })
     .await
     .expect("sync without policies");
-    assert!(!w.mirror.records.contains_key(&pol), "not imported: no policy");
+    assert!(
+        !w.mirror.records.contains_key(&pol),
+        "not imported: no policy"
+    );
     assert!(!w.mirror.synced.contains(&("alpha".into(), Kind::Policy)));
-    let s = wait_status(&b, "alpha", "alpha connected, policies not imported", T, |s| {
-        s.connected && !s.import_policies
-    })
+    let s = wait_status(
+        &b,
+        "alpha",
+        "alpha connected, policies not imported",
+        T,
+        |s| s.connected && !s.import_policies,
+    )
     .await;
     assert!(
         s.counts.iter().all(|c| c.kind != Kind::Policy as i32),
@@ -63,7 +79,9 @@ async fn a_peers_policies_arrive_only_when_imported() {
     // connect --import-policies: the registration changes, the policy arrives.
     let mut cfg = peer_config(&a);
     cfg.import_policies = true;
-    register(&b, cfg).await.expect("register alpha importing policies");
+    register(&b, cfg)
+        .await
+        .expect("register alpha importing policies");
     w.until(T, "alpha's policy, imported", |m| {
         m.records.contains_key(&pol) && m.synced.contains(&("alpha".into(), Kind::Policy))
     })
@@ -75,7 +93,9 @@ async fn a_peers_policies_arrive_only_when_imported() {
     .await;
 
     // Registered again without it: the mirrored policy goes, the rest stays.
-    register(&b, peer_config(&a)).await.expect("register alpha again");
+    register(&b, peer_config(&a))
+        .await
+        .expect("register alpha again");
     w.until(T, "alpha's policy withdrawn", |m| {
         !m.records.contains_key(&pol) && !m.synced.contains(&("alpha".into(), Kind::Policy))
     })

@@ -77,7 +77,10 @@ async fn a_peer_over_its_quota_is_refused_beyond_it_shown_and_others_flow() {
         s.over_quota.get("endpoints").copied().unwrap_or(0) >= 5
     })
     .await;
-    assert!(st.rejected_by_reason.get("quota_exceeded").copied() >= Some(5), "{st:?}");
+    assert!(
+        st.rejected_by_reason.get("quota_exceeded").copied() >= Some(5),
+        "{st:?}"
+    );
     assert_eq!(st.quota.as_ref().map(|q| q.endpoints), Some(15), "{st:?}");
     assert_eq!(
         st.quota.as_ref().map(|q| q.nodes),
@@ -87,7 +90,10 @@ async fn a_peer_over_its_quota_is_refused_beyond_it_shown_and_others_flow() {
     assert!(st.held_bytes > 0 && st.connected, "{st:?}");
     assert!(st.last_error.contains("quota_exceeded"), "{st:?}");
     let os = peer_status(&local, &o.name).await.expect("other's status");
-    assert!(os.over_quota.is_empty() && os.rejected_records == 0, "{os:?}");
+    assert!(
+        os.over_quota.is_empty() && os.rejected_records == 0,
+        "{os:?}"
+    );
 
     // The refusals are in the metrics under their reason.
     let want = format!(
@@ -126,13 +132,19 @@ async fn a_peer_over_its_quota_is_refused_beyond_it_shown_and_others_flow() {
     w.until(T, "the update of a held endpoint", |m| {
         m.records
             .get(&(Kind::Endpoint, g.name.clone(), updated.ip.clone()))
-            .is_some_and(|v| Endpoint::decode(v.as_ref()).is_ok_and(|e| e.identity == updated.identity))
+            .is_some_and(|v| {
+                Endpoint::decode(v.as_ref()).is_ok_and(|e| e.identity == updated.identity)
+            })
     })
     .await
     .expect("update passes");
     let before = st.rejected_by_reason["quota_exceeded"];
     wait_status(&local, &g.name, "the new endpoint refused", T, |s| {
-        s.rejected_by_reason.get("quota_exceeded").copied().unwrap_or(0) > before
+        s.rejected_by_reason
+            .get("quota_exceeded")
+            .copied()
+            .unwrap_or(0)
+            > before
     })
     .await;
     assert_eq!(endpoints(&w, &g.name).len(), 15);

@@ -113,7 +113,7 @@ fn parse_bytes(v: &str) -> Result<u64, String> {
 
 /// `name=value,...` of the non-zero fields (bytes in MiB when whole).
 pub fn display(q: &PeerQuota) -> String {
-    let mut q2 = q.clone();
+    let mut q2 = *q;
     NAMES
         .iter()
         .filter_map(|n| {

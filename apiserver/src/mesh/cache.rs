@@ -316,6 +316,8 @@ impl PeerCache {
             match change {
                 Change::Upsert { id, value } => {
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    // In the store before this upsert (written or deferred).
+                    let in_store = self.quota.holds(&id) && !self.gate.is_pending(&id);
                     if let Err(r) = self.quota.admit(&id, quota::cost(&id, value.len())) {
                         // Not written and not remembered: a resend is checked again.
                         self.mirror.records.remove(&id);
@@ -334,7 +336,9 @@ impl PeerCache {
                     match self.gate.upsert(&id, &value) {
                         Verdict::Admit => out.ops.push(WriteOp::put(key, value)),
                         Verdict::Pending { was_written } => {
-                            if was_written {
+                            // `in_store` too: a node deleted earlier in this
+                            // batch uncovered an endpoint that was written.
+                            if was_written || in_store {
                                 out.ops.push(WriteOp::delete(key));
                             }
                             out.pending.push(id);

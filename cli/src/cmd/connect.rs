@@ -14,8 +14,7 @@
 //! policies only when `import_policies` is set (docs/policy.md).
 
 use clustermesh_proto::v1::{
-    ClusterInfo, ConnectPeerRequest, DisconnectPeerRequest, ListPeersRequest, PeerConfig,
-    PeerQuota,
+    ClusterInfo, ConnectPeerRequest, DisconnectPeerRequest, ListPeersRequest, PeerConfig, PeerQuota,
 };
 use thiserror::Error;
 
@@ -87,7 +86,7 @@ pub fn peer_config(
         ca_pem,
         enabled: true,
         cluster_id: info.id,
-        quota: (pairing.quota != PeerQuota::default()).then(|| pairing.quota.clone()),
+        quota: (pairing.quota != PeerQuota::default()).then_some(pairing.quota),
         import_policies: pairing.import_policies,
     }
 }

@@ -335,12 +335,18 @@ mod tests {
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
         assert!(row.contains(" all "), "{t}");
-        assert!(row.contains(" ok ") && row.trim_end().ends_with(" no"), "{t}");
+        assert!(
+            row.contains(" ok ") && row.trim_end().ends_with(" no"),
+            "{t}"
+        );
         s.peers[0].over_quota = [("endpoints".to_string(), 12)].into();
         s.peers[0].import_policies = true;
         let t = to_text(&s, 15_000);
         let row = t.lines().find(|l| l.starts_with("c2 ")).unwrap();
-        assert!(row.contains("OVER:endpoints(-12)") && row.trim_end().ends_with(" yes"), "{t}");
+        assert!(
+            row.contains("OVER:endpoints(-12)") && row.trim_end().ends_with(" yes"),
+            "{t}"
+        );
         let v = to_json(&s, 15_000);
         assert_eq!(v["peers"][0]["over_quota"]["endpoints"], 12);
         assert_eq!(v["peers"][0]["import_policies"], true);

@@ -536,7 +536,12 @@ mod through_the_cache {
         );
         let reasons: Vec<&str> = a.rejected.iter().map(|r| r.reason().label()).collect();
         assert_eq!(reasons, ["quota_exceeded"]);
-        assert_eq!(puts(&a.ops).len(), 3, "the node and two endpoints: {:?}", a.ops);
+        assert_eq!(
+            puts(&a.ops).len(),
+            3,
+            "the node and two endpoints: {:?}",
+            a.ops
+        );
         assert!(!puts(&a.ops).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.3")));
         assert_eq!(c.quota().over().get("endpoints"), Some(&1));
         // An update of a held record passes; the refused one is still refused.
@@ -561,10 +566,17 @@ mod through_the_cache {
         assert!(c.resume_point().is_none(), "a full snapshot, not a resume");
         let w = snapshot(
             &mut c,
-            vec![vec![node_ev(), e("10.1.0.1", "other"), e("10.1.0.3", "other")]],
+            vec![vec![
+                node_ev(),
+                e("10.1.0.1", "other"),
+                e("10.1.0.3", "other"),
+            ]],
         );
         assert_eq!(puts(&w), [keys::cache(Kind::Endpoint, "a", "10.1.0.3")]);
-        assert!(c.quota().over().is_empty(), "everything fits: not over quota");
+        assert!(
+            c.quota().over().is_empty(),
+            "everything fits: not over quota"
+        );
         assert!(c.resume_point().is_some());
     }
 
@@ -609,5 +621,37 @@ mod through_the_cache {
         // The node returns: the service does not.
         let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
         assert_eq!(puts(&w), [keys::cache(Kind::Node, "a", "n1")]);
+    }
+
+    /// Found by fuzzing (fuzz/ watch_batches): one batch deleting a node and
+    /// then updating an endpoint it covered left the old endpoint in the
+    /// store while the new version waited pending.
+    #[test]
+    fn an_endpoint_updated_after_its_node_went_in_the_same_batch_leaves_the_store() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        let w = snapshot(&mut c, vec![vec![node_ev(), ep_ev()]]);
+        assert_eq!(puts(&w).len(), 2);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let changed = ev(
+            UP,
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5",
+            ep("10.1.0.5", 0x01_0101, "shop"),
+        );
+        let w = apply(&mut c, BatchType::Events, vec![del, changed]);
+        assert!(
+            w.contains(&WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5"))),
+            "{w:?}"
+        );
+        assert_eq!(c.pending(), 1);
+        assert!(c.counts().iter().all(|n| n.kind != Kind::Endpoint as i32));
+        // The node returns: the new version is written.
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
     }
 }
