@@ -645,7 +645,11 @@ mod through_the_cache {
         );
         let w = apply(&mut c, BatchType::Events, vec![del, changed]);
         assert!(
-            w.contains(&WriteOp::delete(keys::cache(Kind::Endpoint, "a", "10.1.0.5"))),
+            w.contains(&WriteOp::delete(keys::cache(
+                Kind::Endpoint,
+                "a",
+                "10.1.0.5"
+            ))),
             "{w:?}"
         );
         assert_eq!(c.pending(), 1);
