@@ -106,7 +106,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<()> {
                 );
             }
             let pairing = cmd::connect::Pairing {
-                quota: quota.clone().unwrap_or_default(),
+                quota: quota.unwrap_or_default(),
                 import_policies: *import_policies,
             };
             cmd::connect::run(&ours, &theirs, advertise.as_deref(), &pairing).await

@@ -88,7 +88,7 @@ async fn setup() -> Mesh {
         tempfile::tempdir().expect("tmp"),
     ];
     // Only cluster A defines the policy: B enforces A's exported copy
-    // (a policy applies to its namespace in every cluster).
+    // (a global policy; B imports A's policies, docs/policy.md).
     write_cluster(
         dirs[0].path(),
         &t.gws[0],

@@ -107,6 +107,7 @@ async fn hostile(victim: &Cluster, mut spec: Value) -> Hostile {
             ca_pem,
             enabled: true,
             cluster_id: 1,
+            import_policies: true,
             ..Default::default()
         },
         release,

@@ -52,7 +52,9 @@ async fn a_peers_policies_arrive_only_when_imported() {
     let mut w = merged_watcher(&b).await;
     // Alpha trusts beta (its Watch), beta mirrors alpha.
     register(&a, peer_config(&b)).await.expect("register beta");
-    register(&b, peer_config(&a)).await.expect("register alpha");
+    let mut plain = peer_config(&a);
+    plain.import_policies = false;
+    register(&b, plain.clone()).await.expect("register alpha");
     w.until(T, "alpha's endpoint and its markers", |m| {
         m.records.contains_key(&ep) && m.synced.contains(&("alpha".into(), Kind::Service))
     })
@@ -93,9 +95,7 @@ async fn a_peers_policies_arrive_only_when_imported() {
     .await;
 
     // Registered again without it: the mirrored policy goes, the rest stays.
-    register(&b, peer_config(&a))
-        .await
-        .expect("register alpha again");
+    register(&b, plain).await.expect("register alpha again");
     w.until(T, "alpha's policy withdrawn", |m| {
         !m.records.contains_key(&pol) && !m.synced.contains(&("alpha".into(), Kind::Policy))
     })

@@ -204,8 +204,11 @@ impl Cluster {
         &self.replicas[0]
     }
 
-    /// This cluster as a peer registration, as `clustermesh connect` writes it
-    /// on the other side: its name, ID, first replica's address and CA.
+    /// This cluster as a peer registration, as `clustermesh connect
+    /// --import-policies` writes it on the other side: its name, ID, first
+    /// replica's address and CA; the other side imports its policies (so a
+    /// test sees every kind synced; set `import_policies` false to test
+    /// without).
     pub fn peer_config(&self) -> anyhow::Result<PeerConfig> {
         let ca_pem = std::fs::read_to_string(self.tls_dir().join(clustermesh_certs::CA_CERT_FILE))
             .with_context(|| format!("reading {}'s ca.crt", self.name))?;
@@ -215,6 +218,7 @@ impl Cluster {
             ca_pem,
             enabled: true,
             cluster_id: self.id,
+            import_policies: true,
             ..Default::default()
         })
     }

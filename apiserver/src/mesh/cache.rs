@@ -367,6 +367,8 @@ impl PeerCache {
             match change {
                 Change::Upsert { id, value } => {
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
+                    // In the store before this upsert (written or deferred).
+                    let in_store = self.quota.holds(&id) && !self.gate.is_pending(&id);
                     if let Err(r) = self.quota.admit(&id, quota::cost(&id, value.len())) {
                         // Not written and not remembered: a resend is checked again.
                         // The peer did send it: its markers count it (attested sync).
@@ -391,7 +393,9 @@ impl PeerCache {
                     match self.gate.upsert(&id, &value) {
                         Verdict::Admit => out.ops.push(WriteOp::put(key, value)),
                         Verdict::Pending { was_written } => {
-                            if was_written {
+                            // `in_store` too: a node deleted earlier in this
+                            // batch uncovered an endpoint that was written.
+                            if was_written || in_store {
                                 out.ops.push(WriteOp::delete(key));
                             }
                             out.pending.push(id);
@@ -467,6 +471,15 @@ impl PeerCache {
                     keys::cache(id.0, &self.peer.name, &id.2),
                     value,
                 )),
+                GateOp::Withdraw(id) if !self.mirror.records.contains_key(&id) => {
+                    // A deferred record (the peer no longer has it; kept
+                    // only until its kind is synced): it goes for good, it
+                    // must not wait to be admitted again.
+                    self.deferred.remove(&id);
+                    self.gate.deleted(&id);
+                    self.quota.remove(&id);
+                    ops.push(WriteOp::delete(keys::cache(id.0, &self.peer.name, &id.2)));
+                }
                 GateOp::Withdraw(id) => {
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
                     // The value: from this very write, or from the view.

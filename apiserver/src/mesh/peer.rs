@@ -262,7 +262,7 @@ impl PeerLoop {
     /// The quota in force: the registration's, zero fields from `--peer-quota`.
     fn limits(&self) -> clustermesh_proto::v1::PeerQuota {
         clustermesh_proto::quota::or_defaults(
-            &self.cfg.quota.clone().unwrap_or_default(),
+            &self.cfg.quota.unwrap_or_default(),
             &self.ctx.config.quota,
         )
     }
@@ -526,7 +526,7 @@ impl PeerLoop {
                     .insert(Reason::OutsidePeerPodCidrs.label().to_owned(), pending);
             }
             let q = cache.quota();
-            self.status.quota = Some(q.limits().clone());
+            self.status.quota = Some(*q.limits());
             self.status.held_bytes = q.held_bytes();
             self.status.over_quota = q.over().clone();
             if self

@@ -86,7 +86,7 @@ pub fn peer_config(
         ca_pem,
         enabled: true,
         cluster_id: info.id,
-        quota: (pairing.quota != PeerQuota::default()).then(|| pairing.quota.clone()),
+        quota: (pairing.quota != PeerQuota::default()).then_some(pairing.quota),
         import_policies: pairing.import_policies,
     }
 }

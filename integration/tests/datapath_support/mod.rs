@@ -41,7 +41,8 @@ pub async fn start_cluster(name: &str, id: u32, dir: &Path) -> Cluster {
 
 /// Admin ConnectPeer on `on` for `peer` (trusting the peer's CA).
 pub async fn connect_peer(on: &Cluster, peer: &Cluster) {
-    let cfg = peer.peer_config().expect("peer config");
+    let mut cfg = peer.peer_config().expect("peer config");
+    cfg.import_policies = false;
     on.register_peer(cfg)
         .await
         .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));

@@ -189,6 +189,11 @@ impl Quota {
         self.room_freed && !self.over.is_empty()
     }
 
+    /// Whether `id` is held (written, pending or deferred).
+    pub fn holds(&self, id: &RecordId) -> bool {
+        self.sizes.contains_key(id)
+    }
+
     pub fn held_bytes(&self) -> u64 {
         self.bytes
     }
@@ -199,7 +204,7 @@ impl Quota {
 
     /// Forgets every record (the peer was withdrawn); the limits stay.
     pub fn clear(&mut self) {
-        *self = Quota::new(self.limits.clone());
+        *self = Quota::new(self.limits);
     }
 }
 

@@ -580,4 +580,83 @@ mod through_the_cache {
         );
         assert!(c.resume_point().is_some());
     }
+
+    /// Found by fuzzing (fuzz/ watch_batches): a service kept after a reset
+    /// snapshot dropped it (deferred until its kind is synced) whose node
+    /// then went was made pending, so a returning node would have written
+    /// back a service the peer no longer has; and the cache counted it as
+    /// stored after deleting it.
+    #[test]
+    fn a_deferred_service_whose_node_goes_is_deleted_not_held() {
+        let svc = || {
+            let v = Service {
+                namespace: "shop".into(),
+                name: "s0".into(),
+                backends: vec![Backend {
+                    ip: "10.1.1.1".into(),
+                    ..Default::default()
+                }],
+                cluster: "a".into(),
+                ..Default::default()
+            };
+            ev(UP, Kind::Service, "a", "shop/s0", v.encode_to_vec())
+        };
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        let w = snapshot(&mut c, vec![vec![node_ev(), svc()]]);
+        assert_eq!(puts(&w).len(), 2);
+        // A reset snapshot without them: kept (deferred), nothing synced yet.
+        assert!(snapshot(&mut c, vec![]).is_empty());
+        assert_eq!(c.counts().len(), 2);
+        // Nodes synced: the node goes, and the service it covered goes with it.
+        let synced = Event {
+            r#type: EventType::Synced as i32,
+            key: String::new(),
+            value: Default::default(),
+            ..node_ev()
+        };
+        let w = apply(&mut c, BatchType::Events, vec![synced]);
+        assert!(w.contains(&WriteOp::delete(keys::cache(Kind::Node, "a", "n1"))));
+        assert!(w.contains(&WriteOp::delete(keys::cache(Kind::Service, "a", "shop/s0"))));
+        assert_eq!(c.pending(), 0, "the peer no longer has it: not pending");
+        assert!(c.counts().iter().all(|n| n.kind != Kind::Service as i32));
+        // The node returns: the service does not.
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(puts(&w), [keys::cache(Kind::Node, "a", "n1")]);
+    }
+
+    /// Found by fuzzing (fuzz/ watch_batches): one batch deleting a node and
+    /// then updating an endpoint it covered left the old endpoint in the
+    /// store while the new version waited pending.
+    #[test]
+    fn an_endpoint_updated_after_its_node_went_in_the_same_batch_leaves_the_store() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        let w = snapshot(&mut c, vec![vec![node_ev(), ep_ev()]]);
+        assert_eq!(puts(&w).len(), 2);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let changed = ev(
+            UP,
+            Kind::Endpoint,
+            "a",
+            "10.1.0.5",
+            ep("10.1.0.5", 0x01_0101, "shop"),
+        );
+        let w = apply(&mut c, BatchType::Events, vec![del, changed]);
+        assert!(
+            w.contains(&WriteOp::delete(keys::cache(
+                Kind::Endpoint,
+                "a",
+                "10.1.0.5"
+            ))),
+            "{w:?}"
+        );
+        assert_eq!(c.pending(), 1);
+        assert!(c.counts().iter().all(|n| n.kind != Kind::Endpoint as i32));
+        // The node returns: the new version is written.
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
+    }
 }
