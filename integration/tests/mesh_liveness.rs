@@ -333,5 +333,5 @@ async fn leader_change_on_the_mirroring_side_rewrites_nothing() {
     let st = replica_status(&b.replicas[follower]).await;
     let after = st.peers.iter().find(|p| p.name == "alpha").unwrap();
     assert!(after.failures >= alpha.failures);
-    assert_eq!(after.synced.len(), mesh_support::imported_kinds(&after));
+    assert_eq!(after.synced.len(), mesh_support::imported_kinds(after));
 }

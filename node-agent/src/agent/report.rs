@@ -19,16 +19,14 @@ use super::status::Status;
 const LOOK: Duration = Duration::from_millis(50);
 
 /// The part of a report whose change is sent at once.
-fn essence(r: &AgentReport) -> (bool, bool, Vec<(String, String)>, Vec<(String, u64)>) {
-    (
-        r.gateway,
-        r.programmed,
-        r.via.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        r.policy_refused
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-    )
+fn essence(r: &AgentReport) -> AgentReport {
+    AgentReport {
+        gateway: r.gateway,
+        programmed: r.programmed,
+        via: r.via.clone(),
+        policy_refused: r.policy_refused.clone(),
+        ..Default::default()
+    }
 }
 
 /// The report of the agent's current status.
