@@ -24,7 +24,7 @@ mod datapath_support;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clustermesh_integration::apiserver::Cluster;
@@ -39,12 +39,6 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 2, 2, 10);
 const POD_MTU: &str = "1450";
 
-fn ns_cmd(ns: &str) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{ns}"));
-    c
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -54,40 +48,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// One iperf3 run; (Gbit/s, retransmits).
 fn iperf(t: &Nodes, secs: u64) -> (f64, u64) {
-    let mut server = ns_cmd(&t.pod("server-w").ns)
-        .args(["iperf3", "-s", "-1", "-B", &SERVER.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 server (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = ns_cmd(&t.pod("client-e").ns)
-        .args([
-            "iperf3",
-            "-c",
-            &SERVER.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ])
-        .output()
-        .expect("iperf3 client");
-    let _ = server.wait();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let end = &j["end"];
-    (
-        end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e9,
-        end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-    )
+    clustermesh_netkit::traffic::iperf(&t.pod("client-e").ns, &t.pod("server-w").ns, SERVER, secs)
 }
 
 /// A point-to-point kernel VXLAN device `dev` (VNI `vni`) from `a` to `b`

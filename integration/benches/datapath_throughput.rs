@@ -17,7 +17,7 @@
 mod datapath_support;
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use clustermesh_integration::apiserver::Cluster;
@@ -35,48 +35,15 @@ struct Throughput {
     retransmits: u64,
 }
 
-fn ns_cmd(ns: &str) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{ns}"));
-    c
-}
-
 /// One iperf3 run from the client pod to the server pod.
 fn iperf(t: &Topology, secs: u64) -> Throughput {
-    let mut server = ns_cmd(&t.pod("server-b").ns)
-        .args(["iperf3", "-s", "-1", "-B", &SERVER.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("iperf3 server (apt-get install iperf3)");
-    std::thread::sleep(Duration::from_millis(500));
-    let out = ns_cmd(&t.pod("client-a").ns)
-        .args([
-            "iperf3",
-            "-c",
-            &SERVER.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ])
-        .output()
-        .expect("iperf3 client");
-    let _ = server.wait();
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output is not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let end = &j["end"];
-    Throughput {
-        gbps: end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e9,
-        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-    }
+    let (gbps, retransmits) = clustermesh_netkit::traffic::iperf(
+        &t.pod("client-a").ns,
+        &t.pod("server-b").ns,
+        SERVER,
+        secs,
+    );
+    Throughput { gbps, retransmits }
 }
 
 /// Plain kernel VXLAN between the gateways, pod CIDRs routed over it.

@@ -172,3 +172,36 @@ pub fn tcp_echo_here(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     s.read_exact(&mut got)?;
     Ok(got)
 }
+
+/// One `iperf3` TCP stream of `secs` seconds from netns `client` to a
+/// one-shot server on `server_ip` in netns `server`: (Gbit/s received,
+/// sender retransmits), from iperf3's JSON report.
+pub fn iperf(client: &str, server: &str, server_ip: Ipv4Addr, secs: u64) -> (f64, u64) {
+    let ip = server_ip.to_string();
+    let mut srv = ns_command(server, &["iperf3", "-s", "-1", "-B", &ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 server (apt-get install iperf3)");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ns_cmd(
+        client,
+        &["iperf3", "-c", &ip, "-t", &secs.to_string(), "-J"],
+    );
+    let _ = srv.wait();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output is not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let end = &j["end"];
+    (
+        end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9,
+        end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    )
+}
