@@ -272,10 +272,12 @@ fn relabel_and_pod_start_fail_closed() {
         &[(POD_B1, 80), (POD_B1, 81), (POD_B2, 80), (POD_B2, 81)],
     );
     std::thread::sleep(Duration::from_millis(300));
-    let relabel = Instant::now();
     ids.insert(POD_B1, locked);
     ids.insert(POD_B2, fresh);
     apply(&rec, &ids, &[]);
+    // From here the maps hold the relabel: a probe that started before this
+    // (while the old, open state was still programmed) may legitimately pass.
+    let relabel = Instant::now();
     let compiled = desired(&t, 1, &rec, &ids, &[]).1;
     assert_eq!(
         compiled.report.fail_closed_identities, 2,
