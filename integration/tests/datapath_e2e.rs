@@ -26,7 +26,7 @@ use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
 use clustermesh_integration::manifests::write;
 use clustermesh_node_agent::datapath::{Frontend, PROTO_TCP};
-use datapath_support::agent::{Agent, relay_into_netns};
+use datapath_support::agent::Agent;
 use datapath_support::manifests::{ServiceSpec, pods_yaml, service_yaml, write_cluster};
 use datapath_support::pcap::Capture;
 use datapath_support::topology::{Topology, UNDERLAY_IF};
@@ -111,20 +111,7 @@ async fn setup() -> Mesh {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));
         }
     }
-    let mut agents = Vec::new();
-    for (g, c) in [&a, &b].iter().enumerate() {
-        relay_into_netns(&t.gws[g].ns, c.api().grpc.clone()).await;
-        let gw = &t.gws[g];
-        agents.push(Agent::start(
-            &gw.ns,
-            &gw.node,
-            &c.tls_dir(),
-            &gw.pin_dir,
-            &gw.cgroup,
-            &[],
-            c.dir.path(),
-        ));
-    }
+    let mut agents = start_gateway_agents(&t, &[&a, &b], &[]).await;
     for a in &mut agents {
         wait_synced(a, 2).await;
     }

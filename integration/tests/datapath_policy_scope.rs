@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use clustermesh_integration::eventually;
 use clustermesh_integration::manifests::write;
-use datapath_support::agent::{Agent, relay_into_netns};
 use datapath_support::manifests::{ServiceSpec, write_cluster};
 use datapath_support::topology::Topology;
 use datapath_support::traffic::{start_whoami, whoami};
@@ -113,20 +112,7 @@ async fn plain_policies_stay_in_their_cluster_global_ones_span_the_mesh() {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));
         }
     }
-    let mut agents = Vec::new();
-    for (g, c) in [&west, &east].iter().enumerate() {
-        relay_into_netns(&t.gws[g].ns, c.api().grpc.clone()).await;
-        let gw = &t.gws[g];
-        agents.push(Agent::start(
-            &gw.ns,
-            &gw.node,
-            &c.tls_dir(),
-            &gw.pin_dir,
-            &gw.cgroup,
-            &[],
-            c.dir.path(),
-        ));
-    }
+    let mut agents = start_gateway_agents(&t, &[&west, &east], &[]).await;
     for a in &mut agents {
         a.wait("agent programmed local pods and remote endpoints", T, |s| {
             s["healthy"] == true

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clustermesh_integration::manifests::{self, write};
 use clustermesh_node_agent::datapath::Datapath;
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
-use datapath_support::agent::{Agent, relay_into_netns};
+use datapath_support::agent::Agent;
 use datapath_support::topology::{Gateway, Topology};
 use datapath_support::traffic::start_whoami;
 use datapath_support::*;
@@ -452,20 +452,7 @@ async fn upstream_netpol_cases_across_two_clusters() {
             start_udp_echo(&p.ns, SocketAddr::from((p.ip, port)));
         }
     }
-    let mut agents = Vec::new();
-    for (g, c) in [&a, &b].iter().enumerate() {
-        relay_into_netns(&t.gws[g].ns, c.api().grpc.clone()).await;
-        let gw = &t.gws[g];
-        agents.push(Agent::start(
-            &gw.ns,
-            &gw.node,
-            &c.tls_dir(),
-            &gw.pin_dir,
-            &gw.cgroup,
-            &[],
-            c.dir.path(),
-        ));
-    }
+    let mut agents = start_gateway_agents(&t, &[&a, &b], &[]).await;
     for ag in &mut agents {
         ag.wait("9 local pods and 9 remote endpoints", T, |s| {
             s["healthy"] == true

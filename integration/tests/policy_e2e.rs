@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clustermesh_integration::manifests::{self, write};
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
-use datapath_support::agent::{Agent, relay_into_netns};
+use datapath_support::agent::Agent;
 use datapath_support::manifests::{BACKEND_PORT, ServiceSpec, pods_yaml, write_cluster};
 use datapath_support::topology::{Gateway, Topology};
 use datapath_support::traffic::start_whoami;
@@ -161,20 +161,7 @@ async fn relabel_and_pod_start_fail_closed_end_to_end() {
             start_whoami(&p.ns, SocketAddr::from((p.ip, port)));
         }
     }
-    let mut agents = Vec::new();
-    for (g, c) in [&a, &b].iter().enumerate() {
-        relay_into_netns(&t.gws[g].ns, c.api().grpc.clone()).await;
-        let gw = &t.gws[g];
-        agents.push(Agent::start(
-            &gw.ns,
-            &gw.node,
-            &c.tls_dir(),
-            &gw.pin_dir,
-            &gw.cgroup,
-            &[],
-            c.dir.path(),
-        ));
-    }
+    let mut agents = start_gateway_agents(&t, &[&a, &b], &[]).await;
     agents[0]
         .wait("A programmed its pods and B's two", T, |s| {
             s["healthy"] == true

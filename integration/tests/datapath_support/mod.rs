@@ -57,6 +57,29 @@ pub async fn connect_peer_importing(on: &Cluster, peer: &Cluster) {
         .unwrap_or_else(|e| panic!("ConnectPeer {} on {}: {e}", peer.name, on.name));
 }
 
+/// One agent per gateway of `t`, gateway g served by `clusters[g]` through a
+/// relay inside its namespace, each with the common flags plus `extra`.
+pub async fn start_gateway_agents(
+    t: &topology::Topology,
+    clusters: &[&Cluster],
+    extra: &[&str],
+) -> Vec<agent::Agent> {
+    let mut agents = Vec::new();
+    for (gw, c) in t.gws.iter().zip(clusters) {
+        agent::relay_into_netns(&gw.ns, c.api().grpc.clone()).await;
+        agents.push(agent::Agent::start(
+            &gw.ns,
+            &gw.node,
+            &c.tls_dir(),
+            &gw.pin_dir,
+            &gw.cgroup,
+            extra,
+            c.dir.path(),
+        ));
+    }
+    agents
+}
+
 /// The endpoint record of `ip` (of cluster `owner`) as `on`'s merged view has it.
 pub async fn endpoint(on: &Cluster, owner: &str, ip: Ipv4Addr) -> Endpoint {
     let ch = on.api().channel(Role::Admin).await.expect("channel");
