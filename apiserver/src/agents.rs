@@ -258,17 +258,6 @@ impl Agents {
     }
 }
 
-/// The address a gateway is tunnelled to: for a peer's gateway its first
-/// IPv4 ExternalIP when it has one, else (and for this cluster's gateways)
-/// its first IPv4 InternalIP.
-pub fn gateway_address(node: &Node, peer: bool) -> Option<std::net::Ipv4Addr> {
-    let first = |l: &[String]| l.iter().find_map(|s| s.parse::<std::net::Ipv4Addr>().ok());
-    if peer && let Some(ip) = first(&node.external_ips) {
-        return Some(ip);
-    }
-    first(&node.internal_ips)
-}
-
 /// Status: the gateways of every cluster in the merged view, this cluster's
 /// first, with the local agents that use each one.
 pub fn gateway_statuses(view: &View, agents: &[AgentStatus]) -> Vec<GatewayStatus> {
@@ -297,9 +286,15 @@ pub fn gateway_statuses(view: &View, agents: &[AgentStatus]) -> Vec<GatewayStatu
         }
     }
     for ((peer, cluster, name), n) in nodes {
-        let address = gateway_address(&n, peer)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        // Where traffic goes (the agents' rule): a peer's gateway at its
+        // ExternalIP when it has one, this cluster's at its InternalIP.
+        let address = if peer {
+            clustermesh_proto::node_address::peer_facing(&n)
+        } else {
+            clustermesh_proto::node_address::internal(&n)
+        }
+        .map(|a| a.to_string())
+        .unwrap_or_default();
         let used_by = agents
             .iter()
             .filter_map(|a| a.report.as_ref())

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod identity;
 pub mod keys;
 pub mod mirror;
+pub mod node_address;
 pub mod quota;
 pub mod selection;
 pub mod stamp;

@@ -180,7 +180,7 @@ pub fn compute(
         if *cluster != local_cluster {
             continue;
         }
-        let ip = gateways::internal_address(node);
+        let ip = clustermesh_proto::node_address::internal(node);
         if let Some(ip) = ip {
             node_ips.insert(name.as_str(), ip);
         }

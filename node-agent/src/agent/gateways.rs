@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use clustermesh_proto::node_address;
 use clustermesh_proto::v1::Node;
 use sha2::{Digest, Sha256};
 
@@ -45,18 +46,6 @@ pub struct GatewayPlan {
 
 fn ipv4s(list: &[String]) -> impl Iterator<Item = Ipv4Addr> + '_ {
     list.iter().filter_map(|s| s.parse::<Ipv4Addr>().ok())
-}
-
-/// The address peers tunnel to: the first IPv4 ExternalIP, else InternalIP.
-pub fn peer_facing_address(n: &Node) -> Option<Ipv4Addr> {
-    ipv4s(&n.external_ips)
-        .next()
-        .or_else(|| ipv4s(&n.internal_ips).next())
-}
-
-/// The address this cluster's nodes tunnel to: the first IPv4 InternalIP.
-pub fn internal_address(n: &Node) -> Option<Ipv4Addr> {
-    ipv4s(&n.internal_ips).next()
 }
 
 /// A gateway node that may carry traffic.
@@ -144,9 +133,9 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     for remote in remote_clusters {
         let key = pair_key(&local, remote);
         let addr = if p.is_gateway {
-            pick(remote, &key).and_then(peer_facing_address)
+            pick(remote, &key).and_then(node_address::peer_facing)
         } else {
-            pick(&local, &key).and_then(internal_address)
+            pick(&local, &key).and_then(node_address::internal)
         };
         match addr {
             // An ordinary node also needs the peer to have a usable gateway.
