@@ -16,24 +16,22 @@
 //! back moves A's agent's `clustermesh_agent_propagation_delay_seconds`
 //! for B (parsed with Python's prometheus_client).
 
-mod datapath_support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::datapath_support::agent::Agent;
+use crate::datapath_support::manifests::{ServiceSpec, pods_yaml, service_yaml, write_cluster};
+use crate::datapath_support::pcap::Capture;
+use crate::datapath_support::topology::{Topology, UNDERLAY_IF};
+use crate::datapath_support::traffic::{
+    BackgroundPing, lb_connects, ping, ping_fails, start_whoami, whoami,
+};
+use crate::datapath_support::*;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
 use clustermesh_integration::manifests::write;
 use clustermesh_node_agent::datapath::{Frontend, PROTO_TCP};
-use datapath_support::agent::Agent;
-use datapath_support::manifests::{ServiceSpec, pods_yaml, service_yaml, write_cluster};
-use datapath_support::pcap::Capture;
-use datapath_support::topology::{Topology, UNDERLAY_IF};
-use datapath_support::traffic::{
-    BackgroundPing, lb_connects, ping, ping_fails, start_whoami, whoami,
-};
-use datapath_support::*;
 use tokio::task::block_in_place;
 
 const FRONT_A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
@@ -522,6 +520,7 @@ async fn agent_propagation(m: &Mesh) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datapath_e2e() {
+    let _one_at_a_time = exclusive().await;
     if !require_root("datapath_e2e") {
         return;
     }

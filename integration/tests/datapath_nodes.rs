@@ -15,13 +15,16 @@
 //! SIGKILLed with its links down under a 5/s ping, the longest gap is
 //! printed and must stay within 3 s, then the other gateway likewise.
 
-mod datapath_support;
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::datapath_support::agent::{Agent, relay_into_netns};
+use crate::datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF, write_manifests};
+use crate::datapath_support::pcap::Capture;
+use crate::datapath_support::traffic::{GapPing, ping, ping_fails, start_whoami, whoami};
+use crate::datapath_support::*;
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
@@ -29,11 +32,6 @@ use clustermesh_node_agent::datapath::netns::named_netns_path;
 use clustermesh_proto::v1::{
     StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
 };
-use datapath_support::agent::{Agent, relay_into_netns};
-use datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF, write_manifests};
-use datapath_support::pcap::Capture;
-use datapath_support::traffic::{GapPing, ping, ping_fails, start_whoami, whoami};
-use datapath_support::*;
 use tokio::task::block_in_place;
 
 const WEB_E: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
@@ -102,7 +100,7 @@ fn gateway_in_use(m: &Mesh) -> Option<String> {
 
 async fn setup() -> Mesh {
     let t = Nodes::new(
-        "cmn",
+        "cmw",
         &[
             &[
                 NodeSpec {
@@ -466,6 +464,7 @@ async fn kill_failover_of_unused(m: &mut Mesh, gw: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_on_every_node_cross_the_mesh_through_gateways() {
+    let _one_at_a_time = exclusive().await;
     if !require_root("pods_on_every_node_cross_the_mesh_through_gateways") {
         return;
     }

@@ -12,17 +12,15 @@
 //!    `clustermesh connect --import-policies` registers it); then east's db
 //!    admits only web on 8080.
 
-mod datapath_support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::datapath_support::manifests::{ServiceSpec, write_cluster};
+use crate::datapath_support::topology::Topology;
+use crate::datapath_support::traffic::{start_whoami, whoami};
+use crate::datapath_support::*;
 use clustermesh_integration::eventually;
 use clustermesh_integration::manifests::write;
-use datapath_support::manifests::{ServiceSpec, write_cluster};
-use datapath_support::topology::Topology;
-use datapath_support::traffic::{start_whoami, whoami};
-use datapath_support::*;
 use tokio::task::block_in_place;
 
 const WEB_W: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
@@ -77,6 +75,7 @@ async fn until(what: &str, from: &str, to: Ipv4Addr, port: u16, open: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn plain_policies_stay_in_their_cluster_global_ones_span_the_mesh() {
+    let _one_at_a_time = exclusive().await;
     if !require_root("datapath_policy_scope") {
         return;
     }

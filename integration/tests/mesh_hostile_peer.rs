@@ -10,11 +10,10 @@
 //!
 //! Needs python3 with grpcio and grpcio-tools (scripts/install-deps.sh).
 
-mod mesh_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::mesh_support::*;
 use clustermesh_certs::InitOptions;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
@@ -22,7 +21,6 @@ use clustermesh_integration::ports::free_port;
 use clustermesh_integration::process::ChildProcess;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{Kind, Node, PeerConfig, PeerStatus};
-use mesh_support::*;
 use prost::Message;
 use serde_json::{Value, json};
 
@@ -323,7 +321,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
         "alpha",
         "alpha synced with its refusals counted",
         T,
-        |s| mesh_support::all_synced(s) && counted_as_expected(s),
+        |s| crate::mesh_support::all_synced(s) && counted_as_expected(s),
     )
     .await;
     let stored_b = cached_records(&b).await;
@@ -406,7 +404,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     // Before any node: the honest endpoint and service wait with the two
     // that never get a node; none of them is written.
     let st = wait_status(&g, "alpha", "endpoints and services pending", T, |s| {
-        s.synced.len() + 1 == mesh_support::imported_kinds(s) && s.pending_records == 4
+        s.synced.len() + 1 == crate::mesh_support::imported_kinds(s) && s.pending_records == 4
     })
     .await;
     println!("gamma before the nodes: pending {:?}", st.pending_by_reason);
@@ -423,7 +421,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
         "alpha",
         "nodes arrived, honest records admitted",
         T,
-        |s| mesh_support::all_synced(s) && counted_as_expected(s),
+        |s| crate::mesh_support::all_synced(s) && counted_as_expected(s),
     )
     .await;
     let stored_g = match eventually("gamma stores the honest records", T, || async {

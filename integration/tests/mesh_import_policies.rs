@@ -5,10 +5,8 @@
 //! flow as usual; registering the peer again with the flag brings them in;
 //! registering it without the flag once more takes them out again.
 
-mod mesh_support;
-
+use crate::mesh_support::*;
 use clustermesh_proto::v1::{Kind, NetworkPolicySpec, Policy};
-use mesh_support::*;
 use prost::Message;
 
 fn global_policy() -> bytes::Bytes {

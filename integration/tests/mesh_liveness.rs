@@ -3,15 +3,13 @@
 //! connected); a peer that stays down is withdrawn after stale-ttl; a peer
 //! restarted with a wiped store is fully resynced with nothing left behind.
 
-mod mesh_support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::mesh_support::*;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::{EventType, Kind};
-use mesh_support::*;
 
 /// Keys (kind, key) of `cluster`'s records in a merged watcher.
 fn records_of(w: &Watcher, cluster: &str) -> BTreeSet<(Kind, String)> {
@@ -236,7 +234,7 @@ async fn wiped_peer_is_resynced_and_swept() {
         "only the records alpha no longer has were deleted"
     );
     let st = wait_status(&b, "alpha", "alpha synced", T, |s| {
-        s.connected && mesh_support::all_synced(s)
+        s.connected && crate::mesh_support::all_synced(s)
     })
     .await;
     assert!(!st.withdrawn);
@@ -333,5 +331,8 @@ async fn leader_change_on_the_mirroring_side_rewrites_nothing() {
     let st = replica_status(&b.replicas[follower]).await;
     let after = st.peers.iter().find(|p| p.name == "alpha").unwrap();
     assert!(after.failures >= alpha.failures);
-    assert_eq!(after.synced.len(), mesh_support::imported_kinds(after));
+    assert_eq!(
+        after.synced.len(),
+        crate::mesh_support::imported_kinds(after)
+    );
 }

@@ -7,17 +7,14 @@
 //! still served, although `--peer-timeout` is 10 s); refused records are
 //! counted by reason; a follower replica shows the same readiness.
 
-mod mesh_support;
-mod metrics_support;
-
 use std::time::{Duration, Instant};
 
+use crate::mesh_support::*;
+use crate::metrics_support::*;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
 use clustermesh_integration::http::http_get;
 use clustermesh_proto::v1::Kind;
-use mesh_support::*;
-use metrics_support::*;
 use serde_json::Value;
 
 /// Heartbeats every 200 ms, but the default peer-timeout (10 s): a killed

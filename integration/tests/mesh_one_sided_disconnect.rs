@@ -2,12 +2,10 @@
 //! (A no longer trusts B), B shows A disconnected with the reason, and B
 //! cannot reconnect until A registers it again.
 
-mod mesh_support;
-
 use std::time::Duration;
 
+use crate::mesh_support::*;
 use clustermesh_proto::v1::{DisconnectPeerRequest, admin_client::AdminClient};
-use mesh_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_peer_stream_is_cut() {

@@ -9,13 +9,11 @@
 //! batch written) is the backstop for every other writer, shown here on the
 //! peer's side.
 
-mod mesh_support;
-
+use crate::mesh_support::*;
 use clustermesh_apiserver::store::{ETCD_MAX_REQUEST_BYTES, MAX_RECORD_BYTES};
 use clustermesh_integration::etcd::EtcdClients as _;
 use clustermesh_proto::keys;
 use clustermesh_proto::v1::Kind;
-use mesh_support::*;
 
 fn has(w: &clustermesh_integration::watcher::Watcher, kind: Kind, key: &str) -> bool {
     w.mirror

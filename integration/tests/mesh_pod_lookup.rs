@@ -2,15 +2,13 @@
 //! service) appears in cluster B's LookupService, and disappears when it is
 //! removed; the propagation times are printed (figures, not assertions).
 
-mod mesh_support;
-
 use std::time::Instant;
 
+use crate::mesh_support::*;
 use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::manifests as m;
 use clustermesh_proto::v1::{LookupServiceRequest, cluster_mesh_client::ClusterMeshClient};
-use mesh_support::*;
 
 fn cluster_files(dir: &std::path::Path, c: &str, net: u8, backends: &[&str]) {
     m::write(dir, "ns.yaml", &m::namespace("shop", &[])).unwrap();

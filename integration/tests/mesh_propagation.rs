@@ -9,15 +9,12 @@
 //!   ready, and no marker of it is written; a peer that sends markers
 //!   without a digest (an older version) is accepted as before.
 
-mod mesh_support;
-mod metrics_support;
-
+use crate::mesh_support::*;
+use crate::metrics_support::*;
 use clustermesh_integration::eventually;
 use clustermesh_integration::mock_peers::{Churn, Markers, MockPeers, Shape};
 use clustermesh_proto::v1::{Kind, RecordHeader};
 use clustermesh_proto::{RECORD_KINDS, keys, stamp};
-use mesh_support::*;
-use metrics_support::*;
 
 const HIST: &str = "propagation_delay_seconds";
 
@@ -54,7 +51,7 @@ async fn a_pod_added_in_beta_moves_alphas_propagation_histogram_for_beta() {
     // Beta's markers carry the count and digest a real apiserver computes;
     // alpha's mirror agrees: synced, ready, no mismatch.
     let st = wait_status(&alpha, "beta", "beta synced on alpha", T, |p| {
-        p.connected && mesh_support::all_synced(p)
+        p.connected && crate::mesh_support::all_synced(p)
     })
     .await;
     assert!(st.sync_mismatch.is_empty(), "{:?}", st.sync_mismatch);
@@ -182,7 +179,7 @@ async fn a_marker_that_does_not_attest_the_mirror_keeps_the_peer_out_of_sync() {
     // An older peer (markers without digest) and an honest one: synced, ready.
     for p in [legacy, honest] {
         let st = wait_status(&local, &p.name, "synced", T, |s| {
-            s.connected && mesh_support::all_synced(s)
+            s.connected && crate::mesh_support::all_synced(s)
         })
         .await;
         assert!(
@@ -195,7 +192,7 @@ async fn a_marker_that_does_not_attest_the_mirror_keeps_the_peer_out_of_sync() {
 
     // The lying peer claims one record more of every kind than it sent.
     let st = wait_status(&local, &lying.name, "mismatch reported", T, |s| {
-        s.connected && s.sync_mismatch.len() == mesh_support::imported_kinds(s)
+        s.connected && s.sync_mismatch.len() == crate::mesh_support::imported_kinds(s)
     })
     .await;
     for m in &st.sync_mismatch {

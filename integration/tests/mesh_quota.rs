@@ -6,16 +6,14 @@
 //! keep arriving; when it deletes some, a fresh snapshot fills the room; and
 //! another peer's records and churn keep flowing all along.
 
-mod mesh_support;
-
 use std::collections::BTreeSet;
 
+use crate::mesh_support::*;
 use clustermesh_integration::eventually;
 use clustermesh_integration::http::http_get;
 use clustermesh_integration::mock_peers::{Churn, MockPeers, Shape};
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::v1::{Endpoint, Kind, PeerQuota};
-use mesh_support::*;
 use prost::Message;
 
 /// The endpoint keys of `cluster` in the merged Watch.

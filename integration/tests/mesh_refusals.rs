@@ -6,16 +6,14 @@
 //! clusters that are not registered (or not signed by the registered CA);
 //! a `remote` certificate used for an Admin call.
 
-mod mesh_support;
-
 use std::time::Duration;
 
+use crate::mesh_support::*;
 use clustermesh_certs::{InitOptions, Role, cert_file, dial, key_file};
 use clustermesh_proto::v1::{
     DisconnectPeerRequest, GetClusterRequest, Kind, ListPeersRequest, PeerConfig,
     admin_client::AdminClient, cluster_mesh_client::ClusterMeshClient,
 };
-use mesh_support::*;
 use tonic::Code;
 
 fn other_pki(name: &str) -> (tempfile::TempDir, String) {
@@ -159,7 +157,7 @@ async fn mismatched_duplicate_untrusted_and_out_of_range_peers_are_refused() {
     .await
     .unwrap();
     let st = wait_status(&b, "alpha", "alpha synced with rejections", T, |s| {
-        s.connected && mesh_support::all_synced(s) && s.rejected_records >= 3
+        s.connected && crate::mesh_support::all_synced(s) && s.rejected_records >= 3
     })
     .await;
     println!(

@@ -3,10 +3,9 @@
 //! cluster); non-exported records never leave; the propagation time of one
 //! add and one delete is measured; DisconnectPeer withdraws at once.
 
-mod mesh_support;
-
 use std::time::{Duration, Instant};
 
+use crate::mesh_support::*;
 use clustermesh_apiserver::store::WriteOp;
 use clustermesh_certs::Role;
 use clustermesh_proto::keys;
@@ -14,7 +13,6 @@ use clustermesh_proto::v1::{
     DisconnectPeerRequest, EventType, Kind, LookupServiceRequest, admin_client::AdminClient,
     cluster_mesh_client::ClusterMeshClient,
 };
-use mesh_support::*;
 
 fn has(
     w: &clustermesh_integration::watcher::Watcher,
@@ -157,7 +155,7 @@ async fn exported_records_flow_between_peers_and_disconnect_withdraws() {
     println!("propagation A store -> B merged watch: add {add:?}, delete {del:?}");
 
     let st = wait_status(&b, "alpha", "alpha synced on beta", T, |s| {
-        s.connected && mesh_support::all_synced(s)
+        s.connected && crate::mesh_support::all_synced(s)
     })
     .await;
     println!("beta's status of alpha: {st:?}");

@@ -8,20 +8,18 @@
 //! upstream truth table — independent of the agent's compiler. Probes run in
 //! parallel: 9 × 9 pairs × 2 ports × 2 protocols per case.
 
-mod datapath_support;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::datapath_support::agent::Agent;
+use crate::datapath_support::topology::{Gateway, Topology};
+use crate::datapath_support::traffic::start_whoami;
+use crate::datapath_support::*;
 use clustermesh_integration::manifests::{self, write};
 use clustermesh_node_agent::datapath::Datapath;
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
-use datapath_support::agent::Agent;
-use datapath_support::topology::{Gateway, Topology};
-use datapath_support::traffic::start_whoami;
-use datapath_support::*;
 
 const T: Duration = Duration::from_secs(30);
 const NS: [&str; 3] = ["x", "y", "z"];
@@ -414,6 +412,7 @@ async fn wait_policies(agents: &mut [Agent], n: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_netpol_cases_across_two_clusters() {
+    let _one_at_a_time = exclusive().await;
     if !require_root("upstream_netpol_cases_across_two_clusters") {
         return;
     }

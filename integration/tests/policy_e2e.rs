@@ -8,20 +8,18 @@
 //! the change has reached B's datapath, and the window during which the
 //! allowed port is refused is measured.
 
-mod datapath_support;
-
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::datapath_support::agent::Agent;
+use crate::datapath_support::manifests::{BACKEND_PORT, ServiceSpec, pods_yaml, write_cluster};
+use crate::datapath_support::topology::{Gateway, Topology};
+use crate::datapath_support::traffic::start_whoami;
+use crate::datapath_support::*;
 use clustermesh_integration::manifests::{self, write};
 use clustermesh_node_agent::datapath::netns::{named_netns_path, run_in_netns};
-use datapath_support::agent::Agent;
-use datapath_support::manifests::{BACKEND_PORT, ServiceSpec, pods_yaml, write_cluster};
-use datapath_support::topology::{Gateway, Topology};
-use datapath_support::traffic::start_whoami;
-use datapath_support::*;
 
 const FRONT_A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
 const BACK_A: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
@@ -117,11 +115,12 @@ fn longest_refusal(run: &Run, from: Instant) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relabel_and_pod_start_fail_closed_end_to_end() {
+    let _one_at_a_time = exclusive().await;
     if !require_root("relabel_and_pod_start_fail_closed_end_to_end") {
         return;
     }
     let t = Topology::new(
-        "cmp",
+        "cmq",
         [
             &[
                 ("frontend-a", "frontend", FRONT_A),
@@ -320,14 +319,14 @@ spec:
             .arg(&cli)
             .args([
                 "--server",
-                &format!("127.0.0.1:{}", datapath_support::agent::RELAY_PORT),
+                &format!("127.0.0.1:{}", crate::datapath_support::agent::RELAY_PORT),
             ])
             .arg("--tls-dir")
             .arg(b.tls_dir())
             .args([
                 "status",
                 "--agent",
-                &format!("127.0.0.1:{}", datapath_support::agent::HEALTH_PORT),
+                &format!("127.0.0.1:{}", crate::datapath_support::agent::HEALTH_PORT),
                 "-o",
                 format,
             ])

@@ -22,6 +22,15 @@ use prost::Message;
 
 pub use clustermesh_netkit::{kernel_has_link_type, pcap, require_root};
 
+/// Held for a whole datapath test: they share one test binary but run one at
+/// a time, as each builds a topology of its own and measures timing-sensitive
+/// things (failover gaps, probe timeouts). An async lock, so it may be held
+/// across awaits; a test that fails while holding it releases it.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}
+
 /// Starts a cluster whose source is the manifests in `dir`, with mesh
 /// timings short enough for tests.
 pub async fn start_cluster(name: &str, id: u32, dir: &Path) -> Cluster {
