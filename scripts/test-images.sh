@@ -26,7 +26,12 @@ cargo build --quiet --workspace --bins
 work=$(mktemp -d)
 ctrs=()
 pids=()
+# The apiserver inside `buildah run`: a SIGKILLed buildah leaves the chroot
+# exec and the server behind (reparented to init), so they are found by their
+# unique command line and killed too.
+server_pattern=""
 cleanup() {
+  if [ -n "$server_pattern" ]; then pkill -9 -f -- "$server_pattern" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   for c in "${ctrs[@]}"; do "${B[@]}" rm "$c" >/dev/null 2>&1 || true; done
@@ -70,6 +75,7 @@ chown -R 65532:65532 "$work/tls"
 grpc=$(free_port)
 health=$(free_port)
 api_ctr=${ctrs[0]}
+server_pattern="clustermesh-apiserver .*--health-listen 127.0.0.1:$health"
 "${B[@]}" run --isolation chroot -v "$work/tls:/tls:ro" "$api_ctr" -- \
   /usr/bin/clustermesh-apiserver --cluster-name imgtest --cluster-id 9 \
   --etcd-endpoints "http://127.0.0.1:$etcd_port" --tls-dir /tls \

@@ -66,11 +66,11 @@ fuzz_target!(|data: &[u8]| {
             ClusterMode::Max511
         },
     };
-    let ctx = Context {
-        own_pods: vec![cidr("10.2.0.0/16"), cidr("fd00:2::/64")],
-        services: vec![cidr("10.96.0.0/12")],
-        others: vec![("c".into(), cidr("10.3.0.0/16"))],
-    };
+    let ctx = Context::new(
+        vec![cidr("10.2.0.0/16"), cidr("fd00:2::/64")],
+        vec![cidr("10.96.0.0/12")],
+        vec![("c".into(), cidr("10.3.0.0/16"))],
+    );
     let e = Event {
         r#type: typ,
         kind,
@@ -78,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
         key,
         value,
         revision: 1,
+        ..Default::default()
     };
     if let Err(err) = peer.check(&e, &ctx) {
         // Every refusal renders and has a label.

@@ -163,6 +163,7 @@ fn events(r: &mut R) -> Vec<Event> {
             key,
             value,
             revision: 1,
+            ..Default::default()
         });
     }
     out
@@ -246,11 +247,7 @@ fuzz_target!(|data: &[u8]| {
         ))
         .with_import_policies(import)
         .with_lookup(Arc::new(move |k: &str| lock(&s2).get(k).cloned()));
-    let ctx = Context {
-        own_pods: vec![Cidr::parse("10.2.0.0/16").expect("cidr")],
-        services: vec![],
-        others: vec![],
-    };
+    let ctx = Context::new(vec![Cidr::parse("10.2.0.0/16").expect("cidr")], vec![], vec![]);
     let grace = if flags & 2 == 0 {
         Duration::ZERO
     } else {

@@ -17,7 +17,10 @@
 //! cargo bench -p clustermesh-integration --bench datapath_hops
 //! ```
 //! `CM_BENCH_SECONDS` (default 10) and `CM_BENCH_ROUNDS` (default 2) as in
-//! `datapath_throughput`.
+//! `datapath_throughput`. `CM_BENCH_PERF=DIR` also profiles every iperf3 run
+//! with `perf record -a -g` (DIR/<path>-<round>.data) and records every freed
+//! packet with its drop reason (`skb:kfree_skb`, DIR/<path>-<round>-drops.data),
+//! over the middle of the run; docs/benchmarks.md says how they were read.
 
 #[path = "../tests/datapath_support/mod.rs"]
 mod datapath_support;
@@ -33,7 +36,7 @@ use datapath_support::agent::{Agent, relay_into_netns};
 use datapath_support::nodes::{LAN_IF, Node, NodeSpec, Nodes, WAN_IF, write_manifests};
 use datapath_support::topology::ip;
 use datapath_support::traffic::GapPing;
-use datapath_support::{connect_peer, require_root, start_cluster};
+use datapath_support::{connect_peer, require_root, start_cluster, wait_gateways_live};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 2, 2, 10);
@@ -46,9 +49,41 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// One iperf3 run; (Gbit/s, retransmits).
-fn iperf(t: &Nodes, secs: u64) -> (f64, u64) {
-    clustermesh_netkit::traffic::iperf(&t.pod("client-e").ns, &t.pod("server-w").ns, SERVER, secs)
+/// One iperf3 run; (Gbit/s, retransmits). With `CM_BENCH_PERF`, profiled
+/// as `label` (see the file header).
+fn iperf(t: &Nodes, secs: u64, label: &str) -> (f64, u64) {
+    let perf = std::env::var_os("CM_BENCH_PERF").map(|dir| {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("creating CM_BENCH_PERF");
+        let window = secs.saturating_sub(3).max(1);
+        // Started a second into the run (past the handshake), for its middle.
+        let record = |extra: &str, file: String| {
+            let out = dir.join(file);
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "sleep 1 && exec perf record {extra} -a -q -o '{}' -- sleep {window}",
+                    out.display()
+                ))
+                .spawn()
+                .expect("perf record (Debian package linux-perf)")
+        };
+        (
+            record("-g", format!("{label}.data")),
+            record("-e skb:kfree_skb", format!("{label}-drops.data")),
+        )
+    });
+    let r = clustermesh_netkit::traffic::iperf(
+        &t.pod("client-e").ns,
+        &t.pod("server-w").ns,
+        SERVER,
+        secs,
+    );
+    if let Some((mut cpu, mut drops)) = perf {
+        let _ = cpu.wait();
+        let _ = drops.wait();
+    }
+    r
 }
 
 /// A point-to-point kernel VXLAN device `dev` (VNI `vni`) from `a` to `b`
@@ -180,6 +215,9 @@ impl Bench {
 
 /// Longest gap of a 5/s ping around one kill of the gateway in use.
 async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
+    // Both east gateways live first: the worker's choice among them is then
+    // the deterministic one it comes back to after the restore.
+    wait_gateways_live(&b.clusters[0], "east", 2, Duration::from_secs(30)).await;
     let gw = b.gateway_in_use().expect("gateway in use");
     let other = if gw == "east-gw1" {
         "east-gw2"
@@ -204,13 +242,20 @@ async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
     // Restore: links up, agent back, both gateways live again.
     b.t.links(&gw, true);
     b.agents.get_mut(&gw).expect("agent").start_again();
+    wait_gateways_live(&b.clusters[0], "east", 2, Duration::from_secs(30)).await;
     eventually(
-        "the worker back on the first gateway",
+        "the worker back on the gateway it used with both live",
         Duration::from_secs(30),
         || async { (b.gateway_in_use().as_deref() == Some(gw.as_str())).then_some(()) },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nworker status: {:?}\nrestarted gateway's log:\n{}",
+            b.agents["east-w1"].status(),
+            b.agents[&gw].log()
+        )
+    });
     (gw, switched, gap)
 }
 
@@ -289,12 +334,16 @@ async fn run() {
                     b.start_agents();
                 }
                 b.wait_programmed().await;
-                ours.push(tokio::task::block_in_place(|| iperf(&b.t, secs)));
+                ours.push(tokio::task::block_in_place(|| {
+                    iperf(&b.t, secs, &format!("ours-{round}"))
+                }));
             } else {
                 b.agents.clear();
                 datapath_off(&b.t);
                 kernel_path(&b.t, &in_use, true);
-                base.push(tokio::task::block_in_place(|| iperf(&b.t, secs)));
+                base.push(tokio::task::block_in_place(|| {
+                    iperf(&b.t, secs, &format!("kernel-{round}"))
+                }));
                 kernel_path(&b.t, &in_use, false);
             }
         }

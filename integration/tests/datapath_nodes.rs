@@ -25,13 +25,9 @@ use crate::datapath_support::nodes::{LAN_IF, NodeSpec, Nodes, WAN_IF, write_mani
 use crate::datapath_support::pcap::Capture;
 use crate::datapath_support::traffic::{GapPing, ping, ping_fails, start_whoami, whoami};
 use crate::datapath_support::*;
-use clustermesh_certs::Role;
 use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::eventually;
 use clustermesh_node_agent::datapath::netns::named_netns_path;
-use clustermesh_proto::v1::{
-    StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
-};
 use tokio::task::block_in_place;
 
 const WEB_E: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
@@ -74,16 +70,6 @@ struct Mesh {
     t: Nodes,
 }
 
-async fn status(c: &Cluster) -> StatusResponse {
-    let ch = c.api().channel(Role::Admin).await.expect("channel");
-    ClusterMeshClient::new(ch)
-        .status(StatusRequest {})
-        .await
-        .expect("Status")
-        .into_inner()
-}
-
-/// The east gateway (node name) the east worker sends west's traffic to.
 fn gateway_in_use(m: &Mesh) -> Option<String> {
     let s = m.agents["east-w1"].status()?;
     let via = s["datapath"]["remote_clusters"]
@@ -335,7 +321,7 @@ async fn spoofing(m: &mut Mesh) {
 }
 
 async fn status_shows_gateways_and_agents(m: &Mesh) {
-    let s = status(&m.clusters[0]).await;
+    let s = mesh_status(&m.clusters[0]).await;
     let names: Vec<&str> = s
         .agents
         .iter()
@@ -379,17 +365,7 @@ async fn status_shows_gateways_and_agents(m: &Mesh) {
 }
 
 async fn wait_gateways_live(m: &Mesh, want: usize) {
-    let r = eventually(&format!("{want} live east gateways"), T, || async {
-        let s = status(&m.clusters[0]).await;
-        let live = s
-            .gateways
-            .iter()
-            .filter(|g| g.cluster == "east" && g.live)
-            .count();
-        (live == want).then_some(())
-    })
-    .await;
-    r.unwrap_or_else(|e| panic!("{e}"));
+    crate::datapath_support::wait_gateways_live(&m.clusters[0], "east", want, T).await;
 }
 
 /// Kills gateway `gw` (SIGKILL and links down) under a 5/s ping; returns the gap.

@@ -18,6 +18,7 @@
 pub mod attest;
 pub mod cache;
 pub mod ingest;
+pub mod ingest_context;
 pub mod liveness;
 pub mod peer;
 pub mod session;
@@ -90,6 +91,8 @@ pub struct MeshContext {
     /// With leader election: the token every write is fenced on.
     pub fence: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The CIDR indexes every peer's ingest checks share.
+    pub ingest: ingest_context::SharedIndexes,
 }
 
 impl MeshContext {

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::cache::{PeerCache, withdraw_ops};
 use super::ingest::{Context, PeerRef, Reason, RejectError};
+use super::ingest_context::ingest_context;
 use super::liveness::{Backoff, Liveness};
 use super::session::{Params, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
@@ -36,8 +37,9 @@ use crate::store::{StoreError, WriteOp};
 
 /// Writes gathered from queued batches before one store write.
 const MAX_OPS_PER_WRITE: usize = 4096;
-/// How long the ingest context (this cluster's and the other peers' CIDRs)
-/// is reused before it is read from the view again.
+/// How long a peer loop reuses its ingest context before asking for it
+/// again (the shared indexes behind it have their own age,
+/// [`super::ingest_context::MAX_AGE`]).
 const CONTEXT_TTL: Duration = Duration::from_millis(500);
 /// Distinct refusals remembered for "log once per key"; beyond, the memory
 /// is cleared (a key may then be logged once more).
@@ -583,30 +585,5 @@ impl PeerLoop {
             at(self.resnapshot_at);
         }
         wake
-    }
-}
-
-/// What the ingest rules check a peer's records against: this cluster's pod
-/// CIDRs (its own Node records in the view), its `--service-cidr`s, and the
-/// pod CIDRs of every other peer's cached Node records.
-pub fn ingest_context(ctx: &MeshContext, peer: &str) -> Context {
-    let own = ctx
-        .view
-        .entries(&keys::state_prefix(Kind::Node, &ctx.cluster.name));
-    let mut others = Vec::new();
-    let all = format!("{}cache/{}/", keys::PREFIX, Kind::Node.segment());
-    for (k, e) in ctx.view.entries(&all) {
-        if let keys::StoreKey::Record { cluster, .. } = keys::parse(&k)
-            && cluster != peer
-        {
-            for c in Context::pod_cidrs([e.value.as_ref()]) {
-                others.push((cluster.to_owned(), c));
-            }
-        }
-    }
-    Context {
-        own_pods: Context::pod_cidrs(own.iter().map(|(_, e)| e.value.as_ref())),
-        services: ctx.config.service_cidrs.clone(),
-        others,
     }
 }

@@ -101,6 +101,9 @@ struct State {
     /// A persistent map: a new subscription clones it in O(1) under the
     /// lock and builds its snapshot from the clone without holding it.
     entries: Entries,
+    /// Records per (cluster, kind) among `entries`, kept with every change
+    /// so that Status and `/metrics` never scan the view under its lock.
+    counts: BTreeMap<(String, i32), u64>,
     history: VecDeque<Arc<Batch>>,
     history_events: usize,
     /// Resume is possible from any revision >= this (all later batches are in `history`).
@@ -127,6 +130,24 @@ pub struct Subscription {
     pub rx: broadcast::Receiver<Arc<Batch>>,
 }
 
+/// Adds `by` to the count of `target`'s (cluster, kind) when it is a record.
+fn count(counts: &mut BTreeMap<(String, i32), u64>, target: &Target, by: i64) {
+    if !target.is_record() {
+        return;
+    }
+    let k = (target.cluster.clone(), target.kind as i32);
+    let n = counts
+        .get(&k)
+        .copied()
+        .unwrap_or(0)
+        .saturating_add_signed(by);
+    if n == 0 {
+        counts.remove(&k);
+    } else {
+        counts.insert(k, n);
+    }
+}
+
 pub struct View {
     local: String,
     config: ViewConfig,
@@ -146,6 +167,7 @@ impl View {
                 epoch: String::new(),
                 revision: 0,
                 entries: Entries::new(),
+                counts: BTreeMap::new(),
                 history: VecDeque::new(),
                 history_events: 0,
                 resumable_from: i64::MAX,
@@ -174,13 +196,16 @@ impl View {
         let mut st = self.lock();
         if !st.ready || st.epoch != epoch {
             let had_subscribers = st.ready;
+            let mut counts = BTreeMap::new();
             st.entries = kvs
                 .into_iter()
                 .map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
+                    count(&mut counts, &target, 1);
                     (kv.key, Entry::new(&target, kv.value, kv.mod_revision).0)
                 })
                 .collect();
+            st.counts = counts;
             st.epoch = epoch.to_owned();
             st.revision = revision;
             st.history.clear();
@@ -283,13 +308,16 @@ impl View {
                         stamps.push((target.cluster.clone(), at));
                     }
                     let served = entry.served();
-                    st.entries.insert(key, entry);
+                    if st.entries.insert(key, entry).is_none() {
+                        count(&mut st.counts, &target, 1);
+                    }
                     (Some(served), mod_rev)
                 }
                 None => {
                     if st.entries.remove(&key).is_none() {
                         continue;
                     }
+                    count(&mut st.counts, &target, -1);
                     (None, revision)
                 }
             };
@@ -442,29 +470,13 @@ impl View {
 
     /// Record counts per (cluster, kind), local and cached.
     pub fn counts(&self) -> Vec<RecordCount> {
-        let st = self.lock();
-        let mut counts: BTreeMap<(String, i32), u64> = BTreeMap::new();
-        for prefix in [
-            format!("{}state/", keys::PREFIX),
-            format!("{}cache/", keys::PREFIX),
-        ] {
-            for (k, _) in st
-                .entries
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-            {
-                let t = Target::of(k, &self.local);
-                if t.is_record() {
-                    *counts.entry((t.cluster, t.kind as i32)).or_default() += 1;
-                }
-            }
-        }
-        counts
-            .into_iter()
+        self.lock()
+            .counts
+            .iter()
             .map(|((cluster, kind), count)| RecordCount {
-                cluster,
-                kind,
-                count,
+                cluster: cluster.clone(),
+                kind: *kind,
+                count: *count,
             })
             .collect()
     }
@@ -625,5 +637,76 @@ mod tests {
             "new epoch resets subscribers"
         );
         assert_eq!(v.epoch(), "e2");
+    }
+
+    /// The counts Status serves, by scanning: what the kept counts must equal.
+    fn scanned(v: &View) -> Vec<(String, i32, u64)> {
+        let mut m: BTreeMap<(String, i32), u64> = BTreeMap::new();
+        for (k, _) in v.entries(keys::PREFIX) {
+            let t = Target::of(&k, "a");
+            if t.is_record() {
+                *m.entry((t.cluster, t.kind as i32)).or_default() += 1;
+            }
+        }
+        m.into_iter().map(|((c, k), n)| (c, k, n)).collect()
+    }
+
+    fn kept(v: &View) -> Vec<(String, i32, u64)> {
+        v.counts()
+            .into_iter()
+            .map(|c| (c.cluster, c.kind, c.count))
+            .collect()
+    }
+
+    #[test]
+    fn kept_counts_equal_a_scan_through_loads_upserts_and_deletes() {
+        let v = View::new("a", ViewConfig::default());
+        let state = |n: &str| keys::state(Kind::Node, "a", n);
+        let cache = |c: &str, n: &str| keys::cache(Kind::Node, c, n);
+        v.load(
+            "e1",
+            10,
+            vec![
+                kv(state("n1"), node("n1", true), 5),
+                kv(cache("b", "x"), node("x", true), 6),
+                kv(keys::synced("a", Kind::Node), Bytes::new(), 7),
+                // A state record of another cluster name is not served, not counted.
+                kv(keys::state(Kind::Node, "zz", "n"), node("n", true), 8),
+            ],
+        );
+        assert_eq!(kept(&v), scanned(&v));
+        assert_eq!(
+            kept(&v),
+            vec![
+                ("a".into(), Kind::Node as i32, 1),
+                ("b".into(), Kind::Node as i32, 1)
+            ]
+        );
+        let mut rev = 10;
+        let mut step = |changes: Vec<(String, Option<(Bytes, i64)>)>| {
+            rev += 1;
+            v.apply(rev, changes);
+            assert_eq!(kept(&v), scanned(&v), "after revision {rev}");
+        };
+        step(vec![(state("n2"), Some((node("n2", true), 11)))]);
+        step(vec![(state("n2"), Some((node("n2", false), 12)))]); // update: same count
+        step(vec![
+            (cache("b", "y"), Some((node("y", true), 13))),
+            (cache("c", "z"), Some((node("z", true), 13))),
+        ]);
+        step(vec![(cache("b", "x"), None), (cache("b", "x"), None)]); // twice: once counted
+        step(vec![(cache("c", "z"), None)]); // the last of c's: c is gone
+        step(vec![(keys::synced("a", Kind::Node), None)]);
+        assert_eq!(
+            kept(&v),
+            vec![
+                ("a".into(), Kind::Node as i32, 2),
+                ("b".into(), Kind::Node as i32, 1)
+            ]
+        );
+        // A same-epoch relist turned into differences keeps them too.
+        v.load("e1", 20, vec![kv(state("n1"), node("n1", true), 5)]);
+        assert_eq!(kept(&v), scanned(&v));
+        assert_eq!(kept(&v), vec![("a".into(), Kind::Node as i32, 1)]);
     }
 }

@@ -31,6 +31,36 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
+/// The apiserver's Status (Admin role).
+pub async fn mesh_status(c: &Cluster) -> clustermesh_proto::v1::StatusResponse {
+    let ch = c.api().channel(Role::Admin).await.expect("channel");
+    clustermesh_proto::v1::cluster_mesh_client::ClusterMeshClient::new(ch)
+        .status(clustermesh_proto::v1::StatusRequest {})
+        .await
+        .expect("Status")
+        .into_inner()
+}
+
+/// Waits until `c`'s apiserver counts exactly `want` live gateways of its
+/// own cluster `cluster` (liveness leases, docs/mesh.md "Gateways").
+pub async fn wait_gateways_live(c: &Cluster, cluster: &str, want: usize, limit: Duration) {
+    let r = clustermesh_integration::eventually(
+        &format!("{want} live {cluster} gateways"),
+        limit,
+        || async {
+            let s = mesh_status(c).await;
+            let live = s
+                .gateways
+                .iter()
+                .filter(|g| g.cluster == cluster && g.live)
+                .count();
+            (live == want).then_some(())
+        },
+    )
+    .await;
+    r.unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// Starts a cluster whose source is the manifests in `dir`, with mesh
 /// timings short enough for tests.
 pub async fn start_cluster(name: &str, id: u32, dir: &Path) -> Cluster {

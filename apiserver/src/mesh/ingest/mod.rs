@@ -6,18 +6,21 @@
 //! must lie inside a pod CIDR the same peer announces) and holds records that
 //! wait for their node. [`RULES`] is the table docs/mesh.md lists.
 
+mod cidr_index;
 pub mod gate;
 pub mod net;
 pub mod quota;
 mod records;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use clustermesh_proto::ClusterMode;
 use clustermesh_proto::v1::{Event, EventType, Kind, Node};
 use prost::Message;
 use thiserror::Error;
 
+pub use cidr_index::CidrIndex;
 pub use net::Cidr;
 
 /// The largest record (encoded bytes) accepted from a peer. A quarter of
@@ -270,14 +273,36 @@ impl RejectError {
 #[derive(Debug, Clone, Default)]
 pub struct Context {
     /// This cluster's pod CIDRs (its own Node records, `state/nodes/<self>/`).
-    pub own_pods: Vec<Cidr>,
+    pub own_pods: Arc<CidrIndex>,
     /// This cluster's service CIDRs (`--service-cidr`).
     pub services: Vec<Cidr>,
-    /// Pod CIDRs other peers announce (their cached Node records).
-    pub others: Vec<(String, Cidr)>,
+    /// Pod CIDRs the peers announce (their cached Node records), by peer;
+    /// the checked peer's own (`peer`) are skipped. One index shared by
+    /// every peer's checks ([`crate::mesh::ingest_context::ingest_context`]).
+    pub others: Arc<CidrIndex>,
+    /// The peer whose records are checked.
+    pub peer: String,
 }
 
 impl Context {
+    /// A context from lists (tests, fuzzing): `others` are other peers' CIDRs.
+    pub fn new(own_pods: Vec<Cidr>, services: Vec<Cidr>, others: Vec<(String, Cidr)>) -> Self {
+        let mut own = CidrIndex::new();
+        for c in own_pods {
+            own.insert("", c);
+        }
+        let mut o = CidrIndex::new();
+        for (peer, c) in others {
+            o.insert(&peer, c);
+        }
+        Context {
+            own_pods: Arc::new(own),
+            services,
+            others: Arc::new(o),
+            peer: String::new(),
+        }
+    }
+
     /// Pod CIDRs of the Node records among `nodes` (values that do not
     /// decode, or CIDRs that do not parse, are left out).
     pub fn pod_cidrs<'a>(nodes: impl IntoIterator<Item = &'a [u8]>) -> Vec<Cidr> {
@@ -291,7 +316,7 @@ impl Context {
 
     /// The rule `ip` breaks by lying in a range that is not the peer's.
     fn ip_clash(&self, ip: &IpAddr) -> Option<(Reason, String)> {
-        if let Some(c) = self.own_pods.iter().find(|c| c.contains(ip)) {
+        if let Some(c) = self.own_pods.any_containing(ip) {
             return Some((
                 Reason::LocalPodCidr,
                 format!("{ip} is inside this cluster's pod CIDR {c}"),
@@ -303,7 +328,7 @@ impl Context {
                 format!("{ip} is inside this cluster's service CIDR {c}"),
             ));
         }
-        if let Some((p, c)) = self.others.iter().find(|(_, c)| c.contains(ip)) {
+        if let Some((p, c)) = self.others.containing(ip, &self.peer) {
             return Some((
                 Reason::OtherPeerCidr,
                 format!("{ip} is inside peer {p:?}'s pod CIDR {c}"),
@@ -314,7 +339,7 @@ impl Context {
 
     /// The rule pod CIDR `cidr` breaks by overlapping a range that is not the peer's.
     fn cidr_clash(&self, cidr: &Cidr) -> Option<(Reason, String)> {
-        if let Some(c) = self.own_pods.iter().find(|c| c.overlaps(cidr)) {
+        if let Some(c) = self.own_pods.any_overlapping(cidr) {
             return Some((
                 Reason::LocalPodCidr,
                 format!("pod CIDR {cidr} overlaps this cluster's pod CIDR {c}"),
@@ -326,7 +351,7 @@ impl Context {
                 format!("pod CIDR {cidr} overlaps this cluster's service CIDR {c}"),
             ));
         }
-        if let Some((p, c)) = self.others.iter().find(|(_, c)| c.overlaps(cidr)) {
+        if let Some((p, c)) = self.others.overlapping(cidr, &self.peer) {
             return Some((
                 Reason::OtherPeerCidr,
                 format!("pod CIDR {cidr} overlaps peer {p:?}'s pod CIDR {c}"),

@@ -24,11 +24,11 @@ fn peer() -> PeerRef {
 }
 
 fn ctx() -> Context {
-    Context {
-        own_pods: vec![Cidr::parse("10.2.0.0/16").unwrap()],
-        services: vec![Cidr::parse("10.96.0.0/12").unwrap()],
-        others: vec![("c".into(), Cidr::parse("10.3.0.0/16").unwrap())],
-    }
+    Context::new(
+        vec![Cidr::parse("10.2.0.0/16").unwrap()],
+        vec![Cidr::parse("10.96.0.0/12").unwrap()],
+        vec![("c".into(), Cidr::parse("10.3.0.0/16").unwrap())],
+    )
 }
 
 const UP: EventType = EventType::Upsert;
