@@ -143,8 +143,10 @@ fn service(n: usize) -> (core::Service, EndpointSlice) {
                  "ports": [{"name": "http", "port": 80}]}}))
     .expect("bench service");
     let eps: Vec<_> = (0..20)
-        .map(|j| json!({"addresses": [format!("10.200.{}.{}", n % 256, j)],
-                        "conditions": {"ready": true}, "nodeName": "node-1"}))
+        .map(|j| {
+            json!({"addresses": [format!("10.200.{}.{}", n % 256, j)],
+                        "conditions": {"ready": true}, "nodeName": "node-1"})
+        })
         .collect();
     let slice = serde_json::from_value(json!({"apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -158,7 +160,10 @@ fn service(n: usize) -> (core::Service, EndpointSlice) {
 /// The exporter's conversion before records were kept per object: every
 /// pod converted from the full object again (endpoints and identities; the
 /// other kinds are converted the same way in both, so they are left out).
-fn before_compute(pods: &BTreeMap<(String, String), core::Pod>, ns: &BTreeMap<String, NamespaceInfo>) -> Desired {
+fn before_compute(
+    pods: &BTreeMap<(String, String), core::Pod>,
+    ns: &BTreeMap<String, NamespaceInfo>,
+) -> Desired {
     let mut d = Desired::default();
     let unseen = NamespaceInfo::unseen();
     let mut owner: BTreeMap<String, String> = BTreeMap::new();
@@ -183,7 +188,9 @@ fn before_compute(pods: &BTreeMap<(String, String), core::Pod>, ns: &BTreeMap<St
                 },
             );
         }
-        d.identities.entry(digest).or_insert_with(|| (labels, info.exported));
+        d.identities
+            .entry(digest)
+            .or_insert_with(|| (labels, info.exported));
     }
     d
 }
@@ -200,7 +207,10 @@ fn stats(mut v: Vec<Duration>) -> String {
     v.sort();
     let median = v[v.len() / 2];
     let mean = v.iter().sum::<Duration>() / v.len() as u32;
-    format!("median {median:>10.3?}  mean {mean:>10.3?}  (n={})", v.len())
+    format!(
+        "median {median:>10.3?}  mean {mean:>10.3?}  (n={})",
+        v.len()
+    )
 }
 
 fn main() {
@@ -208,9 +218,13 @@ fn main() {
     let n_services = 500;
     let changes_before = env_usize("CHANGES_BEFORE", 10);
     let changes_after = env_usize("CHANGES_AFTER", 2_000);
-    println!("export_change: {n_pods} pods, {NAMESPACES} namespaces, {APPS} apps, {n_services} services × 20 backends");
+    println!(
+        "export_change: {n_pods} pods, {NAMESPACES} namespaces, {APPS} apps, {n_services} services × 20 backends"
+    );
 
-    let objects: Vec<core::Pod> = (0..n_pods).map(|i| pod(i, &format!("app-{}", i % APPS))).collect();
+    let objects: Vec<core::Pod> = (0..n_pods)
+        .map(|i| pod(i, &format!("app-{}", i % APPS)))
+        .collect();
     let namespaces: Vec<core::Namespace> = (0..NAMESPACES).map(namespace).collect();
     let svcs: Vec<(core::Service, EndpointSlice)> = (0..n_services).map(service).collect();
 
@@ -254,8 +268,14 @@ fn main() {
     let _ = records.take_dirty();
 
     let per = |b: i64| b as f64 / n_pods as f64;
-    println!("memory per pod: before (full Pod objects) {:>7.0} B", per(full_bytes));
-    println!("memory per pod: after  (slim inventory)   {:>7.0} B", per(slim_bytes));
+    println!(
+        "memory per pod: before (full Pod objects) {:>7.0} B",
+        per(full_bytes)
+    );
+    println!(
+        "memory per pod: after  (slim inventory)   {:>7.0} B",
+        per(slim_bytes)
+    );
     println!(
         "memory per pod: after  (Records: slim inventory + maintained records + indexes) {:>7.0} B",
         per(records_bytes)
@@ -264,7 +284,12 @@ fn main() {
     // What is written: the state after the initial reconcile.
     let ns_infos: BTreeMap<String, NamespaceInfo> = namespaces
         .iter()
-        .map(|n| (n.metadata.name.clone().unwrap_or_default(), NamespaceInfo::from_namespace(n)))
+        .map(|n| {
+            (
+                n.metadata.name.clone().unwrap_or_default(),
+                NamespaceInfo::from_namespace(n),
+            )
+        })
         .collect();
     let live = BTreeSet::new();
     let index = index_of(records.desired());
@@ -285,12 +310,20 @@ fn main() {
     let mut a_before = 0u64;
     for k in 0..changes_before {
         let p = pod(victim, &label(k % 2 + 1));
-        let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+        let key = (
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default(),
+        );
         let a0 = ALLOCATED.load(Ordering::Relaxed);
         let t0 = Instant::now();
         full.insert(key, p);
         let d = before_compute(&full, &ns_infos);
-        let want = diff::want_all(&Wanted { desired: &d, index: &index, live: &live, cluster: CLUSTER });
+        let want = diff::want_all(&Wanted {
+            desired: &d,
+            index: &index,
+            live: &live,
+            cluster: CLUSTER,
+        });
         let mut refused = BTreeMap::new();
         let ops = diff::diff_all(&want, &written, &mut refused, &BTreeSet::new());
         std::hint::black_box(&ops);
@@ -309,7 +342,12 @@ fn main() {
         let t0 = Instant::now();
         inv.apply(K8sObject::Pod(p));
         let d = inv.compute(CLUSTER);
-        let want = diff::want_all(&Wanted { desired: &d, index: &index, live: &live, cluster: CLUSTER });
+        let want = diff::want_all(&Wanted {
+            desired: &d,
+            index: &index,
+            live: &live,
+            cluster: CLUSTER,
+        });
         let mut refused = BTreeMap::new();
         let ops = diff::diff_all(&want, &written, &mut refused, &BTreeSet::new());
         std::hint::black_box(&ops);
@@ -329,7 +367,15 @@ fn main() {
         let t0 = Instant::now();
         records.apply(K8sObject::Pod(p));
         let dirty = records.take_dirty();
-        let want = diff::want_keys(&Wanted { desired: records.desired(), index: &index, live: &live, cluster: CLUSTER }, &dirty);
+        let want = diff::want_keys(
+            &Wanted {
+                desired: records.desired(),
+                index: &index,
+                live: &live,
+                cluster: CLUSTER,
+            },
+            &dirty,
+        );
         let mut refused = BTreeMap::new();
         let ops = diff::diff_keys(want, &written, &mut refused);
         ops_after += ops.len();
@@ -338,8 +384,23 @@ fn main() {
         a_after += ALLOCATED.load(Ordering::Relaxed) - a0;
     }
 
-    println!("one pod change, before  (full objects, convert all + diff all): {}  alloc {:>12} B/change", stats(t_before), a_before / changes_before as u64);
-    println!("one pod change, scratch (slim inventory, compute all + diff all): {}  alloc {:>12} B/change", stats(t_scratch), a_scratch / changes_before as u64);
-    println!("one pod change, after   (maintained records, dirty keys):     {}  alloc {:>12} B/change", stats(t_after), a_after / changes_after as u64);
-    println!("writes per change after: {:.1}", ops_after as f64 / changes_after as f64);
+    println!(
+        "one pod change, before  (full objects, convert all + diff all): {}  alloc {:>12} B/change",
+        stats(t_before),
+        a_before / changes_before as u64
+    );
+    println!(
+        "one pod change, scratch (slim inventory, compute all + diff all): {}  alloc {:>12} B/change",
+        stats(t_scratch),
+        a_scratch / changes_before as u64
+    );
+    println!(
+        "one pod change, after   (maintained records, dirty keys):     {}  alloc {:>12} B/change",
+        stats(t_after),
+        a_after / changes_after as u64
+    );
+    println!(
+        "writes per change after: {:.1}",
+        ops_after as f64 / changes_after as f64
+    );
 }

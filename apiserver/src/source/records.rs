@@ -22,7 +22,7 @@ use super::inventory::{Inventory, Key, node_for, policy_for, stored_ref};
 use super::objects::{K8sObject, ObjectKind, ObjectRef};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Keys whose record changed (added, replaced or removed), per kind.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

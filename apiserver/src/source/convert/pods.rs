@@ -39,7 +39,7 @@ pub fn is_identity_label(key: &str) -> bool {
 /// `clustermesh.io/cluster=<cluster>`.
 pub fn pod_identity_labels(pod: &Pod, ns: &NamespaceInfo, cluster: &str) -> LabelSet {
     let facts = PodFacts {
-        labels: security_labels(pod),
+        labels: security_labels(pod).into_iter().collect(),
         ..PodFacts::default()
     };
     facts.identity_labels(
@@ -130,8 +130,9 @@ pub fn pod_endpoints(pod: &Pod, ns: &NamespaceInfo, cluster: &str) -> Vec<Endpoi
 /// `ips` empty: it yields no record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodFacts {
-    /// The labels that take part in the identity ([`is_identity_label`]).
-    pub labels: LabelSet,
+    /// The labels that take part in the identity ([`is_identity_label`]), in
+    /// key order (a list: a small map costs a whole B-tree node).
+    pub labels: Vec<(String, String)>,
     /// [`endpoint_ips`]: empty when the pod is no endpoint.
     pub ips: Vec<String>,
     /// `status.hostIP`.
@@ -151,7 +152,7 @@ impl PodFacts {
             return PodFacts::default();
         }
         PodFacts {
-            labels: security_labels(pod),
+            labels: security_labels(pod).into_iter().collect(),
             ips,
             node_ip: pod
                 .status
@@ -170,7 +171,7 @@ impl PodFacts {
 
     /// See [`pod_identity_labels`].
     pub fn identity_labels(&self, namespace: &str, ns: &NamespaceInfo, cluster: &str) -> LabelSet {
-        let mut labels = self.labels.clone();
+        let mut labels: LabelSet = self.labels.iter().cloned().collect();
         labels.insert(NAMESPACE_LABEL.to_string(), namespace.to_string());
         for (k, v) in &ns.labels {
             labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());

@@ -35,7 +35,7 @@ const SLICES: &[&str] = &["e0", "e1", "e2", "e3"];
 const NODES: &[&str] = &["n0", "n1", "n2"];
 const POLICIES: &[&str] = &["np0", "np1"];
 
-fn random_object(rng: &mut StdRng) -> K8sObject {
+pub(crate) fn random_object(rng: &mut StdRng) -> K8sObject {
     let ns = pick(rng, NAMESPACES);
     let flag = |rng: &mut StdRng| pick(rng, &["true", "false", "TRUE"]);
     match rng.random_range(0..6) {
@@ -99,24 +99,28 @@ fn random_object(rng: &mut StdRng) -> K8sObject {
                                               "serving": rng.random_bool(0.6)}})
                     })
                     .collect();
-                object(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                object(
+                    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": name, "namespace": ns, "labels": labels},
                     "addressType": "IPv4", "endpoints": eps,
                     "ports": [{"name": "http", "port": pick(rng, &["8080", "9090"])
-                        .parse::<i32>().unwrap_or(0)}]}))
+                        .parse::<i32>().unwrap_or(0)}]}),
+                )
             }
         }
         _ => {
             let name = pick(rng, POLICIES);
-            object(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            object(
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                 "metadata": {"name": name, "namespace": ns,
                              "annotations": {"clustermesh.io/global": flag(rng)}},
-                "spec": {"podSelector": {"matchLabels": {"app": pick(rng, &["web", "db"])}}}}))
+                "spec": {"podSelector": {"matchLabels": {"app": pick(rng, &["web", "db"])}}}}),
+            )
         }
     }
 }
 
-fn random_ref(rng: &mut StdRng) -> ObjectRef {
+pub(crate) fn random_ref(rng: &mut StdRng) -> ObjectRef {
     let ns = pick(rng, NAMESPACES);
     let (kind, names) = match rng.random_range(0..6) {
         0 => (ObjectKind::Namespace, NAMESPACES),
@@ -206,7 +210,10 @@ fn a_pod_change_touches_only_its_endpoint() {
         "metadata": {"name": "p7", "namespace": "a", "labels": {"app": "db"}},
         "status": {"phase": "Running", "podIP": "10.0.1.7"}})));
     let d = rec.take_dirty();
-    assert_eq!(d.endpoints.into_iter().collect::<Vec<_>>(), vec!["10.0.1.7"]);
+    assert_eq!(
+        d.endpoints.into_iter().collect::<Vec<_>>(),
+        vec!["10.0.1.7"]
+    );
     assert_eq!(d.identities.len(), 1);
     assert_eq!(rec.desired().identities.len(), 2);
     // The same object again: nothing.
