@@ -24,8 +24,8 @@ pub mod records;
 
 pub use convert::{Desired, LabelSet, NamespaceInfo, PendingEndpoint, labels_digest};
 pub use inventory::Inventory;
-pub use records::{Dirty, Records};
 pub use objects::{K8sObject, ObjectKind, ObjectRef};
+pub use records::{Dirty, Records};
 
 /// What a source reports.
 // `Apply` dominates the traffic, so boxing it would cost an allocation per
