@@ -1,10 +1,13 @@
-//! The exporter: source updates → inventory → desired records (identities
-//! allocated) → the smallest set of writes that makes `state/*/<cluster>/`
-//! equal to it. Runs on every replica (so a new leader's inventory is warm),
-//! writes only while leading, fenced on the leader key. On each new term it
-//! starts from what the store holds, so a reconcile deletes what the source
-//! no longer has and never deletes and re-adds a record that did not change.
+//! The exporter: source updates → records maintained per change
+//! ([`Records`]) → identities allocated → the smallest set of writes that
+//! makes `state/*/<cluster>/` equal to them. Runs on every replica (so a new
+//! leader's records are warm), writes only while leading, fenced on the
+//! leader key. On each new term it starts from what the store holds and
+//! diffs every record once, so a reconcile deletes what the source no longer
+//! has and never deletes and re-adds a record that did not change; after
+//! that it diffs only the keys a change touched.
 
+pub mod diff;
 pub mod identities;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -20,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::server::Runtime;
-use crate::source::{Inventory, ObjectKind, SourceUpdate};
+use crate::source::{Dirty, ObjectKind, Records, SourceUpdate};
 use crate::store::{Store, StoreError, WriteOp};
 use crate::view::View;
 use identities::{AllocError, Allocator};
@@ -36,6 +39,10 @@ struct Term {
     /// Records the store refused as too large, with the value refused: not
     /// offered again until the source changes them.
     refused: BTreeMap<String, Bytes>,
+    /// The live gateways the node records were last written with.
+    live: BTreeSet<String>,
+    /// No reconcile has diffed every record yet in this term.
+    full: bool,
 }
 
 pub struct Exporter {
@@ -43,7 +50,9 @@ pub struct Exporter {
     view: Arc<View>,
     cluster: ClusterInfo,
     alloc: Allocator,
-    inventory: Inventory,
+    records: Records,
+    /// Keys changed since the last reconcile of this term.
+    pending: Dirty,
     source_synced: BTreeSet<ObjectKind>,
     term: Option<Term>,
     gc_grace: Duration,
@@ -74,12 +83,14 @@ impl Exporter {
         let mode = ClusterMode::from_max_clusters(cluster.max_connected_clusters)
             .unwrap_or(ClusterMode::Max255);
         let alloc = Allocator::new(store.clone(), mode, cluster.id, &cluster.name);
+        let cluster_name = cluster.name.clone();
         Exporter {
             store,
             view,
             cluster,
             alloc,
-            inventory: Inventory::new(),
+            records: Records::new(&cluster_name),
+            pending: Dirty::default(),
             source_synced: BTreeSet::new(),
             term: None,
             gc_grace,
@@ -110,9 +121,23 @@ impl Exporter {
                 }
             }
             other => {
-                self.inventory.handle(other);
+                self.records.handle(other);
             }
         }
+    }
+
+    /// Moves the records' changed keys to `pending`; without a term they are
+    /// dropped (the next term diffs every record).
+    fn absorb(&mut self) {
+        let changed = self.records.take_dirty();
+        if self.term.is_some() {
+            self.pending.merge(changed);
+        }
+    }
+
+    fn end_term(&mut self) {
+        self.term = None;
+        self.pending = Dirty::default();
     }
 
     fn source_ready(&self) -> bool {
@@ -140,6 +165,7 @@ impl Exporter {
                         while let Ok(u) = updates.try_recv() {
                             self.handle(u);
                         }
+                        self.absorb();
                         dirty = true;
                     }
                     None => {
@@ -149,7 +175,7 @@ impl Exporter {
                 },
                 _ = leader.changed() => {
                     if !*leader.borrow() {
-                        self.term = None;
+                        self.end_term();
                     }
                     dirty = true;
                 }
@@ -176,11 +202,11 @@ impl Exporter {
                 Ok(()) => dirty = false,
                 Err(ReconcileError::Store(StoreError::NotLeader)) => {
                     info!("lost leadership while writing; stopping writes");
-                    self.term = None;
+                    self.end_term();
                 }
                 Err(e) => {
                     warn!(error = %e, "export failed; retrying");
-                    self.term = None;
+                    self.end_term();
                 }
             }
         }
@@ -217,99 +243,110 @@ impl Exporter {
             unused_since: HashMap::new(),
             markers_done: false,
             refused: BTreeMap::new(),
+            live: BTreeSet::new(),
+            full: true,
         })
     }
 
     async fn reconcile(&mut self, token: &str) -> Result<(), ReconcileError> {
         if self.term.is_none() {
             self.term = Some(self.start_term().await?);
+            self.pending = Dirty::default();
         }
+        self.absorb();
+        let changed = std::mem::take(&mut self.pending);
         let cluster = self.cluster.name.clone();
-        let desired = self.inventory.compute(&cluster);
-        for w in &desired.warnings {
-            debug!(warning = %w, "conversion");
-        }
         let Some(term) = self.term.as_mut() else {
             return Ok(());
         };
-        for digest in desired.identities.keys() {
+        let desired = self.records.desired();
+        if term.full {
+            for w in self.records.warnings() {
+                debug!(warning = %w, "conversion");
+            }
+        } else {
+            for w in self.records.warnings_of(&changed) {
+                debug!(warning = %w, "conversion");
+            }
+        }
+        // Identities new to this term (all of them on its first reconcile).
+        let new_digests: Vec<&String> = if term.full {
+            desired.identities.keys().collect()
+        } else {
+            changed
+                .identities
+                .iter()
+                .filter(|d| desired.identities.contains_key(*d))
+                .collect()
+        };
+        for digest in new_digests {
             if !term.index.contains_key(digest) {
                 let id = self.alloc.allocate(digest).await?;
                 info!(identity = id, digest = %digest, "identity allocated");
                 term.index.insert(digest.clone(), id);
             }
         }
-        let mut want: BTreeMap<String, Bytes> = BTreeMap::new();
-        let mut put = |kind: Kind, key: &str, bytes: Vec<u8>| {
-            want.insert(keys::state(kind, &cluster, key), Bytes::from(bytes));
-        };
         let live = self.live_gateways.borrow().clone();
-        for (name, n) in &desired.nodes {
-            if n.gateway {
-                // A gateway is usable only while its agent holds its lease.
-                let mut n = n.clone();
-                n.gateway_live = Some(live.contains(name));
-                put(Kind::Node, name, n.encode_to_vec());
-            } else {
-                put(Kind::Node, name, n.encode_to_vec());
-            }
-        }
-        for (key, s) in &desired.services {
-            put(Kind::Service, key, s.encode_to_vec());
-        }
-        for (key, p) in &desired.policies {
-            put(Kind::Policy, key, p.encode_to_vec());
-        }
-        for (ip, pe) in &desired.endpoints {
-            let Some(id) = term.index.get(&pe.labels_digest) else {
-                continue;
-            };
-            let mut ep = pe.endpoint.clone();
-            ep.identity = *id;
-            put(Kind::Endpoint, ip, ep.encode_to_vec());
-        }
-        for (digest, (labels, exported)) in &desired.identities {
-            if let Some(id) = term.index.get(digest) {
-                let rec = v1::Identity {
-                    id: *id,
-                    labels: labels.clone(),
-                    cluster: cluster.clone(),
-                    exported: *exported,
-                };
-                put(Kind::Identity, &id.to_string(), rec.encode_to_vec());
-            }
-        }
-        // Identities no endpoint uses: kept through the grace period, then released.
         let now = Instant::now();
         let mut release = Vec::new();
-        for (digest, id) in &term.index {
-            if desired.identities.contains_key(digest) {
-                term.unused_since.remove(digest);
-                continue;
-            }
-            let since = *term.unused_since.entry(digest.clone()).or_insert(now);
-            let key = keys::state(Kind::Identity, &cluster, &id.to_string());
-            if now.duration_since(since) < self.gc_grace {
-                if let Some(v) = term.written.get(&key) {
-                    want.insert(key, v.clone());
+        let ops = if term.full {
+            let wanted = diff::Wanted {
+                desired,
+                index: &term.index,
+                live: &live,
+                cluster: &cluster,
+            };
+            let mut want = diff::want_all(&wanted);
+            // Identities no endpoint uses: kept through the grace period, then released.
+            for (digest, id) in &term.index {
+                if desired.identities.contains_key(digest) {
+                    term.unused_since.remove(digest);
+                    continue;
                 }
-            } else {
-                release.push((digest.clone(), *id, key));
+                let since = *term.unused_since.entry(digest.clone()).or_insert(now);
+                let key = keys::state(Kind::Identity, &cluster, &id.to_string());
+                if now.duration_since(since) < self.gc_grace {
+                    if let Some(v) = term.written.get(&key) {
+                        want.insert(key, v.clone());
+                    }
+                } else {
+                    release.push((digest.clone(), *id, key));
+                }
             }
-        }
-        let released: BTreeSet<&String> = release.iter().map(|(_, _, k)| k).collect();
-        let mut ops = Vec::new();
-        term.refused.retain(|k, v| want.get(k) == Some(v));
-        for (k, v) in &want {
-            if term.written.get(k) != Some(v) && !term.refused.contains_key(k) {
-                ops.push(WriteOp::put(k.clone(), v.clone()));
+            let released: BTreeSet<&String> = release.iter().map(|(_, _, k)| k).collect();
+            diff::diff_all(&want, &term.written, &mut term.refused, &released)
+        } else {
+            let mut changed = changed;
+            // A gateway's record changes when its agent's lease comes or goes.
+            changed
+                .nodes
+                .extend(term.live.symmetric_difference(&live).cloned());
+            for digest in &changed.identities {
+                if desired.identities.contains_key(digest) {
+                    term.unused_since.remove(digest);
+                } else if term.index.contains_key(digest) {
+                    term.unused_since.entry(digest.clone()).or_insert(now);
+                }
             }
-        }
-        for k in term.written.keys() {
-            if !want.contains_key(k) && !released.contains(k) {
-                ops.push(WriteOp::delete(k.clone()));
+            for (digest, since) in &term.unused_since {
+                if now.duration_since(*since) >= self.gc_grace
+                    && let Some(id) = term.index.get(digest)
+                {
+                    let key = keys::state(Kind::Identity, &cluster, &id.to_string());
+                    release.push((digest.clone(), *id, key));
+                }
             }
-        }
+            let wanted = diff::Wanted {
+                desired,
+                index: &term.index,
+                live: &live,
+                cluster: &cluster,
+            };
+            let want = diff::want_keys(&wanted, &changed);
+            diff::diff_keys(want, &term.written, &mut term.refused)
+        };
+        term.live = live;
+        term.full = false;
         if !ops.is_empty() {
             let applied = self.store.apply_fenced(&ops, token).await?;
             debug!(

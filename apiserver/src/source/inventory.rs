@@ -1,30 +1,41 @@
 //! The current Kubernetes objects of one cluster, as delivered by a source,
-//! and their conversion into the records the store should hold.
+//! kept as what the conversion reads of each (not the objects), and their
+//! conversion into the records the store should hold.
+//!
+//! Per object the inventory keeps a derived record ([`PodFacts`],
+//! [`ServiceFacts`], [`SliceFacts`], [`NamespaceInfo`], and for nodes and
+//! policies the record itself without the cluster): the part of the output
+//! that depends on that object alone. What depends on other objects (a
+//! namespace's labels and export flag, a service's slices, which pod owns a
+//! contested IP) and the cluster name is added by [`Inventory::compute`]
+//! (from scratch) or by [`Records`](super::Records) (maintained per change).
+//! The choice is written down in docs/sources.md.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use clustermesh_proto::v1::{Node, Policy};
 
 use super::SourceUpdate;
 use super::convert::{
-    Desired, NamespaceInfo, PendingEndpoint, labels_digest, nodes, ns_key, pods, policies, services,
+    Desired, NamespaceInfo, PendingEndpoint, PodFacts, ServiceFacts, SliceFacts, labels_digest,
+    nodes, ns_key, policies, services,
 };
 use super::objects::{K8sObject, ObjectKind, ObjectRef};
 
-type Key = (String, String);
+pub(crate) type Key = (String, String);
 
 /// Current objects of each kind, keyed by (namespace, name); namespace is
 /// empty for cluster-scoped kinds.
 #[derive(Clone, Debug, Default)]
 pub struct Inventory {
-    namespaces: BTreeMap<Key, core::Namespace>,
-    nodes: BTreeMap<Key, core::Node>,
-    pods: BTreeMap<Key, core::Pod>,
-    services: BTreeMap<Key, core::Service>,
-    endpoint_slices: BTreeMap<Key, EndpointSlice>,
-    network_policies: BTreeMap<Key, NetworkPolicy>,
+    pub(crate) namespaces: BTreeMap<Key, NamespaceInfo>,
+    /// The node record with `cluster` empty.
+    pub(crate) nodes: BTreeMap<Key, Node>,
+    pub(crate) pods: BTreeMap<Key, PodFacts>,
+    pub(crate) services: BTreeMap<Key, ServiceFacts>,
+    pub(crate) endpoint_slices: BTreeMap<Key, SliceFacts>,
+    /// The policy record with `cluster` empty and `exported` = `global`.
+    pub(crate) network_policies: BTreeMap<Key, Policy>,
 }
 
 fn put<T: PartialEq>(map: &mut BTreeMap<Key, T>, key: Key, obj: T) -> bool {
@@ -37,34 +48,61 @@ fn put<T: PartialEq>(map: &mut BTreeMap<Key, T>, key: Key, obj: T) -> bool {
     }
 }
 
+/// The reference an object is stored under: a namespaced object without a
+/// namespace lands in `default`.
+pub fn stored_ref(obj: &K8sObject) -> ObjectRef {
+    let mut r = obj.object_ref();
+    if r.kind.is_namespaced() && r.namespace.is_empty() {
+        r.namespace = "default".to_string();
+    }
+    r
+}
+
+/// A node record for `cluster` from the stored one.
+pub(crate) fn node_for(stored: &Node, cluster: &str) -> Node {
+    Node {
+        cluster: cluster.to_string(),
+        ..stored.clone()
+    }
+}
+
+/// A policy record for `cluster` and its namespace from the stored one.
+pub(crate) fn policy_for(stored: &Policy, ns: &NamespaceInfo, cluster: &str) -> Policy {
+    Policy {
+        cluster: cluster.to_string(),
+        exported: stored.global && ns.exported,
+        ..stored.clone()
+    }
+}
+
 impl Inventory {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds or replaces an object. A namespaced object without a namespace
-    /// lands in `default`; `managedFields` are dropped (never read, large).
-    /// Returns whether the inventory changed.
-    pub fn apply(&mut self, mut obj: K8sObject) -> bool {
-        let kind = obj.kind();
-        let meta = obj.metadata_mut();
-        meta.managed_fields = None;
-        if kind.is_namespaced() {
-            if meta.namespace.as_deref().is_none_or(str::is_empty) {
-                meta.namespace = Some("default".to_string());
-            }
-        } else {
-            meta.namespace = None;
-        }
-        let r = obj.object_ref();
+    /// Adds or replaces an object (see [`stored_ref`] for its key). Returns
+    /// whether anything the conversion reads changed.
+    pub fn apply(&mut self, obj: K8sObject) -> bool {
+        let r = stored_ref(&obj);
         let key = (r.namespace, r.name);
         match obj {
-            K8sObject::Namespace(o) => put(&mut self.namespaces, key, o),
-            K8sObject::Node(o) => put(&mut self.nodes, key, o),
-            K8sObject::Pod(o) => put(&mut self.pods, key, o),
-            K8sObject::Service(o) => put(&mut self.services, key, o),
-            K8sObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
-            K8sObject::NetworkPolicy(o) => put(&mut self.network_policies, key, o),
+            K8sObject::Namespace(o) => {
+                put(&mut self.namespaces, key, NamespaceInfo::from_namespace(&o))
+            }
+            K8sObject::Node(o) => put(&mut self.nodes, key, nodes::node_record(&o, "")),
+            K8sObject::Pod(o) => put(&mut self.pods, key, PodFacts::from_pod(&o)),
+            K8sObject::Service(mut o) => {
+                o.metadata.namespace = Some(key.0.clone());
+                put(&mut self.services, key, ServiceFacts::from_service(&o))
+            }
+            K8sObject::EndpointSlice(o) => {
+                put(&mut self.endpoint_slices, key, SliceFacts::from_slice(&o))
+            }
+            K8sObject::NetworkPolicy(mut o) => {
+                o.metadata.namespace = Some(key.0.clone());
+                let rec = policies::policy_record(&o, &NamespaceInfo::unseen(), "");
+                put(&mut self.network_policies, key, rec)
+            }
         }
     }
 
@@ -91,27 +129,17 @@ impl Inventory {
         }
     }
 
-    /// The stored object, if any.
-    pub fn get(&self, r: &ObjectRef) -> Option<K8sObject> {
+    /// Whether an object is stored.
+    pub fn contains(&self, r: &ObjectRef) -> bool {
         let key = (r.namespace.clone(), r.name.clone());
         match r.kind {
-            ObjectKind::Namespace => self.namespaces.get(&key).cloned().map(K8sObject::from),
-            ObjectKind::Node => self.nodes.get(&key).cloned().map(K8sObject::from),
-            ObjectKind::Pod => self.pods.get(&key).cloned().map(K8sObject::from),
-            ObjectKind::Service => self.services.get(&key).cloned().map(K8sObject::from),
-            ObjectKind::EndpointSlice => {
-                self.endpoint_slices.get(&key).cloned().map(K8sObject::from)
-            }
-            ObjectKind::NetworkPolicy => self
-                .network_policies
-                .get(&key)
-                .cloned()
-                .map(K8sObject::from),
+            ObjectKind::Namespace => self.namespaces.contains_key(&key),
+            ObjectKind::Node => self.nodes.contains_key(&key),
+            ObjectKind::Pod => self.pods.contains_key(&key),
+            ObjectKind::Service => self.services.contains_key(&key),
+            ObjectKind::EndpointSlice => self.endpoint_slices.contains_key(&key),
+            ObjectKind::NetworkPolicy => self.network_policies.contains_key(&key),
         }
-    }
-
-    pub fn contains(&self, r: &ObjectRef) -> bool {
-        self.get(r).is_some()
     }
 
     /// Number of stored objects of one kind.
@@ -140,40 +168,38 @@ impl Inventory {
     pub fn namespace_info(&self, namespace: &str) -> NamespaceInfo {
         self.namespaces
             .get(&(String::new(), namespace.to_string()))
-            .map(NamespaceInfo::from_namespace)
+            .cloned()
             .unwrap_or_else(NamespaceInfo::unseen)
     }
 
-    /// Every record these objects turn into, for cluster `cluster`.
+    /// Every record these objects turn into, for cluster `cluster`, computed
+    /// from scratch. The exporter keeps them up to date per change instead
+    /// ([`Records`](super::Records)); this is the reference it is checked
+    /// against, and what one-shot callers (tests, the fuzzer) use.
     pub fn compute(&self, cluster: &str) -> Desired {
         let mut d = Desired::default();
-        let ns_infos: BTreeMap<&str, NamespaceInfo> = self
+        let ns_infos: BTreeMap<&str, &NamespaceInfo> = self
             .namespaces
             .iter()
-            .map(|((_, name), ns)| (name.as_str(), NamespaceInfo::from_namespace(ns)))
+            .map(|((_, name), ns)| (name.as_str(), ns))
             .collect();
         let unseen = NamespaceInfo::unseen();
-        let info = |ns: &str| ns_infos.get(ns).unwrap_or(&unseen);
+        let info = |ns: &str| ns_infos.get(ns).copied().unwrap_or(&unseen);
 
         for n in self.nodes.values() {
-            let rec = nodes::node_record(n, cluster);
+            let rec = node_for(n, cluster);
             d.nodes.insert(rec.name.clone(), rec);
         }
 
         self.compute_pods(cluster, &info, &mut d);
 
-        let mut slices_by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+        let mut slices_by_service: BTreeMap<(&str, &str), Vec<&[_]>> = BTreeMap::new();
         for ((ns, _), s) in &self.endpoint_slices {
-            if let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(services::SERVICE_NAME_LABEL))
-            {
+            if let Some(svc) = &s.service {
                 slices_by_service
                     .entry((ns.as_str(), svc.as_str()))
                     .or_default()
-                    .push(s);
+                    .push(s.backends.as_slice());
             }
         }
         for ((ns, name), svc) in &self.services {
@@ -181,15 +207,17 @@ impl Inventory {
                 .get(&(ns.as_str(), name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let rec = services::service_record(svc, slices, info(ns), cluster, &mut d.warnings);
+            if let Some(w) = &svc.warning {
+                d.warnings.push(w.clone());
+            }
+            let backends = services::merge_backends(slices.iter().copied());
+            let rec = svc.record(backends, info(ns), cluster);
             d.services.insert(ns_key(ns, name), rec);
         }
 
         for ((ns, name), np) in &self.network_policies {
-            d.policies.insert(
-                ns_key(ns, name),
-                policies::policy_record(np, info(ns), cluster),
-            );
+            d.policies
+                .insert(ns_key(ns, name), policy_for(np, info(ns), cluster));
         }
         d.warnings.sort();
         d
@@ -205,34 +233,32 @@ impl Inventory {
         // live one, otherwise the first pod (namespace/name order) keeps it.
         let mut owner: BTreeMap<String, (bool, String)> = BTreeMap::new();
         for ((ns, name), pod) in &self.pods {
-            let ns_info = info(ns);
-            let eps = pods::pod_endpoints(pod, ns_info, cluster);
-            if eps.is_empty() {
+            if pod.ips.is_empty() {
                 continue;
             }
-            let labels = pods::pod_identity_labels(pod, ns_info, cluster);
+            let ns_info = info(ns);
+            let labels = pod.identity_labels(ns, ns_info, cluster);
             let digest = labels_digest(&labels);
-            let terminating = pod.metadata.deletion_timestamp.is_some();
+            let terminating = pod.terminating;
             let mut used = false;
-            for ep in eps {
+            for ip in &pod.ips {
                 let me = ns_key(ns, name);
-                if let Some((other_terminating, other)) = owner.get(&ep.ip) {
+                if let Some((other_terminating, other)) = owner.get(ip) {
                     if terminating || !*other_terminating {
                         d.warnings.push(format!(
-                            "Pod {me}: IP {} already used by pod {other}; ignored",
-                            ep.ip
+                            "Pod {me}: IP {ip} already used by pod {other}; ignored"
                         ));
                         continue;
                     }
                     d.warnings
-                        .push(format!("Pod {other}: IP {} taken over by pod {me}", ep.ip));
+                        .push(format!("Pod {other}: IP {ip} taken over by pod {me}"));
                 }
-                owner.insert(ep.ip.clone(), (terminating, me));
+                owner.insert(ip.clone(), (terminating, me));
                 used = true;
                 d.endpoints.insert(
-                    ep.ip.clone(),
+                    ip.clone(),
                     PendingEndpoint {
-                        endpoint: ep,
+                        endpoint: pod.endpoint(ip, ns, name, ns_info, cluster),
                         labels_digest: digest.clone(),
                     },
                 );
@@ -246,8 +272,7 @@ impl Inventory {
             }
         }
         // An identity whose only pods lost their IPs to others is dropped.
-        let live: std::collections::BTreeSet<&String> =
-            d.endpoints.values().map(|p| &p.labels_digest).collect();
+        let live: BTreeSet<&String> = d.endpoints.values().map(|p| &p.labels_digest).collect();
         d.identities.retain(|k, _| live.contains(k));
     }
 }

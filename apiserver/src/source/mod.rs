@@ -3,7 +3,8 @@
 //! A [`Source`] delivers [`SourceUpdate`]s (objects applied/deleted, kinds
 //! synced, problems found) over a channel; the consumer applies them to an
 //! [`Inventory`] and calls [`Inventory::compute`] for the records the store
-//! should hold. Both sources feed the same inventory and conversion:
+//! should hold, or to [`Records`], which keeps those records up to date per
+//! change and says which keys changed (what the exporter uses). Both sources feed the same inventory and conversion:
 //! - `kubernetes`: kube-rs watchers ([`kubernetes::KubernetesSource`]);
 //! - `manifests:DIR`: YAML files in a directory ([`manifests::ManifestsSource`]).
 //!
@@ -19,10 +20,12 @@ pub mod inventory;
 pub mod kubernetes;
 pub mod manifests;
 pub mod objects;
+pub mod records;
 
 pub use convert::{Desired, LabelSet, NamespaceInfo, PendingEndpoint, labels_digest};
 pub use inventory::Inventory;
 pub use objects::{K8sObject, ObjectKind, ObjectRef};
+pub use records::{Dirty, Records};
 
 /// What a source reports.
 // `Apply` dominates the traffic, so boxing it would cost an allocation per

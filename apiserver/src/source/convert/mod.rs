@@ -1,6 +1,8 @@
 //! Kubernetes objects → clustermesh records: pure functions, shared by every
 //! source (the `kubernetes` watchers and the `manifests:` directory feed the
-//! same [`Inventory`](super::Inventory), whose `compute` calls these).
+//! same [`Inventory`](super::Inventory), which keeps per object the derived
+//! part these produce: `PodFacts`, `ServiceFacts`, `SliceFacts`,
+//! `NamespaceInfo`, the node and policy records).
 //!
 //! The rules are documented in docs/sources.md.
 
@@ -14,6 +16,9 @@ pub mod nodes;
 pub mod pods;
 pub mod policies;
 pub mod services;
+
+pub use pods::PodFacts;
+pub use services::{ServiceFacts, SliceFacts};
 
 /// A set of labels, in key order.
 pub type LabelSet = BTreeMap<String, String>;

@@ -38,23 +38,26 @@ pub fn is_identity_label(key: &str) -> bool {
 /// `io.cilium.k8s.namespace.labels.<key>=<value>`, and
 /// `clustermesh.io/cluster=<cluster>`.
 pub fn pod_identity_labels(pod: &Pod, ns: &NamespaceInfo, cluster: &str) -> LabelSet {
-    let mut labels: LabelSet = pod
-        .metadata
+    let facts = PodFacts {
+        labels: security_labels(pod).into_iter().collect(),
+        ..PodFacts::default()
+    };
+    facts.identity_labels(
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        ns,
+        cluster,
+    )
+}
+
+/// The pod's own labels that take part in its identity.
+fn security_labels(pod: &Pod) -> LabelSet {
+    pod.metadata
         .labels
         .iter()
         .flatten()
         .filter(|(k, _)| is_identity_label(k))
         .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    labels.insert(
-        NAMESPACE_LABEL.to_string(),
-        pod.metadata.namespace.clone().unwrap_or_default(),
-    );
-    for (k, v) in &ns.labels {
-        labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
-    }
-    labels.insert(CLUSTER_LABEL.to_string(), cluster.to_string());
-    labels
+        .collect()
 }
 
 /// The IPs a pod is an endpoint for: none unless it has `status.podIP`, is
@@ -111,32 +114,93 @@ pub fn named_ports(pod: &Pod) -> Vec<NamedPort> {
 
 /// One endpoint record per IP of the pod (identity left 0).
 pub fn pod_endpoints(pod: &Pod, ns: &NamespaceInfo, cluster: &str) -> Vec<Endpoint> {
-    let ips = endpoint_ips(pod);
-    if ips.is_empty() {
-        return Vec::new();
-    }
-    let status = pod.status.as_ref();
-    let template = Endpoint {
-        ip: String::new(),
-        identity: 0,
-        node_ip: status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
-        node_name: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        pod: pod.metadata.name.clone().unwrap_or_default(),
-        named_ports: named_ports(pod),
-        cluster: cluster.to_string(),
-        exported: ns.exported,
-    };
-    ips.into_iter()
-        .map(|ip| Endpoint {
-            ip,
-            ..template.clone()
-        })
+    let facts = PodFacts::from_pod(pod);
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    facts
+        .ips
+        .iter()
+        .map(|ip| facts.endpoint(ip, namespace, name, ns, cluster))
         .collect()
+}
+
+/// What the conversion reads of one Pod, kept per pod by the inventory
+/// instead of the object (its namespace and name are the inventory's key).
+/// A pod that is not an endpoint (no IP, host network, finished) keeps only
+/// `ips` empty: it yields no record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    /// The labels that take part in the identity ([`is_identity_label`]), in
+    /// key order (a list: a small map costs a whole B-tree node).
+    pub labels: Vec<(String, String)>,
+    /// [`endpoint_ips`]: empty when the pod is no endpoint.
+    pub ips: Vec<String>,
+    /// `status.hostIP`.
+    pub node_ip: String,
+    /// `spec.nodeName`.
+    pub node_name: String,
+    /// [`named_ports`].
+    pub named_ports: Vec<NamedPort>,
+    /// `metadata.deletionTimestamp` is set (it yields its IPs to a live pod).
+    pub terminating: bool,
+}
+
+impl PodFacts {
+    pub fn from_pod(pod: &Pod) -> PodFacts {
+        let ips = endpoint_ips(pod);
+        if ips.is_empty() {
+            return PodFacts::default();
+        }
+        PodFacts {
+            labels: security_labels(pod).into_iter().collect(),
+            ips,
+            node_ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.host_ip.clone())
+                .unwrap_or_default(),
+            node_name: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            named_ports: named_ports(pod),
+            terminating: pod.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// See [`pod_identity_labels`].
+    pub fn identity_labels(&self, namespace: &str, ns: &NamespaceInfo, cluster: &str) -> LabelSet {
+        let mut labels: LabelSet = self.labels.iter().cloned().collect();
+        labels.insert(NAMESPACE_LABEL.to_string(), namespace.to_string());
+        for (k, v) in &ns.labels {
+            labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+        }
+        labels.insert(CLUSTER_LABEL.to_string(), cluster.to_string());
+        labels
+    }
+
+    /// The endpoint record of one of its IPs (identity left 0).
+    pub fn endpoint(
+        &self,
+        ip: &str,
+        namespace: &str,
+        name: &str,
+        ns: &NamespaceInfo,
+        cluster: &str,
+    ) -> Endpoint {
+        Endpoint {
+            ip: ip.to_string(),
+            identity: 0,
+            node_ip: self.node_ip.clone(),
+            node_name: self.node_name.clone(),
+            namespace: namespace.to_string(),
+            pod: name.to_string(),
+            named_ports: self.named_ports.clone(),
+            cluster: cluster.to_string(),
+            exported: ns.exported,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -97,46 +97,144 @@ fn ip_order(ip: &str) -> (Option<IpAddr>, String) {
 /// the slice's ports, sorted by IP. An address listed twice keeps its first
 /// ready entry.
 pub fn backends(slices: &[&EndpointSlice]) -> Vec<Backend> {
-    let mut by_ip: BTreeMap<(Option<IpAddr>, String), Backend> = BTreeMap::new();
-    for slice in slices {
-        if slice.address_type == "FQDN" {
+    let candidates: Vec<Vec<Backend>> = slices.iter().map(|s| slice_backends(s)).collect();
+    merge_backends(candidates.iter().map(Vec::as_slice))
+}
+
+/// One slice's backend candidates, in the slice's order (none for an FQDN
+/// slice): what [`backends`] merges.
+pub fn slice_backends(slice: &EndpointSlice) -> Vec<Backend> {
+    if slice.address_type == "FQDN" {
+        return Vec::new();
+    }
+    let ports: Vec<BackendPort> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(BackendPort {
+                name: p.name.clone().unwrap_or_default(),
+                port: port_u32(p.port?),
+                protocol: protocol_or_tcp(p.protocol.as_ref()),
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for ep in slice.endpoints.iter().flatten() {
+        let (ready, serving) = conditions(ep);
+        if !ready && !serving {
             continue;
         }
-        let ports: Vec<BackendPort> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| {
-                Some(BackendPort {
-                    name: p.name.clone().unwrap_or_default(),
-                    port: port_u32(p.port?),
-                    protocol: protocol_or_tcp(p.protocol.as_ref()),
-                })
-            })
-            .collect();
-        for ep in slice.endpoints.iter().flatten() {
-            let (ready, serving) = conditions(ep);
-            if !ready && !serving {
-                continue;
-            }
-            for ip in ep.addresses.iter().filter(|a| !a.is_empty()) {
-                let b = Backend {
-                    ip: ip.clone(),
-                    ports: ports.clone(),
-                    ready,
-                    serving,
-                    zone: ep.zone.clone().unwrap_or_default(),
-                    node_name: ep.node_name.clone().unwrap_or_default(),
-                    cluster: String::new(),
-                };
-                let slot = by_ip.entry(ip_order(ip)).or_insert_with(|| b.clone());
-                if !slot.ready && b.ready {
-                    *slot = b;
-                }
-            }
+        for ip in ep.addresses.iter().filter(|a| !a.is_empty()) {
+            out.push(Backend {
+                ip: ip.clone(),
+                ports: ports.clone(),
+                ready,
+                serving,
+                zone: ep.zone.clone().unwrap_or_default(),
+                node_name: ep.node_name.clone().unwrap_or_default(),
+                cluster: String::new(),
+            });
         }
     }
-    by_ip.into_values().collect()
+    out
+}
+
+/// Merges slices' candidates (in slice order): sorted by IP, an address
+/// listed twice keeps its first ready entry.
+pub fn merge_backends<'a>(slices: impl IntoIterator<Item = &'a [Backend]>) -> Vec<Backend> {
+    let mut by_ip: BTreeMap<(Option<IpAddr>, String), &Backend> = BTreeMap::new();
+    for b in slices.into_iter().flatten() {
+        let slot = by_ip.entry(ip_order(&b.ip)).or_insert(b);
+        if !slot.ready && b.ready {
+            *slot = b;
+        }
+    }
+    by_ip.into_values().cloned().collect()
+}
+
+/// What the conversion reads of one EndpointSlice, kept per slice by the
+/// inventory instead of the object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SliceFacts {
+    /// The `kubernetes.io/service-name` label: the service it belongs to.
+    pub service: Option<String>,
+    /// [`slice_backends`].
+    pub backends: Vec<Backend>,
+}
+
+impl SliceFacts {
+    pub fn from_slice(slice: &EndpointSlice) -> SliceFacts {
+        SliceFacts {
+            service: slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                .cloned(),
+            backends: slice_backends(slice),
+        }
+    }
+}
+
+/// What the conversion reads of one Service, kept per service by the
+/// inventory instead of the object: the record without its backends,
+/// cluster and export flag (which other objects decide).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceFacts {
+    /// `backends` empty, `cluster` empty, `exported` = `global`.
+    pub record: Service,
+    /// An invalid annotation, as reported into `warnings`.
+    pub warning: Option<String>,
+}
+
+impl ServiceFacts {
+    pub fn from_service(svc: &core::Service) -> ServiceFacts {
+        let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let ann = service_annotations(svc.metadata.annotations.as_ref());
+        let warning = ann
+            .warning
+            .as_ref()
+            .map(|w| format!("Service {namespace}/{name}: {w}"));
+        let ports = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: port_u32(p.port),
+                protocol: protocol_or_tcp(p.protocol.as_ref()),
+            })
+            .collect();
+        ServiceFacts {
+            record: Service {
+                namespace,
+                name,
+                global: ann.global,
+                shared: ann.shared,
+                affinity: ann.affinity as i32,
+                ports,
+                frontend_ips: frontend_ips(svc),
+                backends: Vec::new(),
+                cluster: String::new(),
+                exported: ann.global,
+            },
+            warning,
+        }
+    }
+
+    /// The record with these backends, in this namespace and cluster.
+    pub fn record(&self, backends: Vec<Backend>, ns: &NamespaceInfo, cluster: &str) -> Service {
+        Service {
+            backends,
+            cluster: cluster.to_string(),
+            exported: self.record.global && ns.exported,
+            ..self.record.clone()
+        }
+    }
 }
 
 /// The service record. `slices` are the EndpointSlices of this service
@@ -150,36 +248,11 @@ pub fn service_record(
     cluster: &str,
     warnings: &mut Vec<String>,
 ) -> Service {
-    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let ann = service_annotations(svc.metadata.annotations.as_ref());
-    if let Some(w) = &ann.warning {
-        warnings.push(format!("Service {namespace}/{name}: {w}"));
+    let facts = ServiceFacts::from_service(svc);
+    if let Some(w) = &facts.warning {
+        warnings.push(w.clone());
     }
-    let ports = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|p| ServicePort {
-            name: p.name.clone().unwrap_or_default(),
-            port: port_u32(p.port),
-            protocol: protocol_or_tcp(p.protocol.as_ref()),
-        })
-        .collect();
-    Service {
-        namespace,
-        name,
-        global: ann.global,
-        shared: ann.shared,
-        affinity: ann.affinity as i32,
-        ports,
-        frontend_ips: frontend_ips(svc),
-        backends: backends(slices),
-        cluster: cluster.to_string(),
-        exported: ann.global && ns.exported,
-    }
+    facts.record(backends(slices), ns, cluster)
 }
 
 #[cfg(test)]
