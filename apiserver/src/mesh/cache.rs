@@ -386,6 +386,13 @@ impl PeerCache {
                         continue;
                     }
                     self.deferred.remove(&id);
+                    // An earlier change of this record in the same batch may
+                    // have been refused (quota) and taken out of the mirror;
+                    // this later one is admitted, so the mirror holds it again
+                    // (else the store would hold a record the books do not).
+                    if !self.mirror.records.contains_key(&id) {
+                        self.mirror.seed(id.clone(), &value);
+                    }
                     let value = match stamps.get(&id) {
                         Some(at) => stamp::append(&value, *at),
                         None => value,

@@ -659,4 +659,60 @@ mod through_the_cache {
         let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
         assert!(puts(&w).contains(&keys::cache(Kind::Endpoint, "a", "10.1.0.5")));
     }
+
+    /// Found by fuzzing (fuzz/ watch_batches, after 420 k runs): one batch
+    /// with a new endpoint refused for quota, a delete that frees room, and a
+    /// second version of the same endpoint, now admitted: the store held it
+    /// but the cache's books (counts, quota) did not.
+    #[test]
+    fn a_record_refused_then_admitted_in_one_batch_is_in_the_books() {
+        let q = clustermesh_proto::v1::PeerQuota {
+            endpoints: 2,
+            ..clustermesh_proto::quota::DEFAULT
+        };
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]).with_quota(q);
+        let e = |ip: &str, id: u32| ev(UP, Kind::Endpoint, "a", ip, ep(ip, id, "shop"));
+        let w = snapshot(
+            &mut c,
+            vec![vec![
+                node_ev(),
+                e("10.1.0.1", 0x01_0100),
+                e("10.1.0.2", 0x01_0100),
+            ]],
+        );
+        assert_eq!(puts(&w).len(), 3, "{w:?}");
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..e("10.1.0.1", 0x01_0100)
+        };
+        let r = c.apply(
+            batch(
+                BatchType::Events,
+                vec![e("10.1.0.3", 0x01_0100), del, e("10.1.0.3", 0x01_0101)],
+            ),
+            Instant::now(),
+            Duration::from_secs(5),
+            &ctx(),
+        );
+        let reasons: Vec<&str> = r.rejected.iter().map(|x| x.reason().label()).collect();
+        assert_eq!(reasons, ["quota_exceeded"], "the first version, while full");
+        let third = keys::cache(Kind::Endpoint, "a", "10.1.0.3");
+        assert!(
+            puts(&r.ops).contains(&third),
+            "the second version: {:?}",
+            r.ops
+        );
+        let endpoints = c
+            .counts()
+            .iter()
+            .find(|n| n.kind == Kind::Endpoint as i32)
+            .map(|n| n.count);
+        assert_eq!(
+            endpoints,
+            Some(2),
+            "10.1.0.2 and 10.1.0.3 are stored and counted"
+        );
+        assert_eq!(c.quota().held(Kind::Endpoint), 2);
+    }
 }
