@@ -363,7 +363,19 @@ impl PeerCache {
             self.attest
                 .evaluate(&self.peer.name, &outcome.attested, outcome.snapshot_done);
         let mut newly_synced = BTreeSet::new();
-        for change in outcome.changes {
+        // The position of each record's last change in this batch, and the
+        // records a quota refusal took out of the mirror meanwhile.
+        let last: BTreeMap<RecordId, usize> = outcome
+            .changes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Change::Upsert { id, .. } | Change::Delete { id } => Some((id.clone(), i)),
+                _ => None,
+            })
+            .collect();
+        let mut refused_out: BTreeSet<RecordId> = BTreeSet::new();
+        for (index, change) in outcome.changes.into_iter().enumerate() {
             match change {
                 Change::Upsert { id, value } => {
                     let key = keys::cache(id.0, &self.peer.name, &id.2);
@@ -373,7 +385,9 @@ impl PeerCache {
                         // Not written and not remembered: a resend is checked again.
                         // The peer did send it: its markers count it (attested sync).
                         self.attest.refused(id.clone(), &value);
-                        self.mirror.records.remove(&id);
+                        if self.mirror.records.remove(&id).is_some() {
+                            refused_out.insert(id.clone());
+                        }
                         if r.was_held {
                             let written = !self.gate.is_pending(&id);
                             self.gate.deleted(&id);
@@ -386,11 +400,13 @@ impl PeerCache {
                         continue;
                     }
                     self.deferred.remove(&id);
-                    // An earlier change of this record in the same batch may
-                    // have been refused (quota) and taken out of the mirror;
-                    // this later one is admitted, so the mirror holds it again
-                    // (else the store would hold a record the books do not).
-                    if !self.mirror.records.contains_key(&id) {
+                    // An earlier change of this record in the same batch was
+                    // refused (quota) and took it out of the mirror; this
+                    // later one is admitted, and when it is the batch's last
+                    // word on the record the mirror holds it again (else the
+                    // store would hold a record the books do not). A later
+                    // delete in the batch has the mirror's agreement already.
+                    if last.get(&id) == Some(&index) && refused_out.remove(&id) {
                         self.mirror.seed(id.clone(), &value);
                     }
                     let value = match stamps.get(&id) {

@@ -715,4 +715,32 @@ mod through_the_cache {
         );
         assert_eq!(c.quota().held(Kind::Endpoint), 2);
     }
+
+    /// Found by fuzzing the first fix of the case above (a corpus input): a
+    /// node written and then, in the same batch, sent again with a foreign
+    /// cluster (refused, so withdrawn) is neither stored nor counted.
+    #[test]
+    fn a_record_withdrawn_later_in_its_batch_is_not_counted() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        let foreign = ev(UP, Kind::Node, "a", "n1", node("n1", &["10.1.0.0/16"], &[]));
+        let foreign = Event {
+            value: {
+                let mut n = clustermesh_proto::v1::Node::decode(foreign.value.as_ref()).unwrap();
+                n.cluster = "x".into();
+                n.encode_to_vec().into()
+            },
+            ..foreign
+        };
+        let w = apply(&mut c, BatchType::Events, vec![node_ev(), foreign]);
+        assert_eq!(
+            w.last(),
+            Some(&WriteOp::delete(keys::cache(Kind::Node, "a", "n1"))),
+            "{w:?}"
+        );
+        assert!(
+            c.counts().iter().all(|n| n.kind != Kind::Node as i32),
+            "{:?}",
+            c.counts()
+        );
+    }
 }
