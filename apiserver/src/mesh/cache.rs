@@ -409,6 +409,9 @@ impl PeerCache {
                     if last.get(&id) == Some(&index) && refused_out.remove(&id) {
                         self.mirror.seed(id.clone(), &value);
                     }
+                    // Held now: not among the peer's refused records (an
+                    // earlier refusal in this batch may have put it there).
+                    self.attest.accepted(&id);
                     let value = match stamps.get(&id) {
                         Some(at) => stamp::append(&value, *at),
                         None => value,
@@ -426,10 +429,13 @@ impl PeerCache {
                     }
                 }
                 Change::Delete { id } if self.gate.is_pending(&id) => {
+                    self.attest.accepted(&id);
                     self.gate.deleted(&id);
                     self.quota.remove(&id);
                 }
                 Change::Delete { id } => {
+                    // The peer no longer has it: not a refused record either.
+                    self.attest.accepted(&id);
                     let kind_synced = self.mirror.synced.contains(&(id.1.clone(), id.0));
                     if outcome.snapshot_done && !kind_synced && !sweep_grace.is_zero() {
                         self.deferred.entry(id).or_insert(now + sweep_grace);
