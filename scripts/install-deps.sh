@@ -30,6 +30,7 @@ checks=(
   "protoc                                          protobuf-compiler"  # proto/build.rs, etcd-client's build
   "/usr/include/google/protobuf/descriptor.proto   libprotobuf-dev"    # etcd-client's protos import it
   "clang                                           clang"              # node-agent/build.rs (-target bpf)
+  "g++                                             g++"                # fuzz/: libfuzzer-sys builds libFuzzer (scripts/check-fuzz.sh)
   "/usr/include/bpf/bpf_helpers.h                  libbpf-dev"         # node-agent/bpf/*.c
   "/usr/include/$multiarch/asm/types.h             linux-libc-dev"     # node-agent/bpf/*.c (linux/types.h)
   "ip                                              iproute2"           # netns tests
