@@ -16,6 +16,7 @@
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench control_plane`
 //! (numbers and the machine are written down in docs/benchmarks.md).
 
+use clustermesh_integration::bench_env::{env_or, rss_bytes};
 use std::time::{Duration, Instant};
 
 #[path = "control_plane/histogram.rs"]
@@ -34,13 +35,6 @@ use clustermesh_proto::v1::{
 use etcd_client::WatchOptions;
 use prost::Message;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -49,17 +43,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (ticks(11) + ticks(12)) / hz
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
 }
 
 fn record(i: usize, cluster: &str) -> Vec<u8> {
@@ -618,31 +601,31 @@ fn main() {
     rt.block_on(async {
         if run("fanout") {
             fanout(
-                env_usize("BENCH_WATCHERS", 1000),
-                env_usize("BENCH_EVENTS", 1000),
+                env_or::<usize>("BENCH_WATCHERS", 1000),
+                env_or::<usize>("BENCH_EVENTS", 1000),
             )
             .await;
         }
         if run("memory") {
-            memory(env_usize("BENCH_RECORDS", 100_000)).await;
+            memory(env_or::<usize>("BENCH_RECORDS", 100_000)).await;
         }
         if run("memory_mesh") {
-            memory_mesh(env_usize("BENCH_RECORDS", 100_000)).await;
+            memory_mesh(env_or::<usize>("BENCH_RECORDS", 100_000)).await;
         }
         if run("wire") {
             wire(5000).await;
         }
         if run("propagation_histogram") {
             histogram::run(
-                env_usize("BENCH_RATE", 1000) as u64,
-                env_usize("BENCH_CHANGES", 5000),
+                env_or::<usize>("BENCH_RATE", 1000) as u64,
+                env_or::<usize>("BENCH_CHANGES", 5000),
             )
             .await;
         }
         if run("propagation") {
             propagation(
-                env_usize("BENCH_RATE", 1000) as u64,
-                env_usize("BENCH_CHANGES", 5000),
+                env_or::<usize>("BENCH_RATE", 1000) as u64,
+                env_or::<usize>("BENCH_CHANGES", 5000),
             )
             .await;
         }

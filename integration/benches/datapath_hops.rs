@@ -25,6 +25,7 @@
 #[path = "../tests/datapath_support/mod.rs"]
 mod datapath_support;
 
+use clustermesh_integration::bench_env::env_or;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -41,13 +42,6 @@ use datapath_support::{connect_peer, require_root, start_cluster, wait_gateways_
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 3, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 2, 2, 10);
 const POD_MTU: &str = "1450";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One iperf3 run; (Gbit/s, retransmits). With `CM_BENCH_PERF`, profiled
 /// as `label` (see the file header).
@@ -260,9 +254,9 @@ async fn one_kill(b: &mut Bench) -> (String, Duration, Duration) {
 }
 
 async fn run() {
-    let secs = env_u64("CM_BENCH_SECONDS", 10);
-    let rounds = env_u64("CM_BENCH_ROUNDS", 2).max(1);
-    let kills = env_u64("CM_BENCH_KILLS", 5);
+    let secs = env_or::<u64>("CM_BENCH_SECONDS", 10);
+    let rounds = env_or::<u64>("CM_BENCH_ROUNDS", 2).max(1);
+    let kills = env_or::<u64>("CM_BENCH_KILLS", 5);
     let gw = |name| NodeSpec {
         name,
         gateway: true,

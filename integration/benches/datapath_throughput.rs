@@ -16,6 +16,7 @@
 #[path = "../tests/datapath_support/mod.rs"]
 mod datapath_support;
 
+use clustermesh_integration::bench_env::env_or;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
@@ -130,16 +131,9 @@ async fn start_agents(t: &Topology, clusters: &[&Cluster]) -> Vec<Agent> {
     agents
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 async fn run() {
-    let secs = env_u64("CM_BENCH_SECONDS", 10);
-    let rounds = env_u64("CM_BENCH_ROUNDS", 1).max(1);
+    let secs = env_or::<u64>("CM_BENCH_SECONDS", 10);
+    let rounds = env_or::<u64>("CM_BENCH_ROUNDS", 1).max(1);
     let t = Topology::new(
         "cmb",
         [

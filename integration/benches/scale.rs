@@ -19,6 +19,7 @@
 //! Sizes: `BENCH_PEERS` (250), `BENCH_NODES` (100), `BENCH_ENDPOINTS` (1000),
 //! `BENCH_IDENTITIES` (100).
 
+use clustermesh_integration::bench_env::{env_or, rss_bytes};
 use std::time::{Duration, Instant};
 
 use clustermesh_certs::Role;
@@ -28,24 +29,6 @@ use clustermesh_integration::mock_peers::{Churn, MockPeers, Shape};
 use clustermesh_proto::v1::{
     Kind, StatusRequest, StatusResponse, cluster_mesh_client::ClusterMeshClient,
 };
-
-fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
 
 async fn status(c: &Cluster) -> Option<StatusResponse> {
     let ch = c.api().channel(Role::Admin).await.ok()?;
@@ -169,11 +152,11 @@ async fn revision(c: &Cluster) -> i64 {
 }
 
 async fn run() {
-    let peers = env_u32("BENCH_PEERS", 250);
+    let peers = env_or::<u32>("BENCH_PEERS", 250);
     let shape = Shape {
-        nodes: env_u32("BENCH_NODES", 100),
-        endpoints: env_u32("BENCH_ENDPOINTS", 1000),
-        identities: env_u32("BENCH_IDENTITIES", 100),
+        nodes: env_or::<u32>("BENCH_NODES", 100),
+        endpoints: env_or::<u32>("BENCH_ENDPOINTS", 1000),
+        identities: env_or::<u32>("BENCH_IDENTITIES", 100),
     };
     let per_peer = u64::from(shape.nodes + shape.endpoints + shape.identities);
     let want = per_peer * u64::from(peers);

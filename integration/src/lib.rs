@@ -16,6 +16,7 @@
 //! * [`apiserver`] — apiserver replicas and whole clusters ([`apiserver::Cluster`]).
 //! * [`eventually`] — polling helper for asynchronous conditions.
 
+pub mod bench_env;
 pub mod etcd;
 pub mod manifests;
 pub mod mock_peers;
