@@ -290,7 +290,11 @@ fuzz_target!(|data: &[u8]| {
         ))
         .with_import_policies(import)
         .with_lookup(Arc::new(move |k: &str| lock(&s2).values.get(k).cloned()));
-    let ctx = Context::new(vec![Cidr::parse("10.2.0.0/16").expect("cidr")], vec![], vec![]);
+    let ctx = Context::new(
+        vec![Cidr::parse("10.2.0.0/16").expect("cidr")],
+        vec![],
+        vec![],
+    );
     let grace = if flags & 2 == 0 {
         Duration::ZERO
     } else {
