@@ -55,6 +55,17 @@ pub async fn run(
     leading.send_replace(false);
 }
 
+/// The token and lease of the `leader` key, from a failed campaign's get.
+fn holder(resp: &etcd_client::TxnResponse) -> Option<(String, i64)> {
+    resp.op_responses().into_iter().find_map(|op| match op {
+        etcd_client::TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())),
+        _ => None,
+    })
+}
+
 /// One campaign: wait until the key is free, take it, hold it while the
 /// lease is renewed. Returns when leadership is lost (or on an error).
 async fn term(
@@ -82,6 +93,24 @@ async fn term(
         let resp = c.txn(txn).await.map_err(|e| store.err(e))?;
         if resp.succeeded() {
             break;
+        }
+        if let Some((held_by, held_lease)) = holder(&resp)
+            && held_by != token
+            && replica_of(&held_by) == replica_of(token)
+        {
+            // An earlier run of this replica (it was killed or crashed and
+            // restarted): nobody renews that lease, but it would hold the
+            // key until it expires. Revoke it and campaign at once. Replica
+            // names are unique (a pod's name); two processes run with the
+            // same name would take the key from each other, each refused
+            // every write once it lost it (writes are fenced on the token).
+            info!(token, earlier = %held_by, "the leader key is held by an earlier run of this replica; revoking its lease");
+            match c.lease_revoke(held_lease).await {
+                Ok(_) => continue,
+                // Expired meanwhile: the key is gone, campaign again.
+                Err(e) if e.to_string().contains("lease not found") => continue,
+                Err(e) => return Err(store.err(e)),
+            }
         }
         // Someone leads: wait for the key to go away (lease expiry or resign).
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);

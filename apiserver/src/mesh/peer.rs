@@ -33,7 +33,7 @@ use super::liveness::{Backoff, Liveness};
 use super::session::{Params, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
 use super::{MeshContext, stopped};
-use crate::store::{StoreError, WriteOp};
+use crate::store::{Kv, StoreError, WriteOp};
 
 /// Writes gathered from queued batches before one store write.
 const MAX_OPS_PER_WRITE: usize = 4096;
@@ -49,6 +49,14 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// How long a peer whose stream just ended is still shown connected while
 /// the redial runs: a redial that fails (or takes longer) shows it
 /// disconnected at once, not after peer-timeout.
+/// How long a seed waits for the view to catch up with the store before it
+/// reads the store itself. Just after a restart the view is still loading
+/// (seconds at 300,000 records). With the store to itself (the chart's own
+/// etcd), the store's newest write is always one the view sees; in an etcd
+/// shared with other writers the view may lag the store's revision until
+/// this cluster writes again, and the seed falls back to the store.
+const SEED_FROM_VIEW_WAIT: Duration = Duration::from_secs(15);
+
 pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
 /// How often, at most, a peer over its quota is asked for a fresh snapshot
 /// after room freed up (so the refused records that now fit arrive).
@@ -220,12 +228,7 @@ impl PeerLoop {
     }
 
     async fn seed(&self) -> Result<PeerCache, StoreError> {
-        let (prefixes, synced_prefix) = PeerCache::seed_prefixes(&self.peer.name);
-        let mut records = Vec::new();
-        for p in prefixes {
-            records.extend(self.ctx.store.list(&p).await?.1);
-        }
-        let mut synced = self.ctx.store.list(&synced_prefix).await?.1;
+        let (mut records, mut synced) = self.seed_listing().await?;
         let mut dropped = Vec::new();
         if !self.cfg.import_policies {
             // Policies mirrored while they were imported go (DESIGN §10:
@@ -259,6 +262,37 @@ impl PeerLoop {
             self.ctx.write(&ops).await?;
         }
         Ok(cache.with_view(self.ctx.view.clone()))
+    }
+
+    /// What the store holds of this peer: its cached records and its sync
+    /// markers. Read from the view once it has caught up with the store's
+    /// current revision (every write of an earlier leader is before it, and
+    /// only this replica writes now: writes are fenced on the leader key), so
+    /// that a restart does not read every peer's records from etcd a second
+    /// time beside the view's own load; from the store when the view does
+    /// not catch up within [`SEED_FROM_VIEW_WAIT`].
+    async fn seed_listing(&self) -> Result<(Vec<Kv>, Vec<Kv>), StoreError> {
+        let (prefixes, synced_prefix) = PeerCache::seed_prefixes(&self.peer.name);
+        let revision = self.ctx.store.revision().await?;
+        let mut all: Vec<String> = prefixes.to_vec();
+        all.push(synced_prefix.clone());
+        if let Some(mut lists) = self
+            .ctx
+            .view
+            .listing_at(revision, &all, SEED_FROM_VIEW_WAIT)
+            .await
+        {
+            let synced = lists.pop().unwrap_or_default();
+            debug!(peer = %self.peer.name, revision, "seeded from the view");
+            return Ok((lists.into_iter().flatten().collect(), synced));
+        }
+        info!(peer = %self.peer.name, revision, "the view has not caught up with the store; seeding from the store");
+        let mut records = Vec::new();
+        for p in prefixes {
+            records.extend(self.ctx.store.list(&p).await?.1);
+        }
+        let synced = self.ctx.store.list(&synced_prefix).await?.1;
+        Ok((records, synced))
     }
 
     /// The quota in force: the registration's, zero fields from `--peer-quota`.

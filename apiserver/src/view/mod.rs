@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clustermesh_proto::attest::{self, Tally};
@@ -468,6 +469,50 @@ impl View {
         self.lock().entries.get(key).cloned()
     }
 
+    /// Every key under each of `prefixes`, as the store holds them, once the
+    /// view has applied `revision` (a store revision read by the caller):
+    /// then it holds everything the store held at that revision. `None` if
+    /// it has not within `limit` (the view is still loading, or the store's
+    /// newest write was outside the view's prefix, which only a shared etcd
+    /// has): read the store instead.
+    pub async fn listing_at(
+        &self,
+        revision: i64,
+        prefixes: &[String],
+        limit: std::time::Duration,
+    ) -> Option<Vec<Vec<Kv>>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut changes = self.tx.subscribe();
+        loop {
+            {
+                let st = self.lock();
+                if st.ready && st.revision >= revision {
+                    return Some(
+                        prefixes
+                            .iter()
+                            .map(|p| {
+                                st.entries
+                                    .range(p.clone()..)
+                                    .take_while(|(k, _)| k.starts_with(p.as_str()))
+                                    .map(|(k, e)| Kv {
+                                        key: k.clone(),
+                                        value: e.value.clone(),
+                                        mod_revision: e.mod_revision,
+                                    })
+                                    .collect()
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            // A first load is not broadcast: wake at least every 50 ms.
+            let _ = tokio::time::timeout(Duration::from_millis(50), changes.recv()).await;
+        }
+    }
+
     /// Record counts per (cluster, kind), local and cached.
     pub fn counts(&self) -> Vec<RecordCount> {
         self.lock()
@@ -656,6 +701,51 @@ mod tests {
             .into_iter()
             .map(|c| (c.cluster, c.kind, c.count))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_listing_waits_for_the_revision_and_holds_what_the_store_did() {
+        let v = Arc::new(View::new("a", ViewConfig::default()));
+        let cache = |n: &str| keys::cache(Kind::Node, "b", n);
+        let prefixes = [
+            keys::cache_prefix(Kind::Node, "b"),
+            keys::synced_prefix("b"),
+        ];
+        // Not loaded yet: no listing within the limit.
+        assert!(
+            v.listing_at(1, &prefixes, Duration::from_millis(60))
+                .await
+                .is_none()
+        );
+        v.load("e1", 10, vec![kv(cache("x"), node("x", true), 6)]);
+        // Behind the asked revision: none; a later change brings it there,
+        // and the waiting listing sees that change.
+        let waiting = {
+            let v = v.clone();
+            let prefixes = prefixes.clone();
+            tokio::spawn(async move { v.listing_at(12, &prefixes, Duration::from_secs(20)).await })
+        };
+        v.apply(
+            12,
+            vec![
+                (cache("y"), Some((node("y", true), 12))),
+                (keys::synced("b", Kind::Node), Some((Bytes::new(), 12))),
+            ],
+        );
+        let lists = waiting.await.expect("task").expect("caught up");
+        let keys: Vec<Vec<String>> = lists
+            .iter()
+            .map(|l| l.iter().map(|kv| kv.key.clone()).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec![cache("x"), cache("y")],
+                vec![keys::synced("b", Kind::Node)]
+            ]
+        );
+        assert_eq!(lists[0][1].mod_revision, 12);
+        assert_eq!(lists[0][0].value, node("x", true));
     }
 
     #[test]
