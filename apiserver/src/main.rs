@@ -125,6 +125,7 @@ async fn main() {
                 "watch-resume".into(),
                 "scope-exported".into(),
                 "scope-merged".into(),
+                clustermesh_proto::backends::CAPABILITY.into(),
             ],
         },
         etcd: EtcdOptions {

@@ -143,7 +143,7 @@ fn events(r: &mut R) -> Vec<Event> {
         else {
             break;
         };
-        let kind = RECORD_KINDS[usize::from(k % 5)];
+        let kind = RECORD_KINDS[usize::from(k) % RECORD_KINDS.len()];
         let typ = match t % 8 {
             0..=3 => EventType::Upsert,
             4 | 5 => EventType::Delete,

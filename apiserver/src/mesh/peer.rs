@@ -298,6 +298,16 @@ impl PeerLoop {
                 self.redial_until = None;
                 self.seen(now);
                 info!(peer = %self.peer.name, %addr, id = info.id, resume = self.cache.as_ref().and_then(|c| c.resume_point()).is_some(), "connected to peer; watching its exported records");
+                let records = info
+                    .capabilities
+                    .iter()
+                    .any(|c| c == clustermesh_proto::backends::CAPABILITY);
+                if let Some(cache) = self.cache.as_mut() {
+                    let ops = cache.set_backend_records(records);
+                    if !ops.is_empty() {
+                        self.write(&ops, now).await;
+                    }
+                }
             }
             Some(SessionEvent::Batch(b)) => {
                 self.seen(now);
