@@ -131,12 +131,20 @@ impl View {
     }
 
     /// True once the local cluster has marked every record kind synced: its
-    /// records in the view are complete (not a half-written store).
+    /// records in the view are complete (not a half-written store). The
+    /// `backends` marker counts only when the local apiserver advertises
+    /// `service-backends` (an older one never writes it).
     pub fn local_synced(&self) -> bool {
         let local = self.local_cluster();
+        let splits = self.cluster.as_ref().is_some_and(|c| {
+            c.capabilities
+                .iter()
+                .any(|x| x == clustermesh_proto::backends::CAPABILITY)
+        });
         !local.is_empty()
             && clustermesh_proto::RECORD_KINDS
                 .iter()
+                .filter(|k| splits || **k != Kind::ServiceBackend)
                 .all(|k| self.synced.contains(&(local.to_string(), *k)))
     }
 
