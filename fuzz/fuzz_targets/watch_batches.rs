@@ -120,6 +120,25 @@ fn record(kind: Kind, idx: u8, var: u8, r: &mut R) -> (String, Bytes) {
             };
             (format!("shop/{name}"), s.encode_to_vec().into())
         }
+        Kind::ServiceBackend => {
+            let svc = format!("s{}", idx % 4);
+            let ip = format!("10.1.{}.{}", v % 4, idx % 8 + 1);
+            let b = clustermesh_proto::v1::ServiceBackend {
+                namespace: "shop".into(),
+                service: svc.clone(),
+                backend: Some(Backend {
+                    ip: ip.clone(),
+                    ready: v & 1 == 1,
+                    ..Default::default()
+                }),
+                cluster,
+                exported: true,
+            };
+            (
+                clustermesh_proto::backends::key("shop", &svc, &ip),
+                b.encode_to_vec().into(),
+            )
+        }
         Kind::Policy | Kind::Unspecified => {
             let name = format!("p{}", idx % 4);
             let p = Policy {
