@@ -12,8 +12,8 @@ use clustermesh_integration::apiserver::Cluster;
 use clustermesh_integration::manifests as m;
 use clustermesh_integration::watcher::Watcher;
 use clustermesh_proto::v1::{
-    BatchType, EventType, Kind, LookupServiceRequest, LookupServiceResponse, Scope,
-    ServiceBackend, cluster_mesh_client::ClusterMeshClient,
+    BatchType, EventType, Kind, LookupServiceRequest, LookupServiceResponse, Scope, ServiceBackend,
+    cluster_mesh_client::ClusterMeshClient,
 };
 use clustermesh_proto::{RECORD_KINDS, backends};
 use prost::Message;
@@ -59,7 +59,12 @@ async fn lookup(c: &Cluster) -> LookupServiceResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_backend_change_of_a_big_service_is_one_small_event() {
     let dir = tempfile::tempdir().unwrap();
-    m::write(dir.path(), "ns.yaml", &m::docs(&[m::namespace("shop", &[])])).unwrap();
+    m::write(
+        dir.path(),
+        "ns.yaml",
+        &m::docs(&[m::namespace("shop", &[])]),
+    )
+    .unwrap();
     m::write(
         dir.path(),
         "nodes.yaml",
@@ -68,7 +73,10 @@ async fn one_backend_change_of_a_big_service_is_one_small_event() {
     .unwrap();
     m::write(dir.path(), "big.yaml", &big_service(None)).unwrap();
     let mut args = flags("30s");
-    args.extend(["--source".into(), format!("manifests:{}", dir.path().display())]);
+    args.extend([
+        "--source".into(),
+        format!("manifests:{}", dir.path().display()),
+    ]);
     let a = Cluster::start("alpha", 1, 1, &args).await.expect("alpha");
     let b = start("beta", 2, "30s").await;
 
@@ -96,7 +104,10 @@ async fn one_backend_change_of_a_big_service_is_one_small_event() {
         .get(&(Kind::Service, "alpha".into(), "shop/big".into()))
         .expect("service record");
     let svc = clustermesh_proto::v1::Service::decode(svc.as_ref()).unwrap();
-    assert!(svc.backends.is_empty(), "the service record carries no backends");
+    assert!(
+        svc.backends.is_empty(),
+        "the service record carries no backends"
+    );
 
     connect(&a, &b).await;
     wait_status(&b, "alpha", "alpha synced on beta", T, all_synced).await;

@@ -146,7 +146,10 @@ mod tests {
         let whole = assemble(&svc, &recs);
         let ips: Vec<&str> = whole.backends.iter().map(|b| b.ip.as_str()).collect();
         assert_eq!(ips, ["10.0.0.2", "10.0.0.9", "10.0.0.10"]);
-        assert!(whole.backends[1].ready, "the record wins over the inline backend");
+        assert!(
+            whole.backends[1].ready,
+            "the record wins over the inline backend"
+        );
         assert_eq!(without_backends(&whole).backends, vec![]);
         let r = record(&svc, &recs[0]);
         assert_eq!((r.namespace.as_str(), r.service.as_str()), ("ns", "web"));

@@ -911,7 +911,11 @@ mod tests {
         assert_eq!(c.synced_kinds(), [Kind::Service, Kind::ServiceBackend]);
         let g = Duration::from_secs(5);
         let a = c.apply(
-            batch(BatchType::Events, "e", vec![svc_marker(EventType::Unsynced)]),
+            batch(
+                BatchType::Events,
+                "e",
+                vec![svc_marker(EventType::Unsynced)],
+            ),
             now,
             g,
             &Context::default(),
@@ -930,7 +934,9 @@ mod tests {
         let marker = vec![kv(keys::synced("a", Kind::Service), Bytes::new())];
         let mut c = PeerCache::seeded(peer(), vec![], marker.clone());
         let ops = c.set_backend_records(false);
-        assert!(matches!(&ops[..], [WriteOp::Put { key, .. }] if *key == keys::synced("a", Kind::ServiceBackend)));
+        assert!(
+            matches!(&ops[..], [WriteOp::Put { key, .. }] if *key == keys::synced("a", Kind::ServiceBackend))
+        );
         assert_eq!(c.synced_kinds(), [Kind::Service, Kind::ServiceBackend]);
 
         // A newer peer: nothing implied.

@@ -262,7 +262,10 @@ mod tests {
             })
         };
         // a (local) and b (new peer): records without backends, one record per backend.
-        for (cluster, ips) in [("a", ["10.1.0.1", "10.1.0.2"]), ("b", ["10.2.0.1", "10.2.0.2"])] {
+        for (cluster, ips) in [
+            ("a", ["10.1.0.1", "10.1.0.2"]),
+            ("b", ["10.2.0.1", "10.2.0.2"]),
+        ] {
             let s = svc(cluster, vec![]);
             let key = |kind, k: &str| {
                 if cluster == "a" {
@@ -311,7 +314,8 @@ mod tests {
                 )
             })
             .collect();
-        let want = |c: &str, ips: &[&str]| (c.to_string(), ips.iter().map(|s| s.to_string()).collect());
+        let want =
+            |c: &str, ips: &[&str]| (c.to_string(), ips.iter().map(|s| s.to_string()).collect());
         assert_eq!(
             got,
             vec![

@@ -363,7 +363,6 @@ impl Records {
             None => self.desired.services.remove(&key),
         };
     }
-
 }
 
 /// The IPs whose backend differs between `old` and `new` (both sorted by
@@ -375,7 +374,10 @@ fn changed_backends(
     all: bool,
 ) -> BTreeSet<String> {
     let by_ip = |l: &[clustermesh_proto::v1::Backend]| -> HashMap<String, usize> {
-        l.iter().enumerate().map(|(i, b)| (b.ip.clone(), i)).collect()
+        l.iter()
+            .enumerate()
+            .map(|(i, b)| (b.ip.clone(), i))
+            .collect()
     };
     let (o, n) = (by_ip(old), by_ip(new));
     let mut out = BTreeSet::new();

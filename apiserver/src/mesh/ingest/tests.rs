@@ -116,7 +116,10 @@ fn sb(ns: &str, service: &str, ip: &str) -> Vec<u8> {
 #[test]
 fn backend_records() {
     let k = Kind::ServiceBackend;
-    assert_eq!(reason(k, "shop/web/10.1.0.5", sb("shop", "web", "10.1.0.5")), None);
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.5", sb("shop", "web", "10.1.0.5")),
+        None
+    );
     assert_eq!(
         reason(k, "shop/web/10.1.0.6", sb("shop", "web", "10.1.0.5")),
         Some("key_mismatch")
@@ -147,7 +150,10 @@ fn backend_records() {
         reason(k, "shop/web/10.1.0.5", foreign.encode_to_vec()),
         Some("foreign_record")
     );
-    assert_eq!(reason(k, "shop/web/10.1.0.5", vec![0xff]), Some("undecodable"));
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.5", vec![0xff]),
+        Some("undecodable")
+    );
 }
 
 #[test]

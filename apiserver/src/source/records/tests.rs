@@ -263,18 +263,23 @@ fn one_backend_change_touches_only_its_backend_record() {
                        "conditions": {"ready": i != 999 || ready_last}})
             })
             .collect();
-        object(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        object(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "big-1", "namespace": "a",
                          "labels": {"kubernetes.io/service-name": "big"}},
             "addressType": "IPv4", "endpoints": eps,
-            "ports": [{"name": "http", "port": 8080}]}))
+            "ports": [{"name": "http", "port": 8080}]}),
+        )
     };
     rec.apply(slice(true));
     let first = rec.take_dirty();
     assert_eq!((first.services.len(), first.backends.len()), (1, 1000));
     rec.apply(slice(false));
     let d = rec.take_dirty();
-    assert!(d.services.is_empty(), "the service record is unchanged: {d:?}");
+    assert!(
+        d.services.is_empty(),
+        "the service record is unchanged: {d:?}"
+    );
     assert_eq!(
         d.backends.into_iter().collect::<Vec<_>>(),
         vec!["a/big/10.1.3.249"]
