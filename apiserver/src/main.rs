@@ -82,9 +82,9 @@ struct Args {
     #[arg(long = "service-cidr", value_parser = parse_service_cidr)]
     service_cidr: Vec<clustermesh_apiserver::mesh::ingest::Cidr>,
     /// The default per-peer quota, `name=value,...` over nodes, endpoints, identities,
-    /// services, policies and bytes (e.g. `endpoints=100000,bytes=128MiB`); names left out
-    /// keep the built-in default (nodes=5000,endpoints=50000,identities=20000,services=10000,
-    /// policies=5000,bytes=64MiB). `clustermesh connect --quota` overrides it per peer.
+    /// services, policies, backends and bytes (e.g. `endpoints=100000,bytes=128MiB`); names
+    /// left out keep the built-in default (nodes=5000,endpoints=50000,identities=20000,
+    /// services=10000,policies=5000,backends=100000,bytes=64MiB). `clustermesh connect --quota` overrides it per peer.
     #[arg(long, default_value = "", value_parser = clustermesh_proto::quota::parse)]
     peer_quota: clustermesh_proto::v1::PeerQuota,
     /// Log format.
@@ -125,6 +125,7 @@ async fn main() {
                 "watch-resume".into(),
                 "scope-exported".into(),
                 "scope-merged".into(),
+                clustermesh_proto::backends::CAPABILITY.into(),
             ],
         },
         etcd: EtcdOptions {

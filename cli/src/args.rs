@@ -72,7 +72,7 @@ pub enum Command {
         #[arg(long)]
         advertise: Option<String>,
         /// Per-peer quota on what each side accepts from the other, `name=value,...` over
-        /// nodes, endpoints, identities, services, policies, bytes (e.g. `endpoints=100000,bytes=128MiB`);
+        /// nodes, endpoints, identities, services, policies, backends, bytes (e.g. `endpoints=100000,bytes=128MiB`);
         /// names left out take the apiserver's --peer-quota (see docs/mesh.md "Per-peer quotas").
         #[arg(long, value_parser = clustermesh_proto::quota::parse)]
         quota: Option<clustermesh_proto::v1::PeerQuota>,

@@ -11,7 +11,9 @@
 use bytes::Bytes;
 use clustermesh_apiserver::mesh::ingest::{Cidr, Context, PeerRef};
 use clustermesh_proto::ClusterMode;
-use clustermesh_proto::v1::{Endpoint, Event, Identity, Kind, Node, Policy, RecordHeader, Service};
+use clustermesh_proto::v1::{
+    Endpoint, Event, Identity, Kind, Node, Policy, RecordHeader, Service, ServiceBackend,
+};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -32,6 +34,10 @@ fn honest_key(kind: Kind, value: &[u8]) -> Option<String> {
             let p = Policy::decode(value).ok()?;
             format!("{}/{}", p.namespace, p.name)
         }
+        Kind::ServiceBackend => {
+            let b = ServiceBackend::decode(value).ok()?;
+            clustermesh_proto::backends::key(&b.namespace, &b.service, &b.backend?.ip)
+        }
         Kind::Unspecified => return None,
     })
 }
@@ -40,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
         return;
     }
-    let (mode, kind, typ) = (data[0], i32::from(data[1] % 7), i32::from(data[2] % 6));
+    let (mode, kind, typ) = (data[0], i32::from(data[1] % 8), i32::from(data[2] % 6));
     let klen = usize::from(data[3]).min(data.len() - 4);
     let mut key = String::from_utf8_lossy(&data[4..4 + klen]).into_owned();
     let value = Bytes::copy_from_slice(&data[4 + klen..]);
@@ -51,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = Identity::decode(value.as_ref());
     let _ = Service::decode(value.as_ref());
     let _ = Policy::decode(value.as_ref());
+    let _ = ServiceBackend::decode(value.as_ref());
     if mode & 0x80 != 0
         && let Ok(k) = Kind::try_from(kind)
         && let Some(k2) = honest_key(k, &value)

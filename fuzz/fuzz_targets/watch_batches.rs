@@ -121,6 +121,25 @@ fn record(kind: Kind, idx: u8, var: u8, r: &mut R) -> (String, Bytes) {
             };
             (format!("shop/{name}"), s.encode_to_vec().into())
         }
+        Kind::ServiceBackend => {
+            let svc = format!("s{}", idx % 4);
+            let ip = format!("10.1.{}.{}", v % 4, idx % 8 + 1);
+            let b = clustermesh_proto::v1::ServiceBackend {
+                namespace: "shop".into(),
+                service: svc.clone(),
+                backend: Some(Backend {
+                    ip: ip.clone(),
+                    ready: v & 1 == 1,
+                    ..Default::default()
+                }),
+                cluster,
+                exported: true,
+            };
+            (
+                clustermesh_proto::backends::key("shop", &svc, &ip),
+                b.encode_to_vec().into(),
+            )
+        }
         Kind::Policy | Kind::Unspecified => {
             let name = format!("p{}", idx % 4);
             let p = Policy {
@@ -144,7 +163,7 @@ fn events(r: &mut R) -> Vec<Event> {
         else {
             break;
         };
-        let kind = RECORD_KINDS[usize::from(k % 5)];
+        let kind = RECORD_KINDS[usize::from(k) % RECORD_KINDS.len()];
         let typ = match t % 8 {
             0..=3 => EventType::Upsert,
             4 | 5 => EventType::Delete,

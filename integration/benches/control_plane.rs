@@ -8,7 +8,9 @@
 //!    merged Watch (what B's node agents see), at a steady rate, beside the
 //!    raw etcd put → watch round trip on A's etcd.
 //! 4. wire: bytes a watcher receives for one backend change in a
-//!    5,000-backend global service.
+//!    5,000-backend global service: as a backend record (this version),
+//!    beside the same change in a record with inline backends (the old
+//!    contract, still sent by older peers).
 //! 5. propagation_histogram: changes from a peer at 1,000/s, the receiving
 //!    apiserver's propagation_delay_seconds (scraped from /metrics) beside
 //!    the benchmark's own measurement of the same changes.
@@ -373,58 +375,104 @@ async fn wire(backends: usize) {
     })
     .await
     .expect("store");
-    let mut svc = Service {
+    // Ports and node names as the exporter writes them for an EndpointSlice.
+    let backend = |i: usize| Backend {
+        ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        ports: vec![clustermesh_proto::v1::BackendPort {
+            name: "http".into(),
+            port: 8080,
+            protocol: "TCP".into(),
+        }],
+        ready: true,
+        serving: true,
+        node_name: format!("node-{}", i % 100),
+        ..Default::default()
+    };
+    let svc = |name: &str| Service {
         namespace: "shop".into(),
-        name: "big".into(),
+        name: name.into(),
         global: true,
         shared: true,
         frontend_ips: vec!["10.96.0.10".into()],
         cluster: "wire".into(),
         exported: true,
-        backends: (0..backends)
-            .map(|i| Backend {
-                ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
-                ready: true,
-                serving: true,
-                ..Default::default()
-            })
-            .collect(),
+        backends: (0..backends).map(backend).collect(),
         ..Default::default()
     };
-    let key = keys::state(Kind::Service, "wire", "shop/big");
-    store
-        .apply(&[WriteOp::put(key.clone(), svc.encode_to_vec())])
-        .await
-        .expect("write");
+    // Baseline, the old contract (an older peer's record): backends inline.
+    let mut old = svc("inline");
+    let old_key = keys::state(Kind::Service, "wire", "shop/inline");
+    // This version: the record without backends, one record per backend.
+    let new = svc("split");
+    let mut ops = vec![
+        WriteOp::put(old_key.clone(), old.encode_to_vec()),
+        WriteOp::put(
+            keys::state(Kind::Service, "wire", "shop/split"),
+            clustermesh_proto::backends::without_backends(&new).encode_to_vec(),
+        ),
+    ];
+    for b in &new.backends {
+        ops.push(WriteOp::put(
+            keys::state(
+                Kind::ServiceBackend,
+                "wire",
+                &clustermesh_proto::backends::key("shop", "split", &b.ip),
+            ),
+            clustermesh_proto::backends::record(&new, b).encode_to_vec(),
+        ));
+    }
+    store.apply(&ops).await.expect("write");
     let ch = c.api().channel(Role::Remote).await.expect("dial");
-    let mut w = Watcher::open(ch, Scope::Exported, &[Kind::Service], None)
+    let mut w = Watcher::open(ch, Scope::Exported, &[], None)
         .await
         .expect("watch");
-    w.until(Duration::from_secs(10), "snapshot", |m| {
-        !m.records.is_empty() && !m.in_snapshot()
+    w.until(Duration::from_secs(30), "snapshot", |m| {
+        m.records.len() > backends && !m.in_snapshot()
     })
     .await
     .expect("snap");
-    svc.backends[17].ready = false;
-    store
-        .apply(&[WriteOp::put(key, svc.encode_to_vec())])
-        .await
-        .expect("write");
-    loop {
+    // One change each, one after the other, each read from the real Watch.
+    let next_event = async |w: &mut Watcher| loop {
         let b = w
             .next(Duration::from_secs(10))
             .await
             .expect("batch")
             .expect("open");
-        if b.r#type == BatchType::Events as i32 {
-            println!(
-                "one backend's readiness changed: {} B in the WatchBatch (+5 B gRPC framing, + TLS record overhead); the service record is {} B",
-                b.encoded_len(),
-                svc.encoded_len()
-            );
-            break;
+        if b.r#type == BatchType::Events as i32 && !b.events.is_empty() {
+            break b;
         }
-    }
+    };
+    old.backends[17].ready = false;
+    store
+        .apply(&[WriteOp::put(old_key, old.encode_to_vec())])
+        .await
+        .expect("write");
+    let old_batch = next_event(&mut w).await;
+    let mut b17 = new.backends[17].clone();
+    b17.ready = false;
+    store
+        .apply(&[WriteOp::put(
+            keys::state(
+                Kind::ServiceBackend,
+                "wire",
+                &clustermesh_proto::backends::key("shop", "split", &b17.ip),
+            ),
+            clustermesh_proto::backends::record(&new, &b17).encode_to_vec(),
+        )])
+        .await
+        .expect("write");
+    let new_batch = next_event(&mut w).await;
+    assert_eq!(new_batch.events.len(), 1);
+    println!(
+        "one backend's readiness changed, as a backend record (this version): {} B in the WatchBatch ({} B record; +5 B gRPC framing, + TLS record overhead)",
+        new_batch.encoded_len(),
+        new_batch.events[0].value.len()
+    );
+    println!(
+        "baseline, the same change in a record with inline backends (older peers): {} B in the WatchBatch ({} B record)",
+        old_batch.encoded_len(),
+        old.encoded_len()
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

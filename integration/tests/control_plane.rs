@@ -26,6 +26,7 @@ mod mesh_refusals;
 mod mesh_sync;
 mod mock_peers;
 mod mtls_roles;
+mod service_backends;
 mod source_markers;
 mod store_ownership;
 mod store_paging;

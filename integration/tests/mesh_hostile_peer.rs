@@ -7,6 +7,10 @@
 //! arrive and the apiserver keeps running. A second receiving cluster gets
 //! the same records in another order (endpoints and services first, the
 //! nodes only later, after the test saw them pending) and ends up the same.
+//! The peer is an older one (no `service-backends` capability, no `backends`
+//! marker): it is still shown synced with every kind (its `services` marker
+//! stands for its backends), and the backend records it sends anyway pass
+//! the same rules as any (docs/mesh.md "Service backends").
 //!
 //! Needs python3 with grpcio and grpcio-tools (scripts/install-deps.sh).
 
@@ -163,6 +167,21 @@ fn svc_rec(name: &str, backend: &str) -> Value {
     )
 }
 
+/// A backend record (docs/mesh.md "Service backends") of `shop/<service>`
+/// under `key`, for the backend `ip`. This peer is an older one (it does not
+/// advertise `service-backends`), but a hostile peer sends what it likes.
+fn backend_rec(service: &str, key: &str, ip: &str) -> Value {
+    rec(
+        "KIND_SERVICE_BACKEND",
+        key,
+        json!({
+            "namespace": "shop", "service": service,
+            "backend": {"ip": ip, "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}], "ready": true, "serving": true},
+            "cluster": "alpha", "exported": true,
+        }),
+    )
+}
+
 /// (nodes, everything else): honest records next to each kind of bad one.
 fn records() -> (Vec<Value>, Vec<Value>) {
     let nodes = vec![
@@ -191,6 +210,10 @@ fn records() -> (Vec<Value>, Vec<Value>) {
         ep_rec("10.96.0.20"),                     // local_service_cidr
         svc_rec("web", "10.1.0.5"),               // honest
         svc_rec("leak", "10.50.0.8"),             // backend outside alpha's CIDRs: pending
+        backend_rec("web", "shop/web/10.1.0.6", "10.1.0.6"), // honest
+        backend_rec("web", "shop/web/10.2.0.11", "10.2.0.11"), // local_pod_cidr
+        backend_rec("web", "shop/web/10.1.0.99", "10.1.0.7"), // key_mismatch
+        backend_rec("leak", "shop/leak/10.50.0.9", "10.50.0.9"), // outside alpha's CIDRs: pending
     ];
     (nodes, rest)
 }
@@ -201,6 +224,7 @@ fn honest() -> BTreeSet<(Kind, String)> {
         (Kind::Identity, "65792"),
         (Kind::Endpoint, "10.1.0.5"),
         (Kind::Service, "shop/web"),
+        (Kind::ServiceBackend, "shop/web/10.1.0.6"),
     ]
     .into_iter()
     .map(|(k, s)| (k, s.to_string()))
@@ -211,7 +235,8 @@ fn honest() -> BTreeSet<(Kind, String)> {
 fn refusals() -> BTreeMap<String, u64> {
     [
         ("default_route", 1),
-        ("local_pod_cidr", 2),
+        ("local_pod_cidr", 3),
+        ("key_mismatch", 1),
         ("foreign_cluster_label", 2),
         ("reserved_identity", 1),
         ("bad_address", 1),
@@ -269,7 +294,7 @@ fn counted_as_expected(s: &PeerStatus) -> bool {
     refusals()
         .iter()
         .all(|(r, n)| s.rejected_by_reason.get(r).is_some_and(|got| got >= n))
-        && s.pending_records == 2
+        && s.pending_records == 3
 }
 
 fn check_final(name: &str, st: &PeerStatus, stored: &BTreeSet<(Kind, String)>) {
@@ -293,12 +318,16 @@ fn check_final(name: &str, st: &PeerStatus, stored: &BTreeSet<(Kind, String)>) {
     );
     assert_eq!(
         st.pending_by_reason,
-        [("outside_peer_pod_cidrs".to_string(), 2)].into(),
-        "{name}: the endpoint and the service outside alpha's pod CIDRs wait"
+        [("outside_peer_pod_cidrs".to_string(), 3)].into(),
+        "{name}: the endpoint, the service and the backend outside alpha's pod CIDRs wait"
     );
     assert!(
         st.connected,
         "{name}: the rest of the peer's records keep flowing"
+    );
+    assert!(
+        st.synced.contains(&(Kind::ServiceBackend as i32)),
+        "{name}: an older peer's services marker stands for its backends"
     );
 }
 
@@ -363,7 +392,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     )
     .await;
     println!("beta after the resend: {:?}", again.rejected_by_reason);
-    assert_eq!(again.pending_records, 2, "pending stays pending");
+    assert_eq!(again.pending_records, 3, "pending stays pending");
     assert_eq!(cached_records(&b).await, honest());
     let log = b.api().child.log();
     let logged = |what: &str| log.lines().filter(|l| l.contains(what)).count();
@@ -375,7 +404,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     );
     assert_eq!(
         logged("record held pending"),
-        2,
+        3,
         "pending records are logged once"
     );
     assert!(b.replicas[0].child.is_running(), "beta's apiserver runs on");
@@ -404,7 +433,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     // Before any node: the honest endpoint and service wait with the two
     // that never get a node; none of them is written.
     let st = wait_status(&g, "alpha", "endpoints and services pending", T, |s| {
-        s.synced.len() + 1 == crate::mesh_support::imported_kinds(s) && s.pending_records == 4
+        s.synced.len() + 1 == crate::mesh_support::imported_kinds(s) && s.pending_records == 6
     })
     .await;
     println!("gamma before the nodes: pending {:?}", st.pending_by_reason);
@@ -412,7 +441,7 @@ async fn a_hostile_peer_cannot_hijack_spoof_or_claim_our_ranges() {
     assert!(
         !before
             .iter()
-            .any(|(k, _)| *k == Kind::Endpoint || *k == Kind::Service),
+            .any(|(k, _)| matches!(k, Kind::Endpoint | Kind::Service | Kind::ServiceBackend)),
         "nothing pending is written: {before:?}"
     );
     std::fs::write(&peer_b.release, b"go").expect("release the nodes");

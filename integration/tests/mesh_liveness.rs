@@ -83,8 +83,8 @@ async fn killed_peer_keeps_records_until_stale_ttl() {
     assert!(st.failures >= 1);
     assert_eq!(
         cached(&sb, "alpha").await.len(),
-        15,
-        "10 records + 5 markers kept"
+        10 + clustermesh_proto::RECORD_KINDS.len(),
+        "10 records + every kind's marker kept"
     );
 
     // Restart it well within stale-ttl: connected again, nothing withdrawn.
@@ -99,7 +99,10 @@ async fn killed_peer_keeps_records_until_stale_ttl() {
         Vec::<String>::new(),
         "no withdraw and re-add downstream"
     );
-    assert_eq!(cached(&sb, "alpha").await.len(), 15);
+    assert_eq!(
+        cached(&sb, "alpha").await.len(),
+        10 + clustermesh_proto::RECORD_KINDS.len()
+    );
 
     // Now alpha stays down: records are withdrawn stale-ttl after it became
     // disconnected (peer-timeout 1s + stale-ttl 5s after the last message).
@@ -279,7 +282,8 @@ async fn leader_change_on_the_mirroring_side_rewrites_nothing() {
         .unwrap();
     w.until(T, "alpha's 8 records on beta's follower", |m| {
         m.records.keys().filter(|(_, c, _)| c == "alpha").count() == 8
-            && m.synced.iter().filter(|(c, _)| c == "alpha").count() == 5
+            && m.synced.iter().filter(|(c, _)| c == "alpha").count()
+                == clustermesh_proto::RECORD_KINDS.len()
     })
     .await
     .unwrap();

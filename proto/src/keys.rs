@@ -211,7 +211,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn record_keys_round_trip(k in 0usize..5, cluster in "[a-z0-9]{1,8}", key in "[a-z0-9./:-]{1,20}") {
+        fn record_keys_round_trip(k in 0usize..RECORD_KINDS.len(), cluster in "[a-z0-9]{1,8}", key in "[a-z0-9./:-]{1,20}") {
             let kind = RECORD_KINDS[k];
             let s = state(kind, &cluster, &key);
             prop_assert!(s.starts_with(&state_prefix(kind, &cluster)));

@@ -3,6 +3,7 @@
 //! validation of cluster names and IDs.
 
 pub mod attest;
+pub mod backends;
 pub mod backoff;
 pub mod clock;
 pub mod duration;
@@ -27,12 +28,14 @@ pub use validate::ValidationError;
 use v1::Kind;
 
 /// All record kinds, in the order a consumer should apply a snapshot
-/// (identities before the endpoints that reference them).
-pub const RECORD_KINDS: [Kind; 5] = [
+/// (identities before the endpoints that reference them, a service before
+/// its backends).
+pub const RECORD_KINDS: [Kind; 6] = [
     Kind::Identity,
     Kind::Node,
     Kind::Endpoint,
     Kind::Service,
+    Kind::ServiceBackend,
     Kind::Policy,
 ];
 
@@ -46,6 +49,7 @@ impl Kind {
             Kind::Identity => "identities",
             Kind::Service => "services",
             Kind::Policy => "policies",
+            Kind::ServiceBackend => "backends",
         }
     }
 

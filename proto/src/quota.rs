@@ -14,15 +14,18 @@ pub const DEFAULT: PeerQuota = PeerQuota {
     services: 10_000,
     policies: 5_000,
     bytes: 64 * 1024 * 1024,
+    // One per (service, backend IP): a pod may back several services.
+    backends: 100_000,
 };
 
 /// The names of the limits, as in `--peer-quota` and `over_quota`.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "nodes",
     "endpoints",
     "identities",
     "services",
     "policies",
+    "backends",
     "bytes",
 ];
 
@@ -34,6 +37,7 @@ pub fn records(q: &PeerQuota, kind: Kind) -> u64 {
         Kind::Identity => q.identities,
         Kind::Service => q.services,
         Kind::Policy => q.policies,
+        Kind::ServiceBackend => q.backends,
         Kind::Unspecified => 0,
     }
 }
@@ -45,6 +49,7 @@ fn field<'a>(q: &'a mut PeerQuota, name: &str) -> Option<&'a mut u64> {
         "identities" => &mut q.identities,
         "services" => &mut q.services,
         "policies" => &mut q.policies,
+        "backends" => &mut q.backends,
         "bytes" => &mut q.bytes,
         _ => return None,
     })
@@ -60,6 +65,7 @@ pub fn or_defaults(q: &PeerQuota, defaults: &PeerQuota) -> PeerQuota {
         services: pick(q.services, defaults.services),
         policies: pick(q.policies, defaults.policies),
         bytes: pick(q.bytes, defaults.bytes),
+        backends: pick(q.backends, defaults.backends),
     }
 }
 

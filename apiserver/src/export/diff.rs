@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use clustermesh_proto::keys;
 use clustermesh_proto::v1::{self, Kind};
+use clustermesh_proto::{backends, keys};
 use prost::Message;
 
 use crate::source::{Desired, Dirty};
@@ -60,6 +60,25 @@ impl Wanted<'_> {
         ))
     }
 
+    /// A service's record as written: without its backends.
+    fn service(&self, key: &str) -> Option<Bytes> {
+        let s = self.desired.services.get(key)?;
+        Some(backends::without_backends(s).encode_to_vec().into())
+    }
+
+    /// The record of one backend (`<namespace>/<service>/<ip>`).
+    fn backend(&self, key: &str) -> Option<Bytes> {
+        let (ns, svc, ip) = backends::split_key(key)?;
+        let s = self.desired.services.get(&format!("{ns}/{svc}"))?;
+        // Sorted by IP (services::merge_backends).
+        let want = backends::ip_order(ip);
+        let i = s
+            .backends
+            .binary_search_by(|b| backends::ip_order(&b.ip).cmp(&want))
+            .ok()?;
+        Some(backends::record(s, &s.backends[i]).encode_to_vec().into())
+    }
+
     fn key(&self, kind: Kind, key: &str) -> String {
         keys::state(kind, self.cluster, key)
     }
@@ -78,7 +97,17 @@ pub fn want_all(w: &Wanted) -> BTreeMap<String, Bytes> {
         put(w.key(Kind::Node, name), w.node(name));
     }
     for (key, s) in &d.services {
-        put(w.key(Kind::Service, key), Some(s.encode_to_vec().into()));
+        put(w.key(Kind::Service, key), w.service(key));
+        for b in &s.backends {
+            let rec = backends::record(s, b);
+            put(
+                w.key(
+                    Kind::ServiceBackend,
+                    &backends::key(&s.namespace, &s.name, &b.ip),
+                ),
+                Some(rec.encode_to_vec().into()),
+            );
+        }
     }
     for (key, p) in &d.policies {
         put(w.key(Kind::Policy, key), Some(p.encode_to_vec().into()));
@@ -104,8 +133,10 @@ pub fn want_keys(w: &Wanted, dirty: &Dirty) -> Vec<(String, Option<Bytes>)> {
         out.push((w.key(Kind::Node, name), w.node(name)));
     }
     for key in &dirty.services {
-        let v = d.services.get(key).map(|s| s.encode_to_vec().into());
-        out.push((w.key(Kind::Service, key), v));
+        out.push((w.key(Kind::Service, key), w.service(key)));
+    }
+    for key in &dirty.backends {
+        out.push((w.key(Kind::ServiceBackend, key), w.backend(key)));
     }
     for key in &dirty.policies {
         let v = d.policies.get(key).map(|p| p.encode_to_vec().into());

@@ -71,6 +71,10 @@ pub struct PeerCache {
     lookup: Option<Lookup>,
     /// What the peer's markers attest, compared with what was mirrored.
     attest: Attestations,
+    /// The peer does not advertise `service-backends` (an older version):
+    /// it sends no backend records and no `backends` marker, so its
+    /// `services` marker stands for both (see [`PeerCache::set_backend_records`]).
+    implied_backends: bool,
 }
 
 /// Reads the value stored under a full key.
@@ -146,6 +150,7 @@ impl PeerCache {
             import_policies: true,
             lookup: None,
             attest: Attestations::default(),
+            implied_backends: false,
         };
         if ctx.is_some() {
             c.gate.mark_dirty();
@@ -191,6 +196,69 @@ impl PeerCache {
     pub fn with_import_policies(mut self, import: bool) -> Self {
         self.import_policies = import;
         self
+    }
+
+    /// Whether the peer sends its backends as records (its ClusterInfo
+    /// advertises [`clustermesh_proto::backends::CAPABILITY`]). A peer that
+    /// does not (an older version) never sends a `backends` marker: its
+    /// `services` marker then stands for both, and a `backends` marker is
+    /// written and removed with it here, so the peer is shown synced like
+    /// any other (docs/mesh.md "Service backends"). Returns the marker to
+    /// write when the services marker is already held.
+    pub fn set_backend_records(&mut self, sends_records: bool) -> Vec<WriteOp> {
+        self.implied_backends = !sends_records;
+        let has = |k: Kind| self.mirror.synced.contains(&(self.peer.name.clone(), k));
+        if self.implied_backends && has(Kind::Service) && !has(Kind::ServiceBackend) {
+            self.mirror
+                .synced
+                .insert((self.peer.name.clone(), Kind::ServiceBackend));
+            return vec![self.marker(Kind::ServiceBackend)];
+        }
+        Vec::new()
+    }
+
+    /// An older peer's `services` marker events, each followed by the same
+    /// for `backends` (see [`PeerCache::set_backend_records`]).
+    fn imply_backend_markers(&self, batch: &mut WatchBatch) {
+        if !self.implied_backends
+            || !batch.events.iter().any(|e| {
+                e.kind == Kind::Service as i32
+                    && matches!(
+                        EventType::try_from(e.r#type),
+                        Ok(EventType::Synced | EventType::Unsynced)
+                    )
+            })
+        {
+            return;
+        }
+        let mut out = Vec::with_capacity(batch.events.len() + 1);
+        for e in std::mem::take(&mut batch.events) {
+            let implied = (e.kind == Kind::Service as i32
+                && matches!(
+                    EventType::try_from(e.r#type),
+                    Ok(EventType::Synced | EventType::Unsynced)
+                ))
+            .then(|| Event {
+                kind: Kind::ServiceBackend as i32,
+                value: if e.r#type == EventType::Synced as i32 {
+                    SyncedMarker {
+                        cluster: e.cluster.clone(),
+                        kind: Kind::ServiceBackend as i32,
+                        records: 0,
+                        unix_millis: clustermesh_proto::clock::unix_millis(),
+                        digest: None,
+                    }
+                    .encode_to_vec()
+                    .into()
+                } else {
+                    Bytes::new()
+                },
+                ..e.clone()
+            });
+            out.push(e);
+            out.extend(implied);
+        }
+        batch.events = out;
     }
 
     /// What the peer holds here against its quota.
@@ -300,6 +368,7 @@ impl PeerCache {
             batch.events.retain(|e| e.kind != Kind::Policy as i32);
         }
         if matches!(t, BatchType::Snapshot | BatchType::Events) {
+            self.imply_backend_markers(&mut batch);
             let events = std::mem::take(&mut batch.events);
             for mut e in events {
                 let id = (
@@ -807,5 +876,72 @@ mod tests {
         let w = c.withdraw();
         assert_eq!(w.len(), RECORD_KINDS.len() + 1);
         assert!(c.resume_point().is_none());
+    }
+
+    /// An older peer (no `service-backends`) sends no `backends` marker: its
+    /// `services` marker stands for both, so it is shown synced; a newer
+    /// peer's kinds are only what it marks itself.
+    #[test]
+    fn an_older_peers_services_marker_stands_for_its_backends() {
+        let svc_marker = |t: EventType| Event {
+            r#type: t as i32,
+            kind: Kind::Service as i32,
+            cluster: "a".into(),
+            ..Default::default()
+        };
+        let now = Instant::now();
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        assert!(c.set_backend_records(false).is_empty());
+        let a = snapshot(&mut c, "e", vec![svc_marker(EventType::Synced)], now);
+        let markers: Vec<&str> = a
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                WriteOp::Put { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            markers,
+            [
+                keys::synced("a", Kind::Service),
+                keys::synced("a", Kind::ServiceBackend)
+            ]
+        );
+        assert_eq!(c.synced_kinds(), [Kind::Service, Kind::ServiceBackend]);
+        let g = Duration::from_secs(5);
+        let a = c.apply(
+            batch(
+                BatchType::Events,
+                "e",
+                vec![svc_marker(EventType::Unsynced)],
+            ),
+            now,
+            g,
+            &Context::default(),
+        );
+        assert_eq!(
+            a.ops,
+            [
+                WriteOp::delete(keys::synced("a", Kind::Service)),
+                WriteOp::delete(keys::synced("a", Kind::ServiceBackend))
+            ]
+        );
+        assert!(c.synced_kinds().is_empty());
+
+        // Seeded with an older peer's services marker only (written before
+        // this version): the backends marker is written on connect.
+        let marker = vec![kv(keys::synced("a", Kind::Service), Bytes::new())];
+        let mut c = PeerCache::seeded(peer(), vec![], marker.clone());
+        let ops = c.set_backend_records(false);
+        assert!(
+            matches!(&ops[..], [WriteOp::Put { key, .. }] if *key == keys::synced("a", Kind::ServiceBackend))
+        );
+        assert_eq!(c.synced_kinds(), [Kind::Service, Kind::ServiceBackend]);
+
+        // A newer peer: nothing implied.
+        let mut c = PeerCache::seeded(peer(), vec![], marker);
+        assert!(c.set_backend_records(true).is_empty());
+        assert_eq!(c.synced_kinds(), [Kind::Service]);
     }
 }

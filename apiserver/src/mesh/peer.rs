@@ -72,6 +72,9 @@ struct PeerLoop {
     backoff: Backoff,
     /// None until seeded from the store (again after a failed write).
     cache: Option<PeerCache>,
+    /// Whether the peer's last GetCluster advertised `service-backends`
+    /// (None before the first connect); handed to every seeded cache.
+    backend_records: Option<bool>,
     session: Option<Session>,
     /// When the current session was validated and started watching.
     session_up: Option<Instant>,
@@ -113,6 +116,7 @@ pub async fn run(
             mode,
         },
         live: Liveness::new(now, ctx.config.peer_timeout, ctx.config.stale_ttl),
+        backend_records: None,
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(10)),
         ctx,
         cfg,
@@ -161,12 +165,19 @@ impl PeerLoop {
         let now = Instant::now();
         if self.cache.is_none() && now >= self.store_retry_at {
             match self.seed().await {
-                Ok(c) => {
+                Ok(mut c) => {
                     if self.status.withdrawn && !c.is_empty() {
                         self.status.withdrawn = false;
                     }
+                    let ops = self
+                        .backend_records
+                        .map(|r| c.set_backend_records(r))
+                        .unwrap_or_default();
                     self.cache = Some(c);
                     self.counts_at = None;
+                    if !ops.is_empty() {
+                        self.write(&ops, now).await;
+                    }
                 }
                 Err(e) => {
                     self.error(format!(
@@ -332,6 +343,17 @@ impl PeerLoop {
                 self.redial_until = None;
                 self.seen(now);
                 info!(peer = %self.peer.name, %addr, id = info.id, resume = self.cache.as_ref().and_then(|c| c.resume_point()).is_some(), "connected to peer; watching its exported records");
+                let records = info
+                    .capabilities
+                    .iter()
+                    .any(|c| c == clustermesh_proto::backends::CAPABILITY);
+                self.backend_records = Some(records);
+                if let Some(cache) = self.cache.as_mut() {
+                    let ops = cache.set_backend_records(records);
+                    if !ops.is_empty() {
+                        self.write(&ops, now).await;
+                    }
+                }
             }
             Some(SessionEvent::Batch(b)) => {
                 self.seen(now);

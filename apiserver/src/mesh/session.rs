@@ -194,6 +194,12 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
     if let Err(e) = validate::peer_info(&p.ours, &p.peer, &others, &info) {
         return e.into();
     }
+    // An older peer refuses a Watch naming a kind it does not know: backend
+    // records are asked for only from a peer that advertises them.
+    let backend_records = info
+        .capabilities
+        .iter()
+        .any(|c| c == clustermesh_proto::backends::CAPABILITY);
     let req = WatchRequest {
         // Without --import-policies the peer's policies are not even asked for.
         kinds: if p.peer.import_policies {
@@ -202,6 +208,7 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
             clustermesh_proto::RECORD_KINDS
                 .into_iter()
                 .filter(|k| *k != clustermesh_proto::v1::Kind::Policy)
+                .filter(|k| backend_records || *k != clustermesh_proto::v1::Kind::ServiceBackend)
                 .map(|k| k as i32)
                 .collect()
         },

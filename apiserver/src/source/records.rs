@@ -7,7 +7,9 @@
 //!   identities: an identity lives while an endpoint uses it);
 //! - a namespace → the endpoints of its pods, its services and policies (its
 //!   labels feed identities, its annotation the export flags);
-//! - a service or one of its EndpointSlices → that service's record;
+//! - a service or one of its EndpointSlices → that service's record (dirty
+//!   only when something but its backends changed) and the backend records
+//!   (`<namespace>/<service>/<ip>`) whose backend changed;
 //! - a node → that node's record; a policy → that policy's record.
 //!
 //! [`Records::snapshot`] equals [`Inventory::compute`] of the same inventory
@@ -31,8 +33,10 @@ pub struct Dirty {
     pub nodes: BTreeSet<String>,
     /// Pod IPs.
     pub endpoints: BTreeSet<String>,
-    /// "namespace/name".
+    /// "namespace/name": the service record (without backends) changed.
     pub services: BTreeSet<String>,
+    /// "namespace/service/ip": one backend record changed.
+    pub backends: BTreeSet<String>,
     /// "namespace/name".
     pub policies: BTreeSet<String>,
     /// Label set digests.
@@ -44,6 +48,7 @@ impl Dirty {
         self.nodes.extend(other.nodes);
         self.endpoints.extend(other.endpoints);
         self.services.extend(other.services);
+        self.backends.extend(other.backends);
         self.policies.extend(other.policies);
         self.identities.extend(other.identities);
     }
@@ -52,6 +57,7 @@ impl Dirty {
         self.nodes.len()
             + self.endpoints.len()
             + self.services.len()
+            + self.backends.len()
             + self.policies.len()
             + self.identities.len()
     }
@@ -334,15 +340,61 @@ impl Records {
             Some(w) => self.service_warnings.insert(key.clone(), w),
             None => self.service_warnings.remove(&key),
         };
-        if self.desired.services.get(&key) != want.as_ref() {
-            match want {
-                Some(s) => self.desired.services.insert(key.clone(), s),
-                None => self.desired.services.remove(&key),
-            };
-            self.dirty.services.insert(key);
+        let old = self.desired.services.get(&key);
+        if old == want.as_ref() {
+            return;
+        }
+        let none = Vec::new();
+        let old_backends = old.map_or(&none, |s| &s.backends);
+        let new_backends = want.as_ref().map_or(&none, |s| &s.backends);
+        // A backend record carries its service's cluster and export flag.
+        let header_changed = old.map(|s| (s.exported, &s.cluster))
+            != want.as_ref().map(|s| (s.exported, &s.cluster));
+        for ip in changed_backends(old_backends, new_backends, header_changed) {
+            self.dirty
+                .backends
+                .insert(clustermesh_proto::backends::key(namespace, name, &ip));
+        }
+        if !services::same_but_backends(old, want.as_ref()) {
+            self.dirty.services.insert(key.clone());
+        }
+        match want {
+            Some(s) => self.desired.services.insert(key, s),
+            None => self.desired.services.remove(&key),
+        };
+    }
+}
+
+/// The IPs whose backend differs between `old` and `new` (both sorted by
+/// IP, as [`services::merge_backends`] gives them); every IP of either when
+/// `all`.
+fn changed_backends(
+    old: &[clustermesh_proto::v1::Backend],
+    new: &[clustermesh_proto::v1::Backend],
+    all: bool,
+) -> BTreeSet<String> {
+    let by_ip = |l: &[clustermesh_proto::v1::Backend]| -> HashMap<String, usize> {
+        l.iter()
+            .enumerate()
+            .map(|(i, b)| (b.ip.clone(), i))
+            .collect()
+    };
+    let (o, n) = (by_ip(old), by_ip(new));
+    let mut out = BTreeSet::new();
+    for (ip, i) in &o {
+        if all || n.get(ip).is_none_or(|j| new[*j] != old[*i]) {
+            out.insert(ip.clone());
         }
     }
+    for ip in n.keys() {
+        if all || !o.contains_key(ip) {
+            out.insert(ip.clone());
+        }
+    }
+    out
+}
 
+impl Records {
     /// The pods claiming `ip`, in (namespace, name) order.
     fn claimants(&self, ip: &str) -> BTreeSet<Key> {
         if let Some(set) = self.contested.get(ip) {

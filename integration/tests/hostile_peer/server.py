@@ -76,6 +76,7 @@ def main():
         "KIND_IDENTITY": pb.Identity,
         "KIND_SERVICE": pb.Service,
         "KIND_POLICY": pb.Policy,
+        "KIND_SERVICE_BACKEND": pb.ServiceBackend,
     }
 
     def upsert(rec, revision):

@@ -5,11 +5,21 @@
 //! [`clustermesh_proto::mirror::Mirror`] reports, so a re-snapshot of
 //! unchanged data costs nothing here and a reset snapshot (mark-and-sweep)
 //! arrives as exactly the upserts and deletes it implies.
+//!
+//! Services stay whole here: `services` holds each service with all its
+//! backends, put together from its record and its `ServiceBackend` records
+//! (`clustermesh_proto::backends::assemble`; an older peer's record carries
+//! them inline). A backend record changes its service in place (a binary
+//! search in its sorted backends), so one backend change costs O(log n)
+//! plus the shift, not a re-assembly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use clustermesh_proto::backends;
 use clustermesh_proto::mirror::Change;
-use clustermesh_proto::v1::{ClusterInfo, Endpoint, Identity, Kind, Node, Policy, Service};
+use clustermesh_proto::v1::{
+    Backend, ClusterInfo, Endpoint, Identity, Kind, Node, Policy, Service, ServiceBackend,
+};
 use prost::Message;
 use tracing::warn;
 
@@ -24,8 +34,13 @@ pub struct View {
     pub nodes: BTreeMap<Key, Node>,
     pub endpoints: BTreeMap<Key, Endpoint>,
     pub identities: BTreeMap<Key, Identity>,
+    /// Whole services (with every backend), by (cluster, "ns/name").
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, Policy>,
+    /// Service records as received (inline backends of an older peer only).
+    service_records: BTreeMap<Key, Service>,
+    /// Backend records, by (cluster, "ns/service/ip").
+    backends: BTreeMap<Key, Backend>,
     /// Sync markers: (cluster, kind) fully written by its exporter.
     pub synced: BTreeSet<(String, Kind)>,
     /// Records that did not decode (skipped).
@@ -63,7 +78,20 @@ impl View {
                     Kind::Node => put(&mut self.nodes, k, value, e),
                     Kind::Endpoint => put(&mut self.endpoints, k, value, e),
                     Kind::Identity => put(&mut self.identities, k, value, e),
-                    Kind::Service => put(&mut self.services, k, value, e),
+                    Kind::Service => {
+                        put(&mut self.service_records, k.clone(), value, e);
+                        self.assemble(&k);
+                    }
+                    Kind::ServiceBackend => match ServiceBackend::decode(value.as_ref()) {
+                        Ok(ServiceBackend {
+                            backend: Some(b), ..
+                        }) => self.backend_upsert(k, b),
+                        _ => {
+                            *e += 1;
+                            warn!(cluster = %k.0, key = %k.1, "skipping a backend record that does not decode");
+                            self.backend_delete(&k);
+                        }
+                    },
                     Kind::Policy => put(&mut self.policies, k, value, e),
                     Kind::Unspecified => {}
                 }
@@ -83,8 +111,10 @@ impl View {
                         self.identities.remove(&k);
                     }
                     Kind::Service => {
+                        self.service_records.remove(&k);
                         self.services.remove(&k);
                     }
+                    Kind::ServiceBackend => self.backend_delete(&k),
                     Kind::Policy => {
                         self.policies.remove(&k);
                     }
@@ -101,12 +131,20 @@ impl View {
     }
 
     /// True once the local cluster has marked every record kind synced: its
-    /// records in the view are complete (not a half-written store).
+    /// records in the view are complete (not a half-written store). The
+    /// `backends` marker counts only when the local apiserver advertises
+    /// `service-backends` (an older one never writes it).
     pub fn local_synced(&self) -> bool {
         let local = self.local_cluster();
+        let splits = self.cluster.as_ref().is_some_and(|c| {
+            c.capabilities
+                .iter()
+                .any(|x| x == clustermesh_proto::backends::CAPABILITY)
+        });
         !local.is_empty()
             && clustermesh_proto::RECORD_KINDS
                 .iter()
+                .filter(|k| splits || **k != Kind::ServiceBackend)
                 .all(|k| self.synced.contains(&(local.to_string(), *k)))
     }
 
@@ -126,6 +164,73 @@ impl View {
         ]
     }
 
+    /// Re-assembles one whole service from its record and backend records.
+    fn assemble(&mut self, k: &Key) {
+        let Some(rec) = self.service_records.get(k) else {
+            self.services.remove(k);
+            return;
+        };
+        let prefix = format!("{}/", k.1);
+        let recs = self
+            .backends
+            .range((k.0.clone(), prefix.clone())..)
+            .take_while(|((c, key), _)| *c == k.0 && key.starts_with(&prefix))
+            .map(|(_, b)| b);
+        let whole = backends::assemble(rec, recs);
+        self.services.insert(k.clone(), whole);
+    }
+
+    /// The whole service a backend key belongs to, and the backend's IP.
+    fn service_of(k: &Key) -> Option<(Key, String)> {
+        let (ns, svc, ip) = backends::split_key(&k.1)?;
+        Some(((k.0.clone(), format!("{ns}/{svc}")), ip.to_owned()))
+    }
+
+    fn backend_upsert(&mut self, k: Key, b: Backend) {
+        let Some((sk, ip)) = Self::service_of(&k) else {
+            return;
+        };
+        if let Some(whole) = self.services.get_mut(&sk) {
+            let want = backends::ip_order(&ip);
+            match whole
+                .backends
+                .binary_search_by(|x| backends::ip_order(&x.ip).cmp(&want))
+            {
+                Ok(i) => whole.backends[i] = b.clone(),
+                Err(i) => whole.backends.insert(i, b.clone()),
+            }
+        }
+        self.backends.insert(k, b);
+    }
+
+    fn backend_delete(&mut self, k: &Key) {
+        if self.backends.remove(k).is_none() {
+            return;
+        }
+        let Some((sk, ip)) = Self::service_of(k) else {
+            return;
+        };
+        // An inline backend of the same IP (an older record) shows again.
+        let inline = self
+            .service_records
+            .get(&sk)
+            .and_then(|r| r.backends.iter().find(|b| b.ip == ip).cloned());
+        if let Some(whole) = self.services.get_mut(&sk) {
+            let want = backends::ip_order(&ip);
+            if let Ok(i) = whole
+                .backends
+                .binary_search_by(|x| backends::ip_order(&x.ip).cmp(&want))
+            {
+                match inline {
+                    Some(b) => whole.backends[i] = b,
+                    None => {
+                        whole.backends.remove(i);
+                    }
+                }
+            }
+        }
+    }
+
     /// Inserts a record directly (tests and tools); the key is derived from the record.
     pub fn insert_node(&mut self, n: Node) {
         self.nodes.insert((n.cluster.clone(), n.name.clone()), n);
@@ -141,10 +246,9 @@ impl View {
     }
 
     pub fn insert_service(&mut self, s: Service) {
-        self.services.insert(
-            (s.cluster.clone(), format!("{}/{}", s.namespace, s.name)),
-            s,
-        );
+        let k = (s.cluster.clone(), format!("{}/{}", s.namespace, s.name));
+        self.service_records.insert(k.clone(), s);
+        self.assemble(&k);
     }
 
     pub fn insert_policy(&mut self, p: Policy) {
@@ -183,5 +287,95 @@ mod tests {
         assert!(v.endpoints.is_empty());
         v.apply(&Change::Delete { id });
         assert!(v.nodes.is_empty());
+    }
+
+    /// The view of a service stays whole: its record and its backend
+    /// records (in any order) make one service with every backend; an older
+    /// record's inline backends count too.
+    #[test]
+    fn services_are_assembled_from_their_records() {
+        let mut v = View::new();
+        let svc = Service {
+            namespace: "ns".into(),
+            name: "web".into(),
+            global: true,
+            cluster: "c2".into(),
+            ..Default::default()
+        };
+        let b = |ip: &str, ready: bool| Backend {
+            ip: ip.into(),
+            ready,
+            ..Default::default()
+        };
+        let up_b = |v: &mut View, ip: &str, ready: bool| {
+            let rec = backends::record(&svc, &b(ip, ready));
+            v.apply(&Change::Upsert {
+                id: (
+                    Kind::ServiceBackend,
+                    "c2".into(),
+                    backends::key("ns", "web", ip),
+                ),
+                value: Bytes::from(rec.encode_to_vec()),
+            });
+        };
+        let key = ("c2".to_string(), "ns/web".to_string());
+        let ips = |v: &View| -> Vec<(String, bool)> {
+            v.services[&key]
+                .backends
+                .iter()
+                .map(|b| (b.ip.clone(), b.ready))
+                .collect()
+        };
+        // A backend before its service: kept, shown once the service comes.
+        up_b(&mut v, "10.0.0.10", true);
+        assert!(v.services.is_empty());
+        v.apply(&Change::Upsert {
+            id: (Kind::Service, "c2".into(), "ns/web".into()),
+            value: Bytes::from(svc.encode_to_vec()),
+        });
+        up_b(&mut v, "10.0.0.9", true);
+        up_b(&mut v, "10.0.0.2", false);
+        assert_eq!(
+            ips(&v),
+            [
+                ("10.0.0.2".into(), false),
+                ("10.0.0.9".into(), true),
+                ("10.0.0.10".into(), true)
+            ]
+        );
+        up_b(&mut v, "10.0.0.2", true);
+        v.apply(&Change::Delete {
+            id: (Kind::ServiceBackend, "c2".into(), "ns/web/10.0.0.9".into()),
+        });
+        assert_eq!(
+            ips(&v),
+            [("10.0.0.2".into(), true), ("10.0.0.10".into(), true)]
+        );
+        // An older peer's record: inline backends, and the union with records.
+        let old = Service {
+            backends: vec![b("10.0.0.9", false), b("10.0.0.2", false)],
+            ..svc.clone()
+        };
+        v.apply(&Change::Upsert {
+            id: (Kind::Service, "c2".into(), "ns/web".into()),
+            value: Bytes::from(old.encode_to_vec()),
+        });
+        assert_eq!(
+            ips(&v),
+            [
+                ("10.0.0.2".into(), true),
+                ("10.0.0.9".into(), false),
+                ("10.0.0.10".into(), true)
+            ],
+            "a backend record wins over an inline backend of the same IP"
+        );
+        v.apply(&Change::Delete {
+            id: (Kind::ServiceBackend, "c2".into(), "ns/web/10.0.0.2".into()),
+        });
+        assert_eq!(v.services[&key].backends[0], b("10.0.0.2", false));
+        v.apply(&Change::Delete {
+            id: (Kind::Service, "c2".into(), "ns/web".into()),
+        });
+        assert!(v.services.is_empty());
     }
 }

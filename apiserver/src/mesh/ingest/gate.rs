@@ -1,6 +1,7 @@
-//! The one rule that depends on the peer's other records: an endpoint IP
-//! and every backend IP of a service must lie inside a pod CIDR the same
-//! peer announces in its own Node records.
+//! The one rule that depends on the peer's other records: an endpoint IP,
+//! a backend record's IP and every inline backend IP of a service (an older
+//! peer's) must lie inside a pod CIDR the same peer announces in its own
+//! Node records.
 //!
 //! Arrival order must not matter, so a record that fails only this rule is
 //! not refused but held **pending**: not written, shown in status as
@@ -12,7 +13,8 @@
 //! The final state depends only on the peer's final set of records.
 //!
 //! Memory: the gate keeps a copy of each *pending* record only. A written
-//! endpoint costs nothing extra (its key is its IP, checked by the rules);
+//! endpoint or backend record costs nothing extra (its key holds its IP,
+//! checked by the rules);
 //! a written service keeps its backend IPs. When a node change takes a
 //! written record back, the cache fetches its value from what it is just
 //! writing, from the view or from etcd before deleting it
@@ -28,6 +30,21 @@ use clustermesh_proto::v1::Kind;
 use super::net::parse_ip;
 use super::records::covered_ips;
 use super::{Cidr, Context};
+
+/// Kinds whose key holds the one IP the rule checks (an endpoint's IP, a
+/// backend record's `<namespace>/<service>/<ip>`), so a written record of
+/// them needs no memory here.
+fn keyed_by_ip(kind: Kind) -> bool {
+    matches!(kind, Kind::Endpoint | Kind::ServiceBackend)
+}
+
+/// The IP in the key of a [`keyed_by_ip`] record.
+fn key_ip(id: &RecordId) -> Option<IpAddr> {
+    match id.0 {
+        Kind::ServiceBackend => parse_ip(clustermesh_proto::backends::split_key(&id.2)?.2),
+        _ => parse_ip(&id.2),
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -108,9 +125,10 @@ impl Gate {
             return Verdict::Admit;
         }
         self.hold(id.clone(), value, ips);
-        // An endpoint's key is its IP, so its coverage changes only with the
-        // peer's nodes, and every such change withdraws what it uncovers: an
-        // uncovered endpoint that is not pending was never written.
+        // An endpoint's key is its IP (a backend record's key ends with
+        // it), so its coverage changes only with the peer's nodes, and every
+        // such change withdraws what it uncovers: an uncovered endpoint that
+        // is not pending was never written.
         Verdict::Pending {
             was_written: was_service,
         }
@@ -154,9 +172,9 @@ impl Gate {
         }
         let mut ops = Vec::new();
         for id in records {
-            if id.0 == Kind::Endpoint
+            if keyed_by_ip(id.0)
                 && !self.pending.contains_key(id)
-                && !parse_ip(&id.2).is_some_and(|ip| self.covered(&[ip]))
+                && !key_ip(id).is_some_and(|ip| self.covered(&[ip]))
             {
                 ops.push(GateOp::Withdraw(id.clone()));
             }

@@ -107,16 +107,16 @@ pub const RULES: &[Rule] = &[
     Rule {
         reason: Reason::KeyMismatch,
         kinds: "all",
-        refuses: "a key that is not the record's own (node name, endpoint IP, `namespace/name`, identity number)",
+        refuses: "a key that is not the record's own (node name, endpoint IP, `namespace/name`, `namespace/service/ip` of a backend, identity number)",
     },
     Rule {
         reason: Reason::BadName,
-        kinds: "node, endpoint, service, policy",
+        kinds: "node, endpoint, service, backend, policy",
         refuses: "a node, pod or policy name that is not a DNS-1123 subdomain; a namespace or service name that is not a DNS-1123 label",
     },
     Rule {
         reason: Reason::BadAddress,
-        kinds: "node, endpoint, service",
+        kinds: "node, endpoint, service, backend",
         refuses: "a node address, endpoint IP, node IP, frontend or backend IP that is not an IP address",
     },
     Rule {
@@ -136,17 +136,17 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         reason: Reason::LocalPodCidr,
-        kinds: "node, endpoint, service",
+        kinds: "node, endpoint, service, backend",
         refuses: "a pod CIDR overlapping, or an endpoint or backend IP inside, this cluster's pod CIDRs (its own Node records)",
     },
     Rule {
         reason: Reason::LocalServiceCidr,
-        kinds: "node, endpoint, service",
+        kinds: "node, endpoint, service, backend",
         refuses: "the same against this cluster's `--service-cidr`s",
     },
     Rule {
         reason: Reason::OtherPeerCidr,
-        kinds: "node, endpoint, service",
+        kinds: "node, endpoint, service, backend",
         refuses: "the same against the pod CIDRs another peer announces (already in the cache)",
     },
     Rule {
@@ -166,7 +166,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         reason: Reason::OutsidePeerPodCidrs,
-        kinds: "endpoint, service",
+        kinds: "endpoint, service, backend",
         refuses: "nothing: an endpoint IP or backend IP outside every pod CIDR the peer announces is held pending until a node covers it",
     },
     Rule {

@@ -1,7 +1,7 @@
 //! The per-kind rules of [`super::RULES`] that need only the record itself
 //! and this cluster's [`Context`].
 
-use clustermesh_proto::v1::{Endpoint, Identity, Kind, Node, Policy, Service};
+use clustermesh_proto::v1::{Endpoint, Identity, Kind, Node, Policy, Service, ServiceBackend};
 use prost::Message;
 
 use super::net::{Cidr, is_dns_label, is_dns_subdomain, parse_ip};
@@ -205,6 +205,25 @@ pub fn check(
                 ck.pod_ip(ctx, "backend IP", &b.ip)?;
             }
         }
+        Kind::ServiceBackend => {
+            let sb = ServiceBackend::decode(value).map_err(undecodable)?;
+            foreign(&sb.cluster).map_or(Ok(()), Err)?;
+            ck.label("namespace", &sb.namespace)?;
+            ck.label("service name", &sb.service)?;
+            let ip = sb.backend.as_ref().map_or("", |b| b.ip.as_str());
+            ck.address("backend IP", ip)?;
+            ck.key_is(&clustermesh_proto::backends::key(
+                &sb.namespace,
+                &sb.service,
+                ip,
+            ))?;
+            ck.pod_ip(ctx, "backend IP", ip)?;
+            if let Some(n) = sb.backend.as_ref().map(|b| b.node_name.as_str())
+                && !n.is_empty()
+            {
+                ck.subdomain("node name", n)?;
+            }
+        }
         Kind::Policy => {
             let pol = Policy::decode(value).map_err(undecodable)?;
             foreign(&pol.cluster).map_or(Ok(()), Err)?;
@@ -218,7 +237,8 @@ pub fn check(
 }
 
 /// The IPs of a record that must lie inside the peer's announced pod CIDRs
-/// (endpoint IP, service backend IPs); None for other kinds.
+/// (endpoint IP, a service's inline backend IPs, a backend record's IP);
+/// None for other kinds.
 pub fn covered_ips(kind: Kind, value: &[u8]) -> Option<Vec<std::net::IpAddr>> {
     match kind {
         Kind::Endpoint => Some(
@@ -232,6 +252,13 @@ pub fn covered_ips(kind: Kind, value: &[u8]) -> Option<Vec<std::net::IpAddr>> {
             Service::decode(value)
                 .map(|s| s.backends.iter().filter_map(|b| parse_ip(&b.ip)).collect())
                 .unwrap_or_default(),
+        ),
+        Kind::ServiceBackend => Some(
+            ServiceBackend::decode(value)
+                .ok()
+                .and_then(|s| parse_ip(&s.backend?.ip))
+                .into_iter()
+                .collect(),
         ),
         _ => None,
     }

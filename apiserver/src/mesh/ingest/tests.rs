@@ -1,7 +1,7 @@
 //! One test per rule of [`super::RULES`].
 
 use super::*;
-use clustermesh_proto::v1::{Backend, Endpoint, Identity, Node, Policy, Service};
+use clustermesh_proto::v1::{Backend, Endpoint, Identity, Node, Policy, Service, ServiceBackend};
 
 fn ev(t: EventType, kind: Kind, cluster: &str, key: &str, value: Vec<u8>) -> Event {
     Event {
@@ -93,6 +93,67 @@ fn svc(name: &str, frontends: &[&str], backends: &[&str]) -> Vec<u8> {
         ..Default::default()
     }
     .encode_to_vec()
+}
+
+fn sb(ns: &str, service: &str, ip: &str) -> Vec<u8> {
+    ServiceBackend {
+        namespace: ns.into(),
+        service: service.into(),
+        backend: Some(Backend {
+            ip: ip.into(),
+            ready: true,
+            ..Default::default()
+        }),
+        cluster: "a".into(),
+        exported: true,
+    }
+    .encode_to_vec()
+}
+
+/// A backend record follows the rules of an inline backend (and of names
+/// and keys): its IP must be an address outside this cluster's and other
+/// peers' ranges, its key `<namespace>/<service>/<ip>`.
+#[test]
+fn backend_records() {
+    let k = Kind::ServiceBackend;
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.5", sb("shop", "web", "10.1.0.5")),
+        None
+    );
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.6", sb("shop", "web", "10.1.0.5")),
+        Some("key_mismatch")
+    );
+    assert_eq!(
+        reason(k, "shop/web/10.2.0.9", sb("shop", "web", "10.2.0.9")),
+        Some("local_pod_cidr")
+    );
+    assert_eq!(
+        reason(k, "shop/web/10.96.0.9", sb("shop", "web", "10.96.0.9")),
+        Some("local_service_cidr")
+    );
+    assert_eq!(
+        reason(k, "shop/web/10.3.0.9", sb("shop", "web", "10.3.0.9")),
+        Some("other_peer_cidr")
+    );
+    assert_eq!(
+        reason(k, "shop/web/x", sb("shop", "web", "x")),
+        Some("bad_address")
+    );
+    assert_eq!(
+        reason(k, "shop/Web/10.1.0.5", sb("shop", "Web", "10.1.0.5")),
+        Some("bad_name")
+    );
+    let mut foreign = ServiceBackend::decode(sb("shop", "web", "10.1.0.5").as_slice()).unwrap();
+    foreign.cluster = "c".into();
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.5", foreign.encode_to_vec()),
+        Some("foreign_record")
+    );
+    assert_eq!(
+        reason(k, "shop/web/10.1.0.5", vec![0xff]),
+        Some("undecodable")
+    );
 }
 
 #[test]
@@ -443,6 +504,43 @@ mod through_the_cache {
         };
         assert!(apply(&mut c, BatchType::Events, vec![del]).is_empty());
         assert_eq!(c.pending(), 0);
+    }
+
+    /// A backend record waits for a node of the peer covering its IP, like
+    /// an endpoint, and leaves the store with that node.
+    #[test]
+    fn a_backend_record_waits_for_its_node() {
+        let mut c = PeerCache::seeded(peer(), vec![], vec![]);
+        snapshot(&mut c, vec![]);
+        let b = ev(
+            UP,
+            Kind::ServiceBackend,
+            "a",
+            "shop/web/10.1.0.5",
+            sb("shop", "web", "10.1.0.5"),
+        );
+        assert!(apply(&mut c, BatchType::Events, vec![b]).is_empty());
+        assert_eq!(c.pending(), 1);
+        let w = apply(&mut c, BatchType::Events, vec![node_ev()]);
+        assert_eq!(
+            puts(&w),
+            vec![
+                keys::cache(Kind::Node, "a", "n1"),
+                keys::cache(Kind::ServiceBackend, "a", "shop/web/10.1.0.5"),
+            ]
+        );
+        assert_eq!(c.pending(), 0);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            value: Default::default(),
+            ..node_ev()
+        };
+        let w = apply(&mut c, BatchType::Events, vec![del]);
+        assert!(w.contains(&WriteOp::delete(keys::cache(
+            Kind::ServiceBackend,
+            "a",
+            "shop/web/10.1.0.5"
+        ))));
     }
 
     #[test]

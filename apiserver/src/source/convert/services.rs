@@ -237,6 +237,39 @@ impl ServiceFacts {
     }
 }
 
+/// Whether two versions of a service (with backends) differ only in their
+/// backends: then its record as written (without backends) is unchanged.
+pub fn same_but_backends(a: Option<&Service>, b: Option<&Service>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            // Destructured so that a new field cannot be forgotten here.
+            let Service {
+                namespace,
+                name,
+                global,
+                shared,
+                affinity,
+                ports,
+                frontend_ips,
+                backends: _,
+                cluster,
+                exported,
+            } = a;
+            *namespace == b.namespace
+                && *name == b.name
+                && *global == b.global
+                && *shared == b.shared
+                && *affinity == b.affinity
+                && *ports == b.ports
+                && *frontend_ips == b.frontend_ips
+                && *cluster == b.cluster
+                && *exported == b.exported
+        }
+        _ => false,
+    }
+}
+
 /// The service record. `slices` are the EndpointSlices of this service
 /// (same namespace, labelled `kubernetes.io/service-name=<name>`).
 /// Exported when global and its namespace is exported. An invalid annotation

@@ -149,7 +149,25 @@ fn changed_keys(a: &Desired, b: &Desired) -> Dirty {
     let mut d = Dirty::default();
     diff(&a.nodes, &b.nodes, &mut d.nodes);
     diff(&a.endpoints, &b.endpoints, &mut d.endpoints);
-    diff(&a.services, &b.services, &mut d.services);
+    // A service's record is written without its backends; each backend is
+    // its own record.
+    let split = |x: &Desired| {
+        let mut svcs = BTreeMap::new();
+        let mut backends = BTreeMap::new();
+        for (k, s) in &x.services {
+            svcs.insert(k.clone(), clustermesh_proto::backends::without_backends(s));
+            for b in &s.backends {
+                backends.insert(
+                    clustermesh_proto::backends::key(&s.namespace, &s.name, &b.ip),
+                    clustermesh_proto::backends::record(s, b),
+                );
+            }
+        }
+        (svcs, backends)
+    };
+    let ((sa, ba), (sb, bb)) = (split(a), split(b));
+    diff(&sa, &sb, &mut d.services);
+    diff(&ba, &bb, &mut d.backends);
     diff(&a.policies, &b.policies, &mut d.policies);
     diff(&a.identities, &b.identities, &mut d.identities);
     d
@@ -185,6 +203,7 @@ fn maintained_records_equal_a_full_compute_after_any_changes() {
                 missed(&changed.nodes, &dirty.nodes).is_empty()
                     && missed(&changed.endpoints, &dirty.endpoints).is_empty()
                     && missed(&changed.services, &dirty.services).is_empty()
+                    && missed(&changed.backends, &dirty.backends).is_empty()
                     && missed(&changed.policies, &dirty.policies).is_empty()
                     && missed(&changed.identities, &dirty.identities).is_empty(),
                 "seed {seed} step {step}: {what}: changed {changed:?}, dirty {dirty:?}"
@@ -228,4 +247,54 @@ fn a_pod_change_touches_only_its_endpoint() {
     assert_eq!((d.endpoints.len(), d.identities.len()), (1, 1));
     assert_eq!(rec.desired().identities.len(), 1);
     assert_eq!(rec.desired().endpoints.len(), 99);
+}
+
+#[test]
+fn one_backend_change_touches_only_its_backend_record() {
+    let mut rec = Records::new(CLUSTER);
+    rec.apply(object(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "big", "namespace": "a",
+                     "annotations": {"clustermesh.io/global": "true"}},
+        "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 80}]}})));
+    let slice = |ready_last: bool| {
+        let eps: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"addresses": [format!("10.1.{}.{}", i / 250, i % 250)],
+                       "conditions": {"ready": i != 999 || ready_last}})
+            })
+            .collect();
+        object(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "big-1", "namespace": "a",
+                         "labels": {"kubernetes.io/service-name": "big"}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "port": 8080}]}),
+        )
+    };
+    rec.apply(slice(true));
+    let first = rec.take_dirty();
+    assert_eq!((first.services.len(), first.backends.len()), (1, 1000));
+    rec.apply(slice(false));
+    let d = rec.take_dirty();
+    assert!(
+        d.services.is_empty(),
+        "the service record is unchanged: {d:?}"
+    );
+    assert_eq!(
+        d.backends.into_iter().collect::<Vec<_>>(),
+        vec!["a/big/10.1.3.249"]
+    );
+    // A change of the service itself: its record, and every backend only
+    // when what a backend record carries (the export flag) changes.
+    rec.apply(object(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "big", "namespace": "a",
+                     "annotations": {"clustermesh.io/global": "true"}},
+        "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 81}]}})));
+    let d = rec.take_dirty();
+    assert_eq!((d.services.len(), d.backends.len()), (1, 0));
+    rec.apply(object(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "big", "namespace": "a"},
+        "spec": {"clusterIP": "10.96.0.9", "ports": [{"name": "http", "port": 81}]}})));
+    let d = rec.take_dirty();
+    assert_eq!((d.services.len(), d.backends.len()), (1, 1000));
 }
