@@ -11,13 +11,18 @@
 //! 4. **restart**: the apiserver SIGKILLed and started again: time to
 //!    ready with every record served, and whether the store revision moved
 //!    (it must not: nothing rewritten);
-//! 5. **churn**: Cilium's churn (per peer: nodes 0.1/s, endpoints 1/s,
-//!    identities 0.2/s) for `BENCH_CHURN_SECONDS` (default 20): reconnects
-//!    (peer failures) during it.
+//! 5. **churn** ([`churn`]): Cilium's churn (per peer: nodes 0.1/s,
+//!    endpoints 1/s, identities 0.2/s) for `BENCH_CHURN_SECONDS` (default
+//!    20): propagation from each mock peer's change to a local merged Watch
+//!    (p50/p99/max, changes matched exactly), the largest sync queue
+//!    (`sync_queue_size`) and reconnects (peer failures) during it.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench scale`
 //! Sizes: `BENCH_PEERS` (250), `BENCH_NODES` (100), `BENCH_ENDPOINTS` (1000),
-//! `BENCH_IDENTITIES` (100).
+//! `BENCH_IDENTITIES` (100), `BENCH_CHURN_SECONDS` (20).
+
+#[path = "scale/churn.rs"]
+mod churn;
 
 use clustermesh_integration::bench_env::{env_or, rss_bytes};
 use std::time::{Duration, Instant};
@@ -236,6 +241,9 @@ async fn run() {
     }
     let rss2 = rss_bytes(local.api().child.pid());
     println!("after restart: apiserver RSS {:.1} MiB", mib(rss2));
+
+    // 5. Churn.
+    churn::run(&local, &mocks, env_or::<u64>("BENCH_CHURN_SECONDS", 20)).await;
 }
 
 fn main() {

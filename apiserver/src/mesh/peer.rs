@@ -30,7 +30,7 @@ use super::cache::{PeerCache, withdraw_ops};
 use super::ingest::{Context, PeerRef, Reason, RejectError};
 use super::ingest_context::ingest_context;
 use super::liveness::{Backoff, Liveness};
-use super::session::{Params, Session, SessionError, SessionEvent};
+use super::session::{Params, Queued, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
 use super::{MeshContext, stopped};
 use crate::store::{StoreError, WriteOp};
@@ -83,6 +83,8 @@ struct PeerLoop {
     quota_logged: HashSet<&'static str>,
     /// The earliest moment a fresh snapshot may be asked for (quota).
     resnapshot_at: Instant,
+    /// Events received from the peer and not yet written (`sync_queue_size`).
+    queued: Queued,
 }
 
 /// Runs one peer's loop until `stop` flips.
@@ -123,7 +125,9 @@ pub async fn run(
         logged: HashSet::new(),
         quota_logged: HashSet::new(),
         resnapshot_at: now,
+        queued: Queued::default(),
     };
+    p.queued = Queued(p.ctx.metrics.sync_queue(&p.peer.name));
     loop {
         if *stop.borrow() {
             break;
@@ -144,6 +148,7 @@ pub async fn run(
         }
     }
     p.session = None;
+    p.ctx.metrics.forget_sync_queue(&p.peer.name);
     debug!(peer = %p.peer.name, "peer sync loop stopped");
 }
 
@@ -193,6 +198,7 @@ impl PeerLoop {
                 view: self.ctx.view.clone(),
                 resume: cache.resume_point(),
                 first_address: self.attempts,
+                queued: self.queued.clone(),
             }));
         }
         if self.live.stale(now) && !self.status.withdrawn && now >= self.store_retry_at {
@@ -317,7 +323,9 @@ impl PeerLoop {
                         }
                     }
                 }
+                let events = batches.iter().map(|b| b.events.len()).sum();
                 self.apply(batches, now).await;
+                self.queued.done(events);
                 if let Some(other) = ended {
                     Box::pin(self.on_event(Some(other))).await;
                 }

@@ -66,11 +66,39 @@ pub enum SessionEvent {
 pub struct Session {
     pub rx: mpsc::Receiver<SessionEvent>,
     task: JoinHandle<()>,
+    queued: Queued,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Closed first: a send still under way fails (and takes its events
+        // off the queue itself), so what is drained here is all that is left.
+        self.rx.close();
+        while let Ok(ev) = self.rx.try_recv() {
+            if let SessionEvent::Batch(b) = ev {
+                self.queued.done(b.events.len());
+            }
+        }
         self.task.abort();
+    }
+}
+
+/// The peer's sync queue: events received from its stream and not yet
+/// written to the local store (the gauge `sync_queue_size`). The session
+/// adds a batch's events before handing it over; the peer loop takes them
+/// off once their write is done (or the batch is dropped).
+#[derive(Clone, Debug, Default)]
+pub struct Queued(pub prometheus_client::metrics::gauge::Gauge);
+
+impl Queued {
+    pub fn add(&self, events: usize) {
+        self.0.inc_by(events as i64);
+    }
+    pub fn done(&self, events: usize) {
+        self.0.dec_by(events as i64);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.get()
     }
 }
 
@@ -83,16 +111,19 @@ pub struct Params {
     pub resume: Option<ResumePoint>,
     /// Which registered address to try first (rotates between attempts).
     pub first_address: usize,
+    /// The peer's sync queue (see [`Queued`]).
+    pub queued: Queued,
 }
 
 impl Session {
     pub fn start(p: Params) -> Session {
         let (tx, rx) = mpsc::channel(64);
+        let queued = p.queued.clone();
         let task = tokio::spawn(async move {
             let end = run(p, &tx).await;
             let _ = tx.send(SessionEvent::Ended(end)).await;
         });
-        Session { rx, task }
+        Session { rx, task, queued }
     }
 }
 
@@ -244,7 +275,10 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
                 {
                     return e.into();
                 }
+                let events = b.events.len();
+                p.queued.add(events);
                 if tx.send(SessionEvent::Batch(b)).await.is_err() {
+                    p.queued.done(events);
                     return SessionError::Closed { peer: name };
                 }
             }
