@@ -30,7 +30,7 @@ use super::cache::{PeerCache, withdraw_ops};
 use super::ingest::{Context, PeerRef, Reason, RejectError};
 use super::ingest_context::ingest_context;
 use super::liveness::{Backoff, Liveness};
-use super::session::{Params, Queued, Session, SessionError, SessionEvent};
+use super::session::{Params, Session, SessionError, SessionEvent};
 use super::status::{self, Board};
 use super::{MeshContext, stopped};
 use crate::store::{StoreError, WriteOp};
@@ -84,7 +84,7 @@ struct PeerLoop {
     /// The earliest moment a fresh snapshot may be asked for (quota).
     resnapshot_at: Instant,
     /// Events received from the peer and not yet written (`sync_queue_size`).
-    queued: Queued,
+    queue: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Runs one peer's loop until `stop` flips.
@@ -125,9 +125,9 @@ pub async fn run(
         logged: HashSet::new(),
         quota_logged: HashSet::new(),
         resnapshot_at: now,
-        queued: Queued::default(),
+        queue: Default::default(),
     };
-    p.queued = Queued(p.ctx.metrics.sync_queue(&p.peer.name));
+    p.queue = p.ctx.metrics.sync_queue(&p.peer.name);
     loop {
         if *stop.borrow() {
             break;
@@ -198,7 +198,7 @@ impl PeerLoop {
                 view: self.ctx.view.clone(),
                 resume: cache.resume_point(),
                 first_address: self.attempts,
-                queued: self.queued.clone(),
+                queue: self.queue.clone(),
             }));
         }
         if self.live.stale(now) && !self.status.withdrawn && now >= self.store_retry_at {
@@ -324,8 +324,11 @@ impl PeerLoop {
                     }
                 }
                 let events = batches.iter().map(|b| b.events.len()).sum();
+                let queued = self.session.as_ref().map(|s| s.queued.clone());
                 self.apply(batches, now).await;
-                self.queued.done(events);
+                if let Some(q) = queued {
+                    q.done(events);
+                }
                 if let Some(other) = ended {
                     Box::pin(self.on_event(Some(other))).await;
                 }

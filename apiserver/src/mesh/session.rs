@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clustermesh_certs::{Role, cert_file, dial, key_file};
@@ -13,6 +14,7 @@ use clustermesh_proto::v1::{
     ClusterInfo, GetClusterRequest, PeerConfig, ResumePoint, Scope, WatchBatch, WatchRequest,
     cluster_mesh_client::ClusterMeshClient,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -66,39 +68,50 @@ pub enum SessionEvent {
 pub struct Session {
     pub rx: mpsc::Receiver<SessionEvent>,
     task: JoinHandle<()>,
-    queued: Queued,
+    /// This session's part of the peer's sync queue.
+    pub queued: Arc<Queued>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Closed first: a send still under way fails (and takes its events
-        // off the queue itself), so what is drained here is all that is left.
-        self.rx.close();
-        while let Ok(ev) = self.rx.try_recv() {
-            if let SessionEvent::Batch(b) = ev {
-                self.queued.done(b.events.len());
-            }
-        }
         self.task.abort();
     }
 }
 
-/// The peer's sync queue: events received from its stream and not yet
-/// written to the local store (the gauge `sync_queue_size`). The session
-/// adds a batch's events before handing it over; the peer loop takes them
-/// off once their write is done (or the batch is dropped).
-#[derive(Clone, Debug, Default)]
-pub struct Queued(pub prometheus_client::metrics::gauge::Gauge);
+/// One session's part of the peer's sync queue (the gauge
+/// `sync_queue_size`): events received from its stream and not yet written
+/// to the local store. The session adds a batch's events before handing it
+/// over; the peer loop takes them off once their write is done. What was
+/// never taken off (batches dropped with the session, a send cut short by
+/// the abort) leaves the gauge when the last holder (the session's task, the
+/// [`Session`], a batch under way in the loop) lets go.
+#[derive(Debug)]
+pub struct Queued {
+    events: AtomicI64,
+    gauge: Gauge,
+}
 
 impl Queued {
-    pub fn add(&self, events: usize) {
-        self.0.inc_by(events as i64);
+    pub fn new(gauge: Gauge) -> Queued {
+        Queued {
+            events: AtomicI64::new(0),
+            gauge,
+        }
     }
+    fn add(&self, events: usize) {
+        self.events.fetch_add(events as i64, Ordering::Relaxed);
+        self.gauge.inc_by(events as i64);
+    }
+    /// `events` of this session were written (or dropped by the loop).
     pub fn done(&self, events: usize) {
-        self.0.dec_by(events as i64);
+        self.events.fetch_sub(events as i64, Ordering::Relaxed);
+        self.gauge.dec_by(events as i64);
     }
-    pub fn get(&self) -> i64 {
-        self.0.get()
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.events.load(Ordering::Relaxed));
     }
 }
 
@@ -111,16 +124,17 @@ pub struct Params {
     pub resume: Option<ResumePoint>,
     /// Which registered address to try first (rotates between attempts).
     pub first_address: usize,
-    /// The peer's sync queue (see [`Queued`]).
-    pub queued: Queued,
+    /// The peer's sync queue gauge (see [`Queued`]).
+    pub queue: Gauge,
 }
 
 impl Session {
     pub fn start(p: Params) -> Session {
         let (tx, rx) = mpsc::channel(64);
-        let queued = p.queued.clone();
+        let queued = Arc::new(Queued::new(p.queue.clone()));
+        let mine = queued.clone();
         let task = tokio::spawn(async move {
-            let end = run(p, &tx).await;
+            let end = run(p, &tx, &mine).await;
             let _ = tx.send(SessionEvent::Ended(end)).await;
         });
         Session { rx, task, queued }
@@ -159,7 +173,7 @@ fn hint(peer: &str, mut text: String) -> String {
     }
 }
 
-async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
+async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> SessionError {
     let name = p.peer.name.clone();
     let read = |f: &str| {
         let path = p.tls_dir.join(f);
@@ -275,10 +289,8 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
                 {
                     return e.into();
                 }
-                let events = b.events.len();
-                p.queued.add(events);
+                queued.add(b.events.len());
                 if tx.send(SessionEvent::Batch(b)).await.is_err() {
-                    p.queued.done(events);
                     return SessionError::Closed { peer: name };
                 }
             }

@@ -31,8 +31,15 @@ use clustermesh_proto::v1::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-/// How often `/metrics` is scraped for the sync queue during the churn.
-pub const SCRAPE_EVERY: Duration = Duration::from_millis(200);
+/// How often `/metrics` is scraped for the sync queue during the churn
+/// (`BENCH_SCRAPE_MS`, default 200; 0: not at all).
+fn scrape_every() -> Option<Duration> {
+    match clustermesh_integration::bench_env::env_or::<u64>("BENCH_SCRAPE_MS", 200) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    }
+}
+const HISTOGRAM: &str = "clustermesh_apiserver_propagation_delay_seconds_bucket{";
 /// After the churn stops: time for the last changes to arrive.
 const DRAIN: Duration = Duration::from_secs(3);
 const SAMPLE: &str = "clustermesh_apiserver_sync_queue_size{";
@@ -73,6 +80,107 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start at the state.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// Busy and total CPU seconds of the whole machine.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    ((total - idle) as f64 / 100.0, total as f64 / 100.0)
+}
+
+/// The pid of the etcd whose command line contains `needle` (its client address).
+fn pid_with(needle: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd);
+        let argv0 = cmd.split('\0').next().unwrap_or("");
+        (argv0.ends_with("/etcd") || argv0 == "etcd")
+            .then_some(pid)
+            .filter(|_| cmd.contains(needle))
+    })
+}
+
+/// The cumulative buckets (upper bound's bits → count) of the histogram
+/// samples starting with `family` (`name_bucket{`) in `body`, summed over
+/// the mock peers (`source_cluster="mock-…"`).
+pub fn buckets(body: &str, family: &str) -> BTreeMap<u64, f64> {
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with(family)) {
+        if !line.contains("source_cluster=\"mock-") {
+            continue;
+        }
+        let Some((series, v)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = v.parse::<f64>() else { continue };
+        let le = series
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().unwrap_or(f64::NAN)
+        };
+        *out.entry(le.to_bits()).or_default() += v;
+    }
+    out
+}
+
+/// The apiserver's `propagation_delay_seconds` buckets over the mock peers.
+async fn histogram(health: &str) -> BTreeMap<u64, f64> {
+    match http_get(health, "/metrics").await {
+        Ok((200, body)) => buckets(&body, HISTOGRAM),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Observations between `before` and `after`.
+pub fn count(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>) -> f64 {
+    let inf = f64::INFINITY.to_bits();
+    after.get(&inf).copied().unwrap_or(0.0) - before.get(&inf).copied().unwrap_or(0.0)
+}
+
+/// The bucket (lower, upper bound in ms) holding quantile `q` of the
+/// difference `after - before`.
+pub fn bucket_of(before: &BTreeMap<u64, f64>, after: &BTreeMap<u64, f64>, q: f64) -> (f64, f64) {
+    let total = count(before, after);
+    let mut lower = 0.0;
+    for (le, n) in after {
+        let d = n - before.get(le).copied().unwrap_or(0.0);
+        let le = f64::from_bits(*le);
+        if d >= q * total {
+            return (lower * 1e3, le * 1e3);
+        }
+        lower = le;
+    }
+    (lower * 1e3, f64::INFINITY)
 }
 
 async fn sync_queue(health: &str) -> Option<(f64, f64, String)> {
@@ -261,11 +369,13 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
         })
     };
     let health = local.api().health.clone();
+    let every = scrape_every();
     let scraper = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut q = QueueMax::default();
-            let mut tick = tokio::time::interval(SCRAPE_EVERY);
+            let Some(every) = every else { return q };
+            let mut tick = tokio::time::interval(every);
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
                 match sync_queue(&health).await {
@@ -283,17 +393,56 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
             q
         })
     };
-    if let Some((sum, max, name)) = sync_queue(&local.api().health).await {
-        println!("churn: sync queue before the churn: {sum} events (largest: {max}, {name})");
+    // What the peers' loops still hold from before (a restart's resync)
+    // drains first: the churn's queue is measured on its own.
+    let waited = Instant::now();
+    let mut first = None;
+    loop {
+        let q = sync_queue(&local.api().health).await;
+        if first.is_none() {
+            first = q.clone();
+        }
+        match q {
+            Some((sum, _, _)) if sum == 0.0 => break,
+            _ if waited.elapsed() > Duration::from_secs(120) => break,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    if let Some((sum, max, name)) = first {
+        println!(
+            "churn: sync queue before the churn: {sum} events (largest: {max}, {name}); empty after {:.2?}",
+            waited.elapsed()
+        );
     }
     let failures0 = failures(local).await;
+    let hist0 = histogram(&local.api().health).await;
+    let api_pid = local.api().child.pid();
+    let etcd_pid = local
+        .etcd
+        .endpoints()
+        .first()
+        .and_then(|e| pid_with(e.trim_start_matches("http://")));
+    let me = std::process::id();
+    let cpu0 = (
+        cpu_seconds(api_pid),
+        etcd_pid.map(cpu_seconds).unwrap_or(0.0),
+        cpu_seconds(me),
+        machine_cpu(),
+    );
     let started = Instant::now();
     mocks.set_churn(Churn::CILIUM_SCALE);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     mocks.set_churn(Churn::default());
     let churned = started.elapsed();
+    let cpu1 = (
+        cpu_seconds(api_pid),
+        etcd_pid.map(cpu_seconds).unwrap_or(0.0),
+        cpu_seconds(me),
+        machine_cpu(),
+    );
     tokio::time::sleep(DRAIN).await;
     let failures1 = failures(local).await;
+    let hist1 = histogram(&local.api().health).await;
     stop.store(true, Ordering::Relaxed);
     let q = scraper.await.expect("scraper");
     let (emitted, lost) = collector.await.expect("collector");
@@ -350,10 +499,31 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
             ms(d.last().copied().unwrap_or_default()),
         );
     }
+    let (lo50, hi50) = bucket_of(&hist0, &hist1, 0.5);
+    let (lo99, hi99) = bucket_of(&hist0, &hist1, 0.99);
     println!(
-        "churn: sync queue (sync_queue_size, {} scrapes every {SCRAPE_EVERY:?}, {} failed): max over all peers {} events, max of one peer {} ({}) (target ≤ 1,000)",
-        q.samples, q.failed, q.total, q.peer, q.peer_name
+        "churn: the apiserver's own propagation_delay_seconds over the mock peers (origin stamp → its view serves it): p50 in {lo50}–{hi50} ms, p99 in {lo99}–{hi99} ms"
     );
+    let secs = churned.as_secs_f64();
+    let share = |a: f64, b: f64| (b - a) / secs * 100.0;
+    let (busy0, total0) = cpu0.3;
+    let (busy1, total1) = cpu1.3;
+    println!(
+        "churn: CPU during the churn (% of one core): apiserver {:.0} %, etcd {:.0} %, benchmark process ({} mock peers + Watch client) {:.0} %; whole machine {:.0} % busy of {:.0} cores",
+        share(cpu0.0, cpu1.0),
+        share(cpu0.1, cpu1.1),
+        mocks.peers.len(),
+        share(cpu0.2, cpu1.2),
+        (busy1 - busy0) / (total1 - total0).max(1e-9) * 100.0,
+        (total1 - total0) / secs,
+    );
+    match every {
+        Some(every) => println!(
+            "churn: sync queue (sync_queue_size, {} scrapes every {every:?}, {} failed): max over all peers {} events, max of one peer {} ({}) (target ≤ 1,000)",
+            q.samples, q.failed, q.total, q.peer, q.peer_name
+        ),
+        None => println!("churn: sync queue not scraped (BENCH_SCRAPE_MS=0)"),
+    }
     match (failures0, failures1) {
         (Some(a), Some(b)) => println!(
             "churn: reconnects (peer failures) during the churn: {} (target 0); local Watch resyncs {}{}",
