@@ -305,3 +305,30 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> Ses
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_session_never_handed_over_leaves_the_queue_with_it() {
+        let gauge = Gauge::default();
+        let a = Arc::new(Queued::new(gauge.clone()));
+        let b = Arc::new(Queued::new(gauge.clone()));
+        a.add(512);
+        a.add(181);
+        b.add(3);
+        assert_eq!(gauge.get(), 696);
+        a.done(512);
+        assert_eq!(gauge.get(), 184, "the written batch left the queue");
+        // Session `a` ends with one batch still queued; a holder remains.
+        let held = a.clone();
+        drop(a);
+        assert_eq!(gauge.get(), 184, "still held");
+        drop(held);
+        assert_eq!(gauge.get(), 3, "the dropped batch left with the session");
+        b.done(3);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
+    }
+}

@@ -137,11 +137,32 @@ fn histogram(agent: &Agent) -> std::collections::BTreeMap<u64, f64> {
     super::churn::buckets(&body, FAMILY)
 }
 
-/// Churn again with the agent running; prints the agent's figure.
+/// Churn again with the agent running; prints the agent's figure. With
+/// `BENCH_PERF_AGENT=FILE`, `perf record -g` of the agent for 10 s of it.
 pub async fn churn(local: &Cluster, mocks: &MockPeers, agent: &Agent, seconds: u64) {
+    let pid = agent.child.as_ref().map(|c| c.pid()).unwrap_or(0);
+    let perf = std::env::var("BENCH_PERF_AGENT").ok().and_then(|out| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 2 && exec perf record -g -q -p {pid} -o '{out}' -- sleep 10"
+            ))
+            .spawn()
+            .ok()
+    });
     let before = histogram(agent);
+    let cpu0 = super::churn::cpu_seconds(pid);
+    let started = Instant::now();
     super::churn::run(local, mocks, seconds).await;
+    let cpu = (super::churn::cpu_seconds(pid) - cpu0) / started.elapsed().as_secs_f64();
     let after = histogram(agent);
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
+    println!(
+        "agent: CPU from the start of the churn to its end (drain and baseline included): {:.0} % of one core",
+        cpu * 100.0
+    );
     let count = super::churn::count(&before, &after);
     let (lo50, hi50) = super::churn::bucket_of(&before, &after, 0.5);
     let (lo99, hi99) = super::churn::bucket_of(&before, &after, 0.99);

@@ -83,7 +83,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// CPU seconds (user + system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start at the state.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
