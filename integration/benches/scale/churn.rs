@@ -402,11 +402,11 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
         if first.is_none() {
             first = q.clone();
         }
-        match q {
-            Some((sum, _, _)) if sum == 0.0 => break,
-            _ if waited.elapsed() > Duration::from_secs(120) => break,
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        let empty = q.is_some_and(|(sum, _, _)| sum == 0.0);
+        if empty || waited.elapsed() > Duration::from_secs(120) {
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if let Some((sum, max, name)) = first {
         println!(
