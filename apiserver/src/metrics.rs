@@ -147,6 +147,8 @@ pub struct Metrics {
     watch_events: Counter,
     watch_resyncs: Counter,
     etcd_errors: Family<OperationLabels, Counter>,
+    /// Per peer: events received from its stream and not yet written.
+    sync_queue: Family<SourceLabels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -204,6 +206,12 @@ impl Metrics {
             "Failed etcd operations, by operation (feed: the view's list/watch; mesh_write: mirrored records; status_write: peer status)",
             Listed(etcd_errors.clone()),
         );
+        let sync_queue = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "sync_queue_size",
+            "Events received from the peer's stream and not yet written to the local store (the leader's mesh syncer), by peer",
+            Listed(sync_queue.clone()),
+        );
         registry.register_collector(Box::new(State { view, runtime }));
         Arc::new(Metrics {
             registry,
@@ -216,6 +224,7 @@ impl Metrics {
             watch_events,
             watch_resyncs,
             etcd_errors,
+            sync_queue,
         })
     }
 
@@ -264,6 +273,23 @@ impl Metrics {
         self.propagation_delay
             .get_or_create(&labels)
             .observe(seconds);
+    }
+
+    /// The sync queue gauge of `peer` (shared: the peer's loop and its
+    /// sessions move it).
+    pub fn sync_queue(&self, peer: &str) -> Gauge {
+        self.sync_queue
+            .get_or_create(&SourceLabels {
+                source_cluster: peer.to_owned(),
+            })
+            .clone()
+    }
+
+    /// `peer`'s sync loop stopped: its queue is no longer shown.
+    pub fn forget_sync_queue(&self, peer: &str) {
+        self.sync_queue.remove(&SourceLabels {
+            source_cluster: peer.to_owned(),
+        });
     }
 
     pub fn watch_events(&self, n: usize) {
@@ -404,6 +430,8 @@ mod tests {
         m.rejected("beta", "too_large", 2);
         m.watch_events(3);
         m.etcd_error("feed");
+        m.sync_queue("beta").inc_by(5);
+        m.sync_queue("beta").dec_by(2);
         let text = m.encode(Format::OpenMetrics).expect("encode");
         for (name, ty) in [
             ("remote_clusters", "gauge"),
@@ -420,6 +448,7 @@ mod tests {
             ("watch_events", "counter"),
             ("watch_resyncs", "counter"),
             ("etcd_errors", "counter"),
+            ("sync_queue_size", "gauge"),
         ] {
             let line = format!("# TYPE {PREFIX}_{name} {ty}\n");
             assert!(text.contains(&line), "{line:?} missing in:\n{text}");
@@ -428,6 +457,11 @@ mod tests {
             "clustermesh_apiserver_rejected_records_total{source_cluster=\"beta\",reason=\"too_large\"} 2"
         ));
         assert!(text.contains("clustermesh_apiserver_watch_events_total 3"));
+        assert!(text.contains("clustermesh_apiserver_sync_queue_size{source_cluster=\"beta\"} 3"));
+        m.forget_sync_queue("beta");
+        let text = m.encode(Format::OpenMetrics).expect("encode");
+        assert!(text.contains("# TYPE clustermesh_apiserver_sync_queue_size gauge\n"));
+        assert!(!text.contains("sync_queue_size{"));
         assert!(text.ends_with("# EOF\n"));
 
         let plain = m.encode(Format::Text).expect("encode");

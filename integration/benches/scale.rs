@@ -11,13 +11,27 @@
 //! 4. **restart**: the apiserver SIGKILLed and started again: time to
 //!    ready with every record served, and whether the store revision moved
 //!    (it must not: nothing rewritten);
-//! 5. **churn**: Cilium's churn (per peer: nodes 0.1/s, endpoints 1/s,
-//!    identities 0.2/s) for `BENCH_CHURN_SECONDS` (default 20): reconnects
-//!    (peer failures) during it.
+//! 5. **churn** ([`churn`]): Cilium's churn (per peer: nodes 0.1/s,
+//!    endpoints 1/s, identities 0.2/s) for `BENCH_CHURN_SECONDS` (default
+//!    20): propagation from each mock peer's change to a local merged Watch
+//!    (p50/p99/max, changes matched exactly), the largest sync queue
+//!    (`sync_queue_size`) and reconnects (peer failures) during it;
+//! 6. **agent** ([`agent`], root, `BENCH_AGENT=0` skips it): one node agent
+//!    (a gateway of the local cluster, in a network namespace) programming
+//!    the whole mesh: cold start to healthy with every remote endpoint
+//!    programmed, its RSS per remote endpoint, then the churn again with the
+//!    agent's own propagation histogram (mock peer's change → its maps).
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench scale`
 //! Sizes: `BENCH_PEERS` (250), `BENCH_NODES` (100), `BENCH_ENDPOINTS` (1000),
-//! `BENCH_IDENTITIES` (100).
+//! `BENCH_IDENTITIES` (100), `BENCH_CHURN_SECONDS` (20).
+
+#[path = "scale/agent.rs"]
+mod agent;
+#[path = "scale/churn.rs"]
+mod churn;
+#[path = "../tests/datapath_support/mod.rs"]
+mod datapath_support;
 
 use clustermesh_integration::bench_env::{env_or, rss_bytes};
 use std::time::{Duration, Instant};
@@ -167,8 +181,17 @@ async fn run() {
     let raw = raw_etcd(want, 120).await;
     println!("raw etcd: {want} puts of 120 B in 128-op txns: {raw:.2?}");
 
-    // 2. Cold start.
-    let local = Cluster::start("local", 1, 1, &[])
+    // 2. Cold start. With the agent stage, the local cluster's source is
+    // the manifests of the agent's gateway node.
+    let with_agent = env_or::<u32>("BENCH_AGENT", 1) == 1
+        && datapath_support::require_root("scale bench, agent stage");
+    let (setup, args) = if with_agent {
+        let (s, a) = agent::prepare();
+        (Some(s), a)
+    } else {
+        (None, Vec::new())
+    };
+    let local = Cluster::start("local", 1, 1, &args)
         .await
         .expect("local cluster");
     let ca =
@@ -236,6 +259,20 @@ async fn run() {
     }
     let rss2 = rss_bytes(local.api().child.pid());
     println!("after restart: apiserver RSS {:.1} MiB", mib(rss2));
+
+    // 5. Churn.
+    let churn_seconds = env_or::<u64>("BENCH_CHURN_SECONDS", 20);
+    churn::run(&local, &mocks, churn_seconds).await;
+
+    // 6. The agent.
+    if let Some(setup) = &setup {
+        let endpoints = u64::from(peers) * u64::from(shape.endpoints);
+        if let Some(mut a) = agent::cold_start(setup, &local, endpoints).await {
+            println!("== churn again, with the agent running ==");
+            agent::churn(&local, &mocks, &a, churn_seconds).await;
+            a.stop();
+        }
+    }
 }
 
 fn main() {

@@ -14,11 +14,19 @@
 //! Only `GetCluster` and `Watch(scope=exported)` are served; everything else
 //! answers UNIMPLEMENTED. A Watch always starts with a full snapshot (resume
 //! points are not kept), then live events, then heartbeats once a second.
+//!
+//! Every churned record carries its change's generation (the peer's change
+//! counter) in its content: an endpoint in its pod name (`pod-<e>.g<gen>`,
+//! a pod recreated under the same IP), a node in its label
+//! `mock/generation`, an identity in its label `k8s:mock/generation`
+//! ([`generation_of`] reads it back). [`MockPeers::emitted`] tells when each
+//! change was handed to the peer's Watch streams, so a benchmark can match
+//! exactly the change it sees arrive elsewhere.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -69,6 +77,52 @@ const CHUNK: usize = 512;
 const CHURN_STEP: Duration = Duration::from_millis(20);
 
 type RecordId = (Kind, String);
+
+/// One change made by churn, as it was handed to the peer's Watch streams.
+#[derive(Clone, Debug)]
+pub struct Emitted {
+    pub cluster: String,
+    pub kind: Kind,
+    pub key: String,
+    /// The peer's change counter, carried in the record (see [`generation_of`]).
+    pub generation: u64,
+    /// Just before the event went to the peer's Watch streams.
+    pub at: Instant,
+}
+
+/// How many emitted changes a slow [`MockPeers::emitted`] receiver may lag.
+const EMITTED_BUFFER: usize = 1 << 16;
+
+/// Label that carries a churned node's or identity's generation.
+const NODE_GENERATION: &str = "mock/generation";
+const IDENTITY_GENERATION: &str = "k8s:mock/generation";
+
+/// The generation of the change that produced `value` (a record of `kind`
+/// as a mock peer serves it, or as it is mirrored with a stamp appended);
+/// None for a record churn never touched.
+pub fn generation_of(kind: Kind, value: &[u8]) -> Option<u64> {
+    match kind {
+        Kind::Endpoint => {
+            let e = Endpoint::decode(value).ok()?;
+            e.pod.rsplit_once(".g")?.1.parse().ok()
+        }
+        Kind::Node => {
+            let n = Node::decode(value).ok()?;
+            n.labels
+                .get(NODE_GENERATION)?
+                .parse()
+                .ok()
+                .filter(|g| *g > 0)
+        }
+        Kind::Identity => Identity::decode(value)
+            .ok()?
+            .labels
+            .get(IDENTITY_GENERATION)?
+            .parse()
+            .ok(),
+        _ => None,
+    }
+}
 
 /// What a mock peer's synced markers attest (docs/mesh.md "Attested sync").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,6 +234,8 @@ impl MockPeer {
 pub struct MockPeers {
     pub peers: Vec<MockPeer>,
     stop: tokio::sync::watch::Sender<bool>,
+    churn: tokio::sync::watch::Sender<Churn>,
+    emitted: broadcast::Sender<Emitted>,
     _dir: tempfile::TempDir,
 }
 
@@ -207,7 +263,7 @@ fn node_record(name: &str, c: u32, n: u32, generation: u64) -> Node {
         internal_ips: vec![node_ip(c, n)],
         pod_cidrs: vec![format!("10.{c}.{n}.0/24")],
         gateway: n == 0,
-        labels: [("mock/generation".to_string(), generation.to_string())].into(),
+        labels: [(NODE_GENERATION.to_string(), generation.to_string())].into(),
         cluster: name.to_owned(),
         exported: true,
         ..Default::default()
@@ -347,12 +403,32 @@ impl MockPeers {
             .iter()
             .map(|p| (p.name.clone(), p.id, p.state.clone(), p.events.clone()))
             .collect();
-        tokio::spawn(run_churn(targets, shape, churn, stop_rx));
+        let (churn_tx, churn_rx) = tokio::sync::watch::channel(churn);
+        let (emitted, _) = broadcast::channel(EMITTED_BUFFER);
+        tokio::spawn(run_churn(
+            targets,
+            shape,
+            churn_rx,
+            emitted.clone(),
+            stop_rx,
+        ));
         Ok(MockPeers {
             peers,
             stop,
+            churn: churn_tx,
+            emitted,
             _dir: dir,
         })
+    }
+
+    /// Changes the churn rate of every peer from now on.
+    pub fn set_churn(&self, churn: Churn) {
+        let _ = self.churn.send(churn);
+    }
+
+    /// Every change churn makes from now on, with the moment it was sent.
+    pub fn emitted(&self) -> broadcast::Receiver<Emitted> {
+        self.emitted.subscribe()
     }
 }
 
@@ -365,15 +441,20 @@ type ChurnTarget = (
 );
 
 /// Applies churn to every peer: each step adds rate × step to a budget per
-/// kind and makes the whole changes it owes.
+/// kind and makes the whole changes it owes (the peers' phases spread).
 async fn run_churn(
     targets: Vec<ChurnTarget>,
     shape: Shape,
-    churn: Churn,
+    churn: tokio::sync::watch::Receiver<Churn>,
+    emitted: broadcast::Sender<Emitted>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let step = CHURN_STEP.as_secs_f64();
-    let mut budget = vec![[0.0f64; 3]; targets.len()];
+    // Peers are independent clusters, not phase-locked: peer i starts i/n
+    // of a change ahead, so their changes are spread over each period
+    // instead of all falling on the same step.
+    let n = targets.len().max(1) as f64;
+    let mut budget: Vec<[f64; 3]> = (0..targets.len()).map(|i| [i as f64 / n; 3]).collect();
     let mut cursor = vec![[0u32; 3]; targets.len()];
     let mut tick = tokio::time::interval(CHURN_STEP);
     loop {
@@ -381,6 +462,7 @@ async fn run_churn(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        let churn = *churn.borrow();
         for (i, (name, c, state, events)) in targets.iter().enumerate() {
             for (kind_i, rate) in [churn.nodes, churn.endpoints, churn.identities]
                 .into_iter()
@@ -402,7 +484,8 @@ async fn run_churn(
                         1 if shape.endpoints > 0 => {
                             let e = n % shape.endpoints;
                             let flipped = (n / shape.endpoints).is_multiple_of(2);
-                            let r = endpoint_record(name, *c, shape, e, flipped);
+                            let mut r = endpoint_record(name, *c, shape, e, flipped);
+                            r.pod = format!("{}.g{generation}", r.pod);
                             ((Kind::Endpoint, r.ip.clone()), r.encode_to_vec())
                         }
                         2 if shape.identities > 0 => {
@@ -411,7 +494,7 @@ async fn run_churn(
                             let k = n % shape.identities;
                             let mut r = identity_record(name, *c, k);
                             r.labels
-                                .insert("k8s:mock/generation".into(), generation.to_string());
+                                .insert(IDENTITY_GENERATION.into(), generation.to_string());
                             ((Kind::Identity, r.id.to_string()), r.encode_to_vec())
                         }
                         _ => continue,
@@ -424,13 +507,22 @@ async fn run_churn(
                         r#type: EventType::Upsert as i32,
                         kind: id.0 as i32,
                         cluster: name.clone(),
-                        key: id.1,
+                        key: id.1.clone(),
                         value,
                         revision: rev,
                         // When the mock made the change.
                         origin_unix_micros: Some(clustermesh_proto::stamp::now_micros()),
                     };
                     drop(st);
+                    if emitted.receiver_count() > 0 {
+                        let _ = emitted.send(Emitted {
+                            cluster: name.clone(),
+                            kind: id.0,
+                            key: id.1,
+                            generation,
+                            at: Instant::now(),
+                        });
+                    }
                     let _ = events.send((rev, ev));
                 }
             }

@@ -61,7 +61,7 @@ async fn seed_alpha(a: &Cluster) {
 }
 
 /// Every family of DESIGN §12 (and the operator extras), with its type.
-const FAMILIES: [(&str, &str); 14] = [
+const FAMILIES: [(&str, &str); 15] = [
     ("remote_clusters", "gauge"),
     ("remote_cluster_readiness_status", "gauge"),
     ("remote_cluster_failures", "counter"),
@@ -76,6 +76,7 @@ const FAMILIES: [(&str, &str); 14] = [
     ("watch_events", "counter"),
     ("watch_resyncs", "counter"),
     ("etcd_errors", "counter"),
+    ("sync_queue_size", "gauge"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,6 +122,14 @@ async fn metrics_families_and_honest_readiness() {
     let one = |name: &str| value(&f, name, name, &[]);
     assert_eq!(one("remote_clusters"), Some(1.0));
     assert_eq!(one("leader"), Some(1.0));
+    // The leader's syncer has a queue for alpha, and nothing is waiting in it.
+    let queue = value(
+        &f,
+        "sync_queue_size",
+        "sync_queue_size",
+        &[("source_cluster", "alpha")],
+    );
+    assert_eq!(queue, Some(0.0), "alpha's sync queue once synced");
     assert!(one("watchers").is_some_and(|v| v >= 1.0), "our watcher");
     assert!(one("bootstrap_seconds").is_some_and(|v| v > 0.0));
     let events = value(&f, "watch_events", "watch_events_total", &[]);

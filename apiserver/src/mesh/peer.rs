@@ -94,6 +94,8 @@ struct PeerLoop {
     quota_logged: HashSet<&'static str>,
     /// The earliest moment a fresh snapshot may be asked for (quota).
     resnapshot_at: Instant,
+    /// Events received from the peer and not yet written (`sync_queue_size`).
+    queue: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// Runs one peer's loop until `stop` flips.
@@ -135,7 +137,9 @@ pub async fn run(
         logged: HashSet::new(),
         quota_logged: HashSet::new(),
         resnapshot_at: now,
+        queue: Default::default(),
     };
+    p.queue = p.ctx.metrics.sync_queue(&p.peer.name);
     loop {
         if *stop.borrow() {
             break;
@@ -156,6 +160,7 @@ pub async fn run(
         }
     }
     p.session = None;
+    p.ctx.metrics.forget_sync_queue(&p.peer.name);
     debug!(peer = %p.peer.name, "peer sync loop stopped");
 }
 
@@ -212,6 +217,7 @@ impl PeerLoop {
                 view: self.ctx.view.clone(),
                 resume: cache.resume_point(),
                 first_address: self.attempts,
+                queue: self.queue.clone(),
             }));
         }
         if self.live.stale(now) && !self.status.withdrawn && now >= self.store_retry_at {
@@ -373,7 +379,12 @@ impl PeerLoop {
                         }
                     }
                 }
+                let events = batches.iter().map(|b| b.events.len()).sum();
+                let queued = self.session.as_ref().map(|s| s.queued.clone());
                 self.apply(batches, now).await;
+                if let Some(q) = queued {
+                    q.done(events);
+                }
                 if let Some(other) = ended {
                     Box::pin(self.on_event(Some(other))).await;
                 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use clustermesh_certs::{Role, cert_file, dial, key_file};
@@ -13,6 +14,7 @@ use clustermesh_proto::v1::{
     ClusterInfo, GetClusterRequest, PeerConfig, ResumePoint, Scope, WatchBatch, WatchRequest,
     cluster_mesh_client::ClusterMeshClient,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -66,11 +68,50 @@ pub enum SessionEvent {
 pub struct Session {
     pub rx: mpsc::Receiver<SessionEvent>,
     task: JoinHandle<()>,
+    /// This session's part of the peer's sync queue.
+    pub queued: Arc<Queued>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// One session's part of the peer's sync queue (the gauge
+/// `sync_queue_size`): events received from its stream and not yet written
+/// to the local store. The session adds a batch's events before handing it
+/// over; the peer loop takes them off once their write is done. What was
+/// never taken off (batches dropped with the session, a send cut short by
+/// the abort) leaves the gauge when the last holder (the session's task, the
+/// [`Session`], a batch under way in the loop) lets go.
+#[derive(Debug)]
+pub struct Queued {
+    events: AtomicI64,
+    gauge: Gauge,
+}
+
+impl Queued {
+    pub fn new(gauge: Gauge) -> Queued {
+        Queued {
+            events: AtomicI64::new(0),
+            gauge,
+        }
+    }
+    fn add(&self, events: usize) {
+        self.events.fetch_add(events as i64, Ordering::Relaxed);
+        self.gauge.inc_by(events as i64);
+    }
+    /// `events` of this session were written (or dropped by the loop).
+    pub fn done(&self, events: usize) {
+        self.events.fetch_sub(events as i64, Ordering::Relaxed);
+        self.gauge.dec_by(events as i64);
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.events.load(Ordering::Relaxed));
     }
 }
 
@@ -83,16 +124,20 @@ pub struct Params {
     pub resume: Option<ResumePoint>,
     /// Which registered address to try first (rotates between attempts).
     pub first_address: usize,
+    /// The peer's sync queue gauge (see [`Queued`]).
+    pub queue: Gauge,
 }
 
 impl Session {
     pub fn start(p: Params) -> Session {
         let (tx, rx) = mpsc::channel(64);
+        let queued = Arc::new(Queued::new(p.queue.clone()));
+        let mine = queued.clone();
         let task = tokio::spawn(async move {
-            let end = run(p, &tx).await;
+            let end = run(p, &tx, &mine).await;
             let _ = tx.send(SessionEvent::Ended(end)).await;
         });
-        Session { rx, task }
+        Session { rx, task, queued }
     }
 }
 
@@ -128,7 +173,7 @@ fn hint(peer: &str, mut text: String) -> String {
     }
 }
 
-async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
+async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> SessionError {
     let name = p.peer.name.clone();
     let read = |f: &str| {
         let path = p.tls_dir.join(f);
@@ -251,6 +296,7 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
                 {
                     return e.into();
                 }
+                queued.add(b.events.len());
                 if tx.send(SessionEvent::Batch(b)).await.is_err() {
                     return SessionError::Closed { peer: name };
                 }
@@ -264,5 +310,32 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>) -> SessionError {
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_session_never_handed_over_leaves_the_queue_with_it() {
+        let gauge = Gauge::default();
+        let a = Arc::new(Queued::new(gauge.clone()));
+        let b = Arc::new(Queued::new(gauge.clone()));
+        a.add(512);
+        a.add(181);
+        b.add(3);
+        assert_eq!(gauge.get(), 696);
+        a.done(512);
+        assert_eq!(gauge.get(), 184, "the written batch left the queue");
+        // Session `a` ends with one batch still queued; a holder remains.
+        let held = a.clone();
+        drop(a);
+        assert_eq!(gauge.get(), 184, "still held");
+        drop(held);
+        assert_eq!(gauge.get(), 3, "the dropped batch left with the session");
+        b.done(3);
+        drop(b);
+        assert_eq!(gauge.get(), 0);
     }
 }
