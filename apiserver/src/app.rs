@@ -82,7 +82,10 @@ async fn connect_store(
     opts: &EtcdOptions,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<Store>, StoreError> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = clustermesh_proto::backoff::Backoff::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    );
     loop {
         match Store::connect(opts).await {
             Ok(s) => match s.revision().await {
@@ -93,10 +96,9 @@ async fn connect_store(
             Err(e) => warn!(error = %e, "cannot reach etcd yet"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.delay()) => {}
             _ = stop.changed() => return Ok(None),
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

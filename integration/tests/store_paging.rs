@@ -257,8 +257,10 @@ async fn a_paged_read_whose_revision_is_compacted_fails_clearly_and_list_starts_
     let c = Cluster::start("compact", 1, 1, &[]).await.expect("cluster");
     let s = store(&c).await;
     const PREFIX: &str = "store-compact-test/";
-    let ops: Vec<WriteOp> = (0..2500)
-        .map(|i| WriteOp::put(format!("{PREFIX}{i:05}"), endpoint(i)))
+    // More than two pages.
+    let n = 2 * PAGE_KEYS as usize + 500;
+    let ops: Vec<WriteOp> = (0..n)
+        .map(|i| WriteOp::put(format!("{PREFIX}{i:06}"), endpoint(i)))
         .collect();
     s.apply(&ops).await.expect("write");
     let mut raw = c.etcd.client().await.expect("etcd client");
@@ -289,6 +291,6 @@ async fn a_paged_read_whose_revision_is_compacted_fails_clearly_and_list_starts_
 
     // `list` reads again at the current revision: every key, one snapshot.
     let (rev, kvs) = s.list(PREFIX).await.expect("list");
-    assert_eq!(kvs.len(), 2501);
+    assert_eq!(kvs.len(), n + 1);
     assert!(kvs.iter().all(|kv| kv.mod_revision <= rev));
 }

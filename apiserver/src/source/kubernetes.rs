@@ -166,7 +166,10 @@ fn errors_of(errors: &BTreeMap<String, String>) -> SourceUpdate {
 }
 
 async fn connect(tx: &mpsc::Sender<SourceUpdate>) -> Option<Client> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = clustermesh_proto::backoff::Backoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(30),
+    );
     loop {
         match Client::try_default().await {
             Ok(c) => return Some(c),
@@ -176,8 +179,7 @@ async fn connect(tx: &mpsc::Sender<SourceUpdate>) -> Option<Client> {
                 if tx.send(errors_of(&errs)).await.is_err() {
                     return None;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                tokio::time::sleep(backoff.delay()).await;
             }
         }
     }

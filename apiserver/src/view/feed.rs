@@ -31,7 +31,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut stop: CancelToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = clustermesh_proto::backoff::Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(3),
+    );
     loop {
         let result = tokio::select! {
             r = feed_once(&store, &view, &info, &metrics) => r,
@@ -40,17 +43,17 @@ pub async fn run(
         match result {
             Ok(()) => {
                 debug!("etcd watch ended; resuming");
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
             Err(e) => {
-                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "store feed failed");
+                let delay = backoff.delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "store feed failed");
                 metrics.etcd_error("feed");
                 view.set_feed_error(Some(e.to_string()));
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(3));
             }
         }
     }
