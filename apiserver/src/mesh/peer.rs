@@ -46,9 +46,6 @@ const CONTEXT_TTL: Duration = Duration::from_millis(500);
 const MAX_LOGGED: usize = 65_536;
 /// Pause before retrying after a local store failure.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// How long a peer whose stream just ended is still shown connected while
-/// the redial runs: a redial that fails (or takes longer) shows it
-/// disconnected at once, not after peer-timeout.
 /// How long a seed waits for the view to catch up with the store before it
 /// reads the store itself. Just after a restart the view is still loading
 /// (seconds at 300,000 records). With the store to itself (the chart's own
@@ -57,6 +54,9 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// this cluster writes again, and the seed falls back to the store.
 const SEED_FROM_VIEW_WAIT: Duration = Duration::from_secs(15);
 
+/// How long a peer whose stream just ended is still shown connected while
+/// the redial runs: a redial that fails (or takes longer) shows it
+/// disconnected at once, not after peer-timeout.
 pub const REDIAL_GRACE: Duration = Duration::from_secs(1);
 /// How often, at most, a peer over its quota is asked for a fresh snapshot
 /// after room freed up (so the refused records that now fit arrive).
