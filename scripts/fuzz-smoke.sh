@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A brief run of every cargo-fuzz target (docs/fuzzing.md): installs
-# cargo-fuzz when absent (`cargo install cargo-fuzz --locked`), builds the
+# cargo-fuzz 0.13.2 when absent (`cargo install cargo-fuzz --locked`), builds the
 # targets on the stable toolchain (RUSTC_BOOTSTRAP=1; release with debug
 # assertions, no sanitizer: the code under test is safe Rust, and overflow
 # checks stay on), then runs each for $FUZZ_SECONDS (default 20) on one core,
@@ -23,7 +23,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(ingest watch_batches manifests)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 cd fuzz
 if [ "${FUZZ_BUILD:-release}" = dev ]; then
