@@ -22,3 +22,19 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
+
+/// The upper bound (`le`) of one Prometheus text-format histogram bucket
+/// series (`name_bucket{…,le="0.005"}`); `+Inf` is infinity, anything
+/// unreadable NaN. Shared by the benchmarks that read histograms.
+pub fn bucket_bound(series: &str) -> f64 {
+    let le = series
+        .split("le=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("");
+    if le == "+Inf" {
+        f64::INFINITY
+    } else {
+        le.parse().unwrap_or(f64::NAN)
+    }
+}

@@ -47,16 +47,7 @@ async fn scrape(health: &str, source: &str) -> (BTreeMap<u64, f64>, f64) {
         }
         let Ok(v) = v.parse::<f64>() else { continue };
         if series.starts_with(&format!("{FAMILY}_bucket{{")) {
-            let le = series
-                .split("le=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("");
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().unwrap_or(f64::NAN)
-            };
+            let le = clustermesh_integration::bench_env::bucket_bound(series);
             // Keyed by the bound's bits: bounds are positive, so their order holds.
             buckets.insert(le.to_bits(), v);
         } else if series.starts_with(&format!("{FAMILY}_count{{")) {

@@ -138,16 +138,7 @@ pub fn buckets(body: &str, family: &str) -> BTreeMap<u64, f64> {
             continue;
         };
         let Ok(v) = v.parse::<f64>() else { continue };
-        let le = series
-            .split("le=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("");
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            le.parse().unwrap_or(f64::NAN)
-        };
+        let le = clustermesh_integration::bench_env::bucket_bound(series);
         *out.entry(le.to_bits()).or_default() += v;
     }
     out
