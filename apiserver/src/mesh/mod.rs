@@ -92,7 +92,7 @@ pub struct MeshContext {
     pub fence: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The CIDR indexes every peer's ingest checks share.
-    pub ingest: ingest_context::SharedIndexes,
+    pub ingest: Arc<ingest_context::SharedIndexes>,
 }
 
 impl MeshContext {
@@ -124,9 +124,10 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Waits until `peers/` may have changed: a batch touching a key that is
-/// not a record (peers, status, meta), a reset or a lag; or until `idle`
-/// passed. Returns false when `stop` flipped.
+/// Waits until `peers/` may have changed: a batch touching a registration
+/// (`peers/<name>`), a reset or a lag; or until `idle` passed. Returns false
+/// when `stop` flipped. Peer-status and lease writes (several a second
+/// under load) do not wake it: each wake decodes every registration.
 pub(crate) async fn peers_may_have_changed(
     changes: &mut broadcast::Receiver<Arc<Batch>>,
     stop: &mut watch::Receiver<bool>,
@@ -136,7 +137,7 @@ pub(crate) async fn peers_may_have_changed(
     loop {
         tokio::select! {
             r = changes.recv() => match r {
-                Ok(b) if !b.reset && !b.events.iter().any(|e| e.target.class == Class::Other) => {}
+                Ok(b) if !b.reset && !b.events.iter().any(|e| e.target.class == Class::Registration) => {}
                 Ok(_) | Err(RecvError::Lagged(_)) => return true,
                 Err(RecvError::Closed) => {
                     tokio::select! {

@@ -64,14 +64,51 @@ pub fn persisted(view: &View, name: &str) -> Option<PeerStatus> {
         .and_then(|e| PeerStatus::decode(e.value.as_ref()).ok())
 }
 
-/// Whether two statuses differ in more than the heartbeat time and counts.
+/// Whether two statuses differ in more than what moves with every record
+/// (heartbeat time, counts, bytes held): such a change is written at once,
+/// the others at the next tick. Under churn every change moves `held_bytes`;
+/// were it urgent, every record written would cost a status write as well.
+/// Every field is named, so a new one must be sorted into one group.
 fn state_changed(a: &PeerStatus, b: &PeerStatus) -> bool {
-    let strip = |s: &PeerStatus| PeerStatus {
-        last_heartbeat_unix_millis: 0,
-        counts: Vec::new(),
-        ..s.clone()
-    };
-    strip(a) != strip(b)
+    let PeerStatus {
+        name,
+        cluster_id,
+        addresses,
+        connected,
+        last_heartbeat_unix_millis: _,
+        synced,
+        counts: _,
+        failures,
+        last_error,
+        rejected_records,
+        enabled,
+        withdrawn,
+        rejected_by_reason,
+        pending_records,
+        pending_by_reason,
+        quota,
+        held_bytes: _,
+        over_quota,
+        import_policies,
+        sync_mismatch,
+    } = a;
+    *name != b.name
+        || *cluster_id != b.cluster_id
+        || *addresses != b.addresses
+        || *connected != b.connected
+        || *synced != b.synced
+        || *failures != b.failures
+        || *last_error != b.last_error
+        || *rejected_records != b.rejected_records
+        || *enabled != b.enabled
+        || *withdrawn != b.withdrawn
+        || *rejected_by_reason != b.rejected_by_reason
+        || *pending_records != b.pending_records
+        || *pending_by_reason != b.pending_by_reason
+        || *quota != b.quota
+        || *over_quota != b.over_quota
+        || *import_policies != b.import_policies
+        || *sync_mismatch != b.sync_mismatch
 }
 
 #[derive(Default)]
@@ -213,6 +250,16 @@ mod tests {
             !state_changed(&s, &hb),
             "heartbeat time alone is not urgent"
         );
+        let held = PeerStatus {
+            held_bytes: 4096,
+            ..hb.clone()
+        };
+        assert!(!state_changed(&hb, &held), "nor the bytes held");
+        let failed = PeerStatus {
+            failures: 1,
+            ..hb.clone()
+        };
+        assert!(state_changed(&hb, &failed), "a failure is");
         b.publish(hb);
         assert_eq!(b.pending().0.len(), 1, "but it is written at the next tick");
         b.remove("a");

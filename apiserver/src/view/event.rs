@@ -16,7 +16,10 @@ pub enum Class {
     LocalSynced,
     /// `synced/<peer>/...`
     PeerSynced,
-    /// Meta, leader, peers, index, heartbeat: never sent on Watch.
+    /// `peers/<name>`: a peer's registration (never sent on Watch; the
+    /// mesh supervisor and the trust store act on it).
+    Registration,
+    /// Meta, leader, peer status, index, heartbeat: never sent on Watch.
     Other,
 }
 
@@ -64,6 +67,10 @@ impl Target {
                 cluster: cluster.to_owned(),
                 key: String::new(),
             },
+            StoreKey::Peer(_) => Target {
+                class: Class::Registration,
+                ..other()
+            },
             _ => other(),
         }
     }
@@ -104,7 +111,7 @@ impl ViewEvent {
         }
         let t = &self.target;
         let ev_type = match (t.class, scope, &self.value) {
-            (Class::Other, _, _) => return None,
+            (Class::Other | Class::Registration, _, _) => return None,
             (Class::LocalRecord, Scope::Exported, Some(_)) if self.exported_now => {
                 EventType::Upsert
             }

@@ -110,6 +110,9 @@ struct State {
     /// Resume is possible from any revision >= this (all later batches are in `history`).
     resumable_from: i64,
     ready: bool,
+    /// Node records applied (changed or deleted) so far: lets the ingest
+    /// CIDR indexes skip a rebuild when no node changed.
+    node_changes: u64,
 }
 
 /// How a new subscription starts.
@@ -171,6 +174,7 @@ impl View {
                 counts: BTreeMap::new(),
                 history: VecDeque::new(),
                 history_events: 0,
+                node_changes: 0,
                 resumable_from: i64::MAX,
                 ready: false,
             }),
@@ -207,6 +211,7 @@ impl View {
                 })
                 .collect();
             st.counts = counts;
+            st.node_changes += 1;
             st.epoch = epoch.to_owned();
             st.revision = revision;
             st.history.clear();
@@ -296,6 +301,9 @@ impl View {
         let mut events = Vec::with_capacity(changes.len());
         for (key, change) in changes {
             let target = Target::of(&key, &self.local);
+            if target.kind == Kind::Node {
+                st.node_changes += 1;
+            }
             let exported_before = st.entries.get(&key).is_some_and(|e| e.exported);
             let mut origin_micros = None;
             let (value, rev) = match change {
@@ -454,11 +462,18 @@ impl View {
     pub fn ready(&self) -> bool {
         self.lock().ready
     }
+    /// How many node records have changed since start (a change counter).
+    pub fn node_changes(&self) -> u64 {
+        self.lock().node_changes
+    }
 
-    /// Every entry under a full-key prefix.
+    /// Every entry under a full-key prefix. The lock is held only for an
+    /// O(1) copy of the persistent map; the walk runs outside it, so a
+    /// large prefix (every peer's nodes, every service) does not hold up
+    /// the feed and the Watch streams.
     pub fn entries(&self, prefix: &str) -> Vec<(String, Entry)> {
-        let st = self.lock();
-        st.entries
+        let entries = self.lock().entries.clone();
+        entries
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, e)| (k.clone(), e.clone()))

@@ -17,16 +17,27 @@
 //! - **Tunnel senders**: who may send which identities (DESIGN §10).
 //! - **Policy** and **global services**: see [`super::policy`] and
 //!   [`super::services`].
+//!
+//! The state is made of parts, each a pure function of the view:
+//! [`local_part`] (this node and this cluster), one [`remote_part`] per
+//! remote cluster, the policy and the services. [`super::incremental`]
+//! keeps them and recomputes only those a change touches; [`compute`] is
+//! the same composition built from nothing. Where two parts give the same
+//! prefix, a local pod wins, then a remote endpoint (of the last cluster
+//! by name), then a remote pod CIDR (likewise), then this cluster's entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use clustermesh_proto::v1::NamedPort;
 
-use super::gateways::{self, GatewayPlan};
+use super::gateways::GatewayPlan;
+use super::incremental::Incremental;
 use super::labels::IdentityLabels;
-use super::policy::{self, LocalEndpoint, PeerEndpoint, PolicyInputs, PolicyReport};
-use super::services::{self, ServiceIds};
+use super::policy::{
+    self, CompiledPolicy, LocalEndpoint, PeerEndpoint, PolicyInputs, PolicyReport,
+};
+use super::services::ServiceIds;
 use super::view::View;
 use crate::datapath::types::IDENTITY_WORLD;
 use crate::datapath::{DesiredState, Endpoint, IpcacheEntry, Ipv4Prefix, Location};
@@ -61,7 +72,8 @@ pub struct LocalPod {
 pub struct Computed {
     pub desired: DesiredState,
     /// Remote prefixes and the gateway (underlay IP) they are sent to: the
-    /// routes of native-routing mode.
+    /// routes of native-routing mode. Filled by [`compute`]; the reconciler
+    /// asks [`Incremental::routes`] (native mode only).
     pub routes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
     /// Where each remote cluster's traffic goes, who may send, this node's role.
     pub plan: GatewayPlan,
@@ -82,10 +94,9 @@ pub struct Computed {
 
 /// The endpoints of the local cluster that live on `node_name`.
 pub fn local_pods(view: &View, node_name: &str) -> BTreeMap<Ipv4Addr, LocalPod> {
-    let local = view.local_cluster();
-    view.endpoints
-        .values()
-        .filter(|e| e.cluster == local && e.node_name == node_name)
+    View::of_cluster(&view.endpoints, view.local_cluster())
+        .map(|(_, e)| e)
+        .filter(|e| e.node_name == node_name)
         .filter_map(|e| {
             Some((
                 e.ip.parse().ok()?,
@@ -105,31 +116,39 @@ fn valid_identity(id: u32) -> bool {
     id != 0 && id <= crate::datapath::types::IDENTITY_MAX
 }
 
-/// Computes the desired state for node `node_name`; `service_cidrs` are this
-/// cluster's service ranges (left to the CNI like its other nodes' pods).
-pub fn compute(
+/// This node's pods, this cluster's other nodes and pods, and the service
+/// ranges: the part of the state that does not come from a peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalPart {
+    pub ipcache: BTreeMap<Ipv4Prefix, IpcacheEntry>,
+    pub endpoints: BTreeMap<u32, Endpoint>,
+    /// This node's programmed pods, as policy sees them.
+    pub policy_endpoints: Vec<LocalEndpoint>,
+    pub pending: Vec<Ipv4Addr>,
+    pub local_pods: usize,
+    pub cluster_endpoints: usize,
+    pub invalid_endpoints: usize,
+}
+
+impl LocalPart {
+    /// Whether `p` is one of this node's pods (which no peer overrides).
+    pub fn is_local(&self, p: &Ipv4Prefix) -> bool {
+        self.ipcache
+            .get(p)
+            .is_some_and(|e| matches!(e.location, Location::Local { .. }))
+    }
+}
+
+/// The local part for node `node_name`; `service_cidrs` are this cluster's
+/// service ranges (left to the CNI like its other nodes' pods).
+pub fn local_part(
     view: &View,
     node_name: &str,
     ifaces: &BTreeMap<Ipv4Addr, PodIface>,
-    ids: &mut ServiceIds,
     service_cidrs: &[Ipv4Prefix],
-) -> Computed {
-    let mut c = Computed::default();
-    let local_cluster = view.local_cluster().to_string();
-    let shift = view
-        .cluster
-        .as_ref()
-        .and_then(|ci| {
-            clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters).ok()
-        })
-        .map(|m| m.cluster_shift())
-        .unwrap_or(16);
-    c.plan = gateways::plan(view, node_name, shift);
-    let d = &mut c.desired;
-    d.tunnel_sources = c.plan.tunnel_sources.clone();
-
-    // Local pods.
-    let mut local_ids = BTreeSet::new();
+) -> LocalPart {
+    let mut c = LocalPart::default();
+    let local_cluster = view.local_cluster();
     for (ip, pod) in local_pods(view, node_name) {
         if !valid_identity(pod.identity) {
             c.invalid_endpoints += 1;
@@ -139,7 +158,7 @@ pub fn compute(
             c.pending.push(ip);
             continue;
         };
-        d.endpoints.insert(
+        c.endpoints.insert(
             iface.ifindex,
             Endpoint {
                 pod_mac: iface.pod_mac.unwrap_or(UNKNOWN_POD_MAC),
@@ -147,7 +166,7 @@ pub fn compute(
                 identity: pod.identity,
             },
         );
-        d.ipcache.insert(
+        c.ipcache.insert(
             Ipv4Prefix::host(ip),
             IpcacheEntry {
                 identity: pod.identity,
@@ -156,18 +175,18 @@ pub fn compute(
                 },
             },
         );
-        local_ids.insert(pod.identity);
+        c.policy_endpoints.push(LocalEndpoint {
+            ip,
+            identity: pod.identity,
+            namespace: pod.namespace,
+            named_ports: pod.named_ports,
+        });
         c.local_pods += 1;
     }
-    let is_local = |d: &DesiredState, p: &Ipv4Prefix| {
-        d.ipcache
-            .get(p)
-            .is_some_and(|e| matches!(e.location, Location::Local { .. }))
-    };
 
     // This cluster: service ranges, other nodes' pod CIDRs, then their pods.
     for prefix in service_cidrs {
-        d.ipcache.insert(
+        c.ipcache.insert(
             *prefix,
             IpcacheEntry {
                 identity: IDENTITY_WORLD,
@@ -176,10 +195,7 @@ pub fn compute(
         );
     }
     let mut node_ips: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
-    for ((cluster, name), node) in &view.nodes {
-        if *cluster != local_cluster {
-            continue;
-        }
+    for ((_, name), node) in View::of_cluster(&view.nodes, local_cluster) {
         let ip = clustermesh_proto::node_address::internal(node);
         if let Some(ip) = ip {
             node_ips.insert(name.as_str(), ip);
@@ -190,10 +206,10 @@ pub fn compute(
             .iter()
             .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
         {
-            if is_local(d, &prefix) {
+            if c.is_local(&prefix) {
                 continue;
             }
-            d.ipcache.insert(
+            c.ipcache.insert(
                 prefix,
                 IpcacheEntry {
                     identity: IDENTITY_WORLD,
@@ -204,23 +220,22 @@ pub fn compute(
             );
         }
     }
-    for e in view
-        .endpoints
-        .values()
-        .filter(|e| e.cluster == local_cluster && e.node_name != node_name)
-    {
+    for (_, e) in View::of_cluster(&view.endpoints, local_cluster) {
+        if e.node_name == node_name {
+            continue;
+        }
         let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
-        if is_local(d, &prefix) {
+        if c.is_local(&prefix) {
             continue;
         }
         let node = node_ips
             .get(e.node_name.as_str())
             .copied()
             .or_else(|| e.node_ip.parse().ok());
-        d.ipcache.insert(
+        c.ipcache.insert(
             prefix,
             IpcacheEntry {
                 identity: e.identity,
@@ -229,58 +244,58 @@ pub fn compute(
         );
         c.cluster_endpoints += 1;
     }
+    c
+}
 
-    // Remote pod CIDRs, then remote endpoints (more specific, may override a /32 CIDR).
-    for ((cluster, _), node) in &view.nodes {
-        if *cluster == local_cluster {
-            continue;
-        }
-        let Some(gw) = c.plan.via.get(cluster).copied() else {
-            continue;
-        };
-        for prefix in node
-            .pod_cidrs
-            .iter()
-            .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
-        {
-            if is_local(d, &prefix) {
-                continue;
-            }
-            c.routes.insert(prefix, gw);
-            d.ipcache.insert(
-                prefix,
-                IpcacheEntry {
-                    identity: IDENTITY_WORLD,
-                    location: Location::Remote {
-                        tunnel_endpoint: gw,
+/// One remote cluster's pod CIDRs and endpoints, tunnelled to `via` (the
+/// gateway the plan chose for it; None: no path, nothing programmed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemotePart {
+    pub via: Option<Ipv4Addr>,
+    pub cidrs: BTreeMap<Ipv4Prefix, IpcacheEntry>,
+    pub endpoints: BTreeMap<Ipv4Prefix, IpcacheEntry>,
+    /// Valid endpoints left out for want of a gateway.
+    pub no_gateway: usize,
+    /// Endpoints with identity 0 (or out of range) or an unparsable IP.
+    pub invalid_endpoints: usize,
+}
+
+/// The remote part of `cluster`.
+pub fn remote_part(view: &View, cluster: &str, via: Option<Ipv4Addr>) -> RemotePart {
+    let mut r = RemotePart {
+        via,
+        ..Default::default()
+    };
+    if let Some(gw) = via {
+        for (_, node) in View::of_cluster(&view.nodes, cluster) {
+            for prefix in node
+                .pod_cidrs
+                .iter()
+                .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
+            {
+                r.cidrs.insert(
+                    prefix,
+                    IpcacheEntry {
+                        identity: IDENTITY_WORLD,
+                        location: Location::Remote {
+                            tunnel_endpoint: gw,
+                        },
                     },
-                },
-            );
+                );
+            }
         }
     }
-    for e in view
-        .endpoints
-        .values()
-        .filter(|e| e.cluster != local_cluster)
-    {
+    for (_, e) in View::of_cluster(&view.endpoints, cluster) {
         let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
-            c.invalid_endpoints += 1;
+            r.invalid_endpoints += 1;
             continue;
         };
-        let Some(gw) = c.plan.via.get(&e.cluster).copied() else {
-            c.no_gateway += 1;
+        let Some(gw) = via else {
+            r.no_gateway += 1;
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
-        if is_local(d, &prefix) {
-            continue;
-        }
-        // A /32 route only for endpoints outside every CIDR routed to the
-        // same gateway: one lookup per prefix length, not a scan of the routes.
-        if !routed_via(&c.routes, ip, gw) {
-            c.routes.insert(prefix, gw);
-        }
-        d.ipcache.insert(
+        r.endpoints.insert(
             prefix,
             IpcacheEntry {
                 identity: e.identity,
@@ -289,30 +304,46 @@ pub fn compute(
                 },
             },
         );
-        c.remote_endpoints += 1;
     }
+    r
+}
 
-    // Policy.
-    let identities: BTreeMap<u32, IdentityLabels> = view
-        .identities
-        .values()
-        .map(|i| (i.id, IdentityLabels::from_record(i)))
-        .collect();
-    let local_endpoints: Vec<LocalEndpoint> = local_pods(view, node_name)
-        .into_iter()
-        .filter(|(ip, p)| valid_identity(p.identity) && ifaces.contains_key(ip))
-        .map(|(ip, p)| LocalEndpoint {
-            ip,
-            identity: p.identity,
-            namespace: p.namespace,
-            named_ports: p.named_ports,
-        })
-        .collect();
+impl RemotePart {
+    /// Native routes (only native mode asks): the pod CIDRs, and a /32 for
+    /// each endpoint outside every CIDR of its cluster.
+    pub fn routes(&self) -> BTreeMap<Ipv4Prefix, Ipv4Addr> {
+        let Some(gw) = self.via else {
+            return BTreeMap::new();
+        };
+        let mut routes: BTreeMap<Ipv4Prefix, Ipv4Addr> =
+            self.cidrs.keys().map(|p| (*p, gw)).collect();
+        for p in self.endpoints.keys() {
+            // One lookup per prefix length, not a scan of the routes.
+            if !routed_via(&routes, p.addr(), gw) {
+                routes.insert(*p, gw);
+            }
+        }
+        routes
+    }
+}
+
+/// The policy of this node's programmed pods (`local`).
+pub fn policy_part(view: &View, local: &[LocalEndpoint]) -> CompiledPolicy {
+    // Entries exist only for this node's pods: with none, the identities
+    // are never looked at (a gateway without pods skips the walk).
+    let identities: BTreeMap<u32, IdentityLabels> = if local.is_empty() {
+        BTreeMap::new()
+    } else {
+        view.identities
+            .values()
+            .map(|i| (i.id, IdentityLabels::from_record(i)))
+            .collect()
+    };
     let mut endpoints: BTreeMap<u32, Vec<PeerEndpoint>> = BTreeMap::new();
     for e in view
-        .endpoints
-        .values()
-        .filter(|e| !e.named_ports.is_empty())
+        .named_port_endpoints
+        .iter()
+        .filter_map(|k| view.endpoints.get(k))
     {
         if let Ok(ip) = e.ip.parse() {
             endpoints.entry(e.identity).or_default().push(PeerEndpoint {
@@ -321,21 +352,30 @@ pub fn compute(
             });
         }
     }
-    let compiled = policy::compile(
+    policy::compile(
         &PolicyInputs {
-            local: &local_endpoints,
+            local,
             identities: &identities,
             endpoints: &endpoints,
         },
         view.policies.values(),
-    );
-    d.policy = compiled.rules;
-    d.enforced = compiled.enforced;
-    d.policy_cidrs = compiled.cidrs;
-    c.policy = compiled.report;
+    )
+}
 
-    // Global services.
-    d.services = services::compute(&local_cluster, view.services.values(), ids);
+/// Computes the desired state for node `node_name` from nothing (the same
+/// parts [`Incremental`] keeps).
+pub fn compute(
+    view: &View,
+    node_name: &str,
+    ifaces: &BTreeMap<Ipv4Addr, PodIface>,
+    ids: &mut ServiceIds,
+    service_cidrs: &[Ipv4Prefix],
+) -> Computed {
+    let mut inc = Incremental::default();
+    inc.update(view, node_name, ifaces, ids, service_cidrs);
+    let routes = inc.routes();
+    let mut c = inc.into_computed();
+    c.routes = routes;
     c
 }
 

@@ -81,9 +81,13 @@ pub fn choose<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option
 /// (identity >> shift; ingest refuses identities outside a peer's range).
 fn cluster_ids(view: &View, shift: u32) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
-    for ((cluster, _), id) in &view.identities {
-        if id.id > clustermesh_proto::identity::reserved::MAX {
-            out.entry(cluster.clone()).or_insert(id.id >> shift);
+    // The first allocated identity of each cluster (in key order): a few
+    // steps per cluster, not a walk over every identity.
+    for cluster in View::clusters_of(&view.identities) {
+        if let Some((_, id)) = View::of_cluster(&view.identities, cluster)
+            .find(|(_, id)| id.id > clustermesh_proto::identity::reserved::MAX)
+        {
+            out.insert(cluster.to_owned(), id.id >> shift);
         }
     }
     if let Some(c) = &view.cluster {
@@ -107,10 +111,8 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     // nodes of a cluster where none is live.
     let mut usable_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
     let mut all_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
-    for ((cluster, _), n) in &view.nodes {
-        if n.gateway {
-            all_by_cluster.entry(cluster).or_default().push(n);
-        }
+    for ((cluster, _), n) in view.gateways() {
+        all_by_cluster.entry(cluster).or_default().push(n);
         if usable(n) {
             usable_by_cluster.entry(cluster).or_default().push(n);
         }
@@ -118,11 +120,9 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     for (cluster, all) in all_by_cluster {
         usable_by_cluster.entry(cluster).or_insert(all);
     }
-    let remote_clusters: std::collections::BTreeSet<&str> = view
-        .nodes
-        .keys()
-        .chain(view.endpoints.keys())
-        .map(|(c, _)| c.as_str())
+    let remote_clusters: std::collections::BTreeSet<&str> = View::clusters_of(&view.nodes)
+        .into_iter()
+        .chain(View::clusters_of(&view.endpoints))
         .filter(|c| *c != local)
         .collect();
     let pick = |cluster: &str, key: &str| -> Option<&Node> {
@@ -150,10 +150,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     // packets of a gateway going away are still its cluster's) — its
     // ExternalIPs when it has any, else its InternalIPs. This cluster's
     // entries win over a peer's that claims the same address.
-    for ((cluster, _), n) in view.nodes.iter().filter(|((c, _), _)| *c != local) {
-        if !n.gateway {
-            continue;
-        }
+    for ((cluster, _), n) in view.gateways().filter(|((c, _), _)| *c != local) {
         let Some(cluster_id) = p.cluster_ids.get(cluster).copied() else {
             continue;
         };
@@ -167,7 +164,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
                 .insert(a, TunnelSender::PeerGateway { cluster_id });
         }
     }
-    for ((_, _), n) in view.nodes.iter().filter(|((c, _), _)| *c == local) {
+    for (_, n) in View::of_cluster(&view.nodes, &local) {
         let sender = if n.gateway {
             TunnelSender::LocalGateway
         } else {

@@ -16,6 +16,7 @@ pub mod desired;
 pub mod gateways;
 pub mod health;
 pub mod host;
+pub mod incremental;
 pub mod labels;
 pub mod mtu;
 pub mod policy;

@@ -5,9 +5,11 @@
 //! Order within one reconciliation: maps first (a new pod's ipcache entry
 //! exists before `from_pod` is attached to its veth, so its first packet is
 //! not an unknown source), then program attachment, then pod MTUs, then
-//! routes. The state last written is remembered, so a reconciliation
-//! normally diffs in memory; the maps are re-read on start, after an error
-//! and every `resync_interval` (drift repair). Nothing is applied before the
+//! routes. The desired state is kept by parts ([`Incremental`]); the small
+//! maps last written are remembered and diffed in memory, and of the
+//! ipcache only the entries an update touched are written (it can hold
+//! every remote endpoint of the mesh). The maps are re-read on start, after
+//! an error and every `resync_interval` (drift repair). Nothing is applied before the
 //! first snapshot is complete: until then the maps stay as they were.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,11 +22,13 @@ use tracing::{debug, info, warn};
 use super::config::{AgentConfig, Mode};
 use super::desired::{self, Computed, PodIface};
 use super::host::PodFinder;
+use super::incremental::{Incremental, Touched};
 use super::policy_report::RefusalKey;
 use super::services::ServiceIds;
 use super::status::Status;
 use super::view::View;
 use super::{mtu, routes};
+use crate::datapath::state::ipcache_raw;
 use crate::datapath::{
     Datapath, DatapathConfig, DatapathError, Frontend, Loader, RawState, netdev,
 };
@@ -56,11 +60,25 @@ pub struct Reconciler {
     /// Host-side ifindexes whose peer MTU has been set (or failed for good).
     mtu_done: BTreeSet<u32>,
     ifaces: BTreeMap<Ipv4Addr, PodIface>,
-    last: Option<RawState>,
+    /// The desired state, recomputed by the parts a change touches.
+    desired: Incremental,
+    /// What the maps hold, as far as known.
+    last: Known,
     last_read: Instant,
     status: Arc<Mutex<Status>>,
     /// Policy refusals already logged (each is logged once while it lasts).
     refusals_logged: BTreeSet<RefusalKey>,
+}
+
+/// What the reconciler knows of the maps' contents.
+enum Known {
+    /// Nothing (start, or a write failed): read them.
+    Unknown,
+    /// Everything, read from the maps (the ipcache included).
+    Read(RawState),
+    /// Everything but the ipcache as last written; the ipcache holds the
+    /// desired state's ipcache as of before the current update.
+    Applied(RawState),
 }
 
 /// Brings the datapath up: tunnel device or native forwarding, programs
@@ -161,7 +179,8 @@ pub fn setup(cfg: &AgentConfig, status: Arc<Mutex<Status>>) -> Result<Reconciler
         programmed: BTreeMap::new(),
         mtu_done: BTreeSet::new(),
         ifaces: BTreeMap::new(),
-        last: Some(adopted),
+        desired: Incremental::default(),
+        last: Known::Read(adopted),
         last_read: Instant::now(),
         status,
         refusals_logged: BTreeSet::new(),
@@ -178,7 +197,7 @@ impl Reconciler {
     /// error, a program not attached): the next tick retries.
     pub fn needs_retry(&self) -> bool {
         self.synced
-            && (self.last.is_none()
+            && (matches!(self.last, Known::Unknown)
                 || self
                     .programmed
                     .iter()
@@ -204,16 +223,26 @@ impl Reconciler {
             return;
         }
         let started = Instant::now();
-        let computed = desired::compute(
+        let dirty = std::mem::take(&mut self.view.dirty);
+        let touched = self.desired.update_with(
             &self.view,
+            &dirty,
             &self.cfg.node_name,
             &self.ifaces,
             &mut self.ids,
             &self.cfg.service_cidrs,
         );
-        let res = self
-            .apply_config(&computed)
-            .and_then(|()| self.apply_maps(&computed));
+        let computed = self.desired.computed();
+        let res = apply_config(&mut self.dp, &self.view, computed).and_then(|()| {
+            apply_maps(
+                &mut self.dp,
+                &mut self.last,
+                &mut self.last_read,
+                self.cfg.resync_interval,
+                computed,
+                &touched,
+            )
+        });
         // from_pod goes only on veths of pods that are in the maps.
         self.programmed = self
             .ifaces
@@ -224,71 +253,29 @@ impl Reconciler {
         self.attach_pods();
         self.set_mtus();
         let route_count = match self.cfg.mode {
-            Mode::Native => match routes::reconcile(&computed.routes) {
-                Ok(_) => computed.routes.len(),
-                Err(e) => {
-                    warn!(error = %e, "cannot reconcile routes");
-                    0
+            Mode::Native => {
+                let want = self.desired.routes();
+                match routes::reconcile(&want) {
+                    Ok(_) => want.len(),
+                    Err(e) => {
+                        warn!(error = %e, "cannot reconcile routes");
+                        0
+                    }
                 }
-            },
+            }
             Mode::Tunnel(_) => 0,
         };
-        debug!(elapsed = ?started.elapsed(), "reconciled");
-        self.log_refusals(&computed);
-        self.publish(&computed, res, route_count);
-    }
-
-    /// The role and the cluster in `cm_config`: written before the maps, so
-    /// the tunnel source checks know this cluster when its senders appear.
-    fn apply_config(&mut self, computed: &Computed) -> Result<(), String> {
-        let Some(ci) = self.view.cluster.as_ref() else {
-            return Ok(());
-        };
-        let shift = clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters)
-            .map(|m| m.cluster_shift())
-            .unwrap_or(16);
-        let have = self.dp.config().map_err(|e| e.to_string())?;
-        let want = DatapathConfig {
-            gateway: computed.plan.is_gateway,
-            cluster_id: u16::try_from(ci.id).unwrap_or(0),
-            cluster_shift: shift as u8,
-            ..have
-        };
-        if want != have {
-            info!(
-                gateway = want.gateway,
-                cluster_id = want.cluster_id,
-                "datapath role and cluster set"
-            );
-            self.dp.set_config(&want).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
-    fn apply_maps(&mut self, computed: &Computed) -> Result<(usize, usize, usize), String> {
-        let want = computed.desired.to_raw().map_err(|e| e.to_string())?;
-        let resync = self.last_read.elapsed() >= self.cfg.resync_interval;
-        let have = match self.last.take() {
-            Some(h) if !resync => h,
-            _ => {
-                self.last_read = Instant::now();
-                self.dp.read_state().map_err(|e| e.to_string())?
-            }
-        };
-        let report = self
-            .dp
-            .apply_diff(&have, &want)
-            .map_err(|e| e.to_string())?;
-        if report.upserts + report.deletes > 0 {
-            info!(
-                upserts = report.upserts,
-                deletes = report.deletes,
-                unchanged = report.unchanged,
-                "datapath updated"
-            );
-        }
-        self.last = Some(want);
-        Ok((report.upserts, report.deletes, report.unchanged))
+        debug!(elapsed = ?started.elapsed(), touched = touched.len(), "reconciled");
+        let computed = self.desired.computed();
+        log_refusals(&mut self.refusals_logged, computed);
+        publish(
+            &self.status,
+            &self.view,
+            &self.attached,
+            computed,
+            res,
+            route_count,
+        );
     }
 
     fn attach_pods(&mut self) {
@@ -341,60 +328,149 @@ impl Reconciler {
             self.mtu_done.insert(iface.ifindex);
         }
     }
+}
 
-    /// Logs each policy refusal once (again only if it goes away and comes back).
-    fn log_refusals(&mut self, c: &Computed) {
-        for r in c.policy.refusals.difference(&self.refusals_logged) {
-            let (why, policy, detail) = r;
-            warn!(
-                reason = why.label(),
-                policy = %policy,
-                detail = %detail,
-                "policy rule not programmed: left out (the rule admits less, never more)"
-            );
-        }
-        self.refusals_logged = c.policy.refusals.clone();
+/// The role and the cluster in `cm_config`: written before the maps, so
+/// the tunnel source checks know this cluster when its senders appear.
+fn apply_config(dp: &mut Datapath, view: &View, computed: &Computed) -> Result<(), String> {
+    let Some(ci) = view.cluster.as_ref() else {
+        return Ok(());
+    };
+    let shift = clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters)
+        .map(|m| m.cluster_shift())
+        .unwrap_or(16);
+    let have = dp.config().map_err(|e| e.to_string())?;
+    let want = DatapathConfig {
+        gateway: computed.plan.is_gateway,
+        cluster_id: u16::try_from(ci.id).unwrap_or(0),
+        cluster_shift: shift as u8,
+        ..have
+    };
+    if want != have {
+        info!(
+            gateway = want.gateway,
+            cluster_id = want.cluster_id,
+            "datapath role and cluster set"
+        );
+        dp.set_config(&want).map_err(|e| e.to_string())?;
     }
+    Ok(())
+}
 
-    fn publish(&self, c: &Computed, res: Result<(usize, usize, usize), String>, routes: usize) {
-        let Ok(mut s) = self.status.lock() else {
-            return;
-        };
-        s.records = self.view.counts();
-        let d = &mut s.datapath;
-        d.synced = true;
-        d.local_pods = c.local_pods;
-        d.pending_pods = c.pending.clone();
-        d.remote_endpoints = c.remote_endpoints;
-        d.remote_clusters = c.plan.via.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        d.gateway = c.plan.is_gateway;
-        d.unreachable_clusters = c.plan.unreachable.clone();
-        d.tunnel_sources = c.desired.tunnel_sources.len();
-        d.cluster_endpoints = c.cluster_endpoints;
-        d.no_gateway = c.no_gateway;
-        d.invalid_endpoints = c.invalid_endpoints;
-        d.ipcache_entries = c.desired.ipcache.len();
-        d.policy_entries = c.desired.policy.len();
-        d.enforced = c.desired.enforced.len();
-        d.services = c.desired.services.len();
-        d.routes = routes;
-        d.attached = self.attached.keys().cloned().collect();
-        d.policy_refused = c.policy.refused();
-        d.unresolved_named_ports = c.policy.unresolved_named_ports;
-        d.fail_closed_identities = c.policy.fail_closed_identities;
-        d.ip_block_prefixes = c.policy.ip_block_prefixes;
-        d.applies += 1;
-        match res {
-            Ok(r) => {
-                d.last_apply = Some(r);
-                d.last_error = None;
-                d.last_apply_unix_ms = clustermesh_proto::clock::unix_millis();
-            }
-            Err(e) => {
-                warn!(error = %e, "applying the desired state failed; will retry");
-                d.apply_errors += 1;
-                d.last_error = Some(e);
-            }
+/// Writes the desired state into the maps. Known contents: only the
+/// differences of the small maps and the ipcache entries the update
+/// touched are written; unknown (start, an earlier error) or a resync due:
+/// the maps are read and diffed in full.
+fn apply_maps(
+    dp: &mut Datapath,
+    last: &mut Known,
+    last_read: &mut Instant,
+    resync_interval: std::time::Duration,
+    computed: &Computed,
+    touched: &Touched,
+) -> Result<(usize, usize, usize), String> {
+    let desired = &computed.desired;
+    let mut want = desired
+        .to_raw_without_ipcache()
+        .map_err(|e| e.to_string())?;
+    let resync = last_read.elapsed() >= resync_interval;
+    let known = std::mem::replace(last, Known::Unknown);
+    let have = match known {
+        Known::Applied(mut rest) if !resync => {
+            // Only the touched prefixes: what they held, what they get.
+            rest.ipcache = ipcache_raw(touched.iter().filter_map(|(p, e)| Some((p, e.as_ref()?))))
+                .map_err(|e| e.to_string())?;
+            want.ipcache = ipcache_raw(
+                touched
+                    .keys()
+                    .filter_map(|p| Some((p, desired.ipcache.get(p)?))),
+            )
+            .map_err(|e| e.to_string())?;
+            rest
+        }
+        Known::Read(have) if !resync => {
+            want.ipcache = ipcache_raw(&desired.ipcache).map_err(|e| e.to_string())?;
+            have
+        }
+        _ => {
+            *last_read = Instant::now();
+            want.ipcache = ipcache_raw(&desired.ipcache).map_err(|e| e.to_string())?;
+            dp.read_state().map_err(|e| e.to_string())?
+        }
+    };
+    let report = dp.apply_diff(&have, &want).map_err(|e| e.to_string())?;
+    if report.upserts + report.deletes > 0 {
+        info!(
+            upserts = report.upserts,
+            deletes = report.deletes,
+            unchanged = report.unchanged,
+            "datapath updated"
+        );
+    }
+    want.ipcache.clear();
+    *last = Known::Applied(want);
+    Ok((report.upserts, report.deletes, report.unchanged))
+}
+
+/// Logs each policy refusal once (again only if it goes away and comes back).
+fn log_refusals(logged: &mut BTreeSet<RefusalKey>, c: &Computed) {
+    for r in c.policy.refusals.difference(logged) {
+        let (why, policy, detail) = r;
+        warn!(
+            reason = why.label(),
+            policy = %policy,
+            detail = %detail,
+            "policy rule not programmed: left out (the rule admits less, never more)"
+        );
+    }
+    *logged = c.policy.refusals.clone();
+}
+
+fn publish(
+    status: &Mutex<Status>,
+    view: &View,
+    attached: &BTreeMap<String, u32>,
+    c: &Computed,
+    res: Result<(usize, usize, usize), String>,
+    routes: usize,
+) {
+    let Ok(mut s) = status.lock() else {
+        return;
+    };
+    s.records = view.counts();
+    let d = &mut s.datapath;
+    d.synced = true;
+    d.local_pods = c.local_pods;
+    d.pending_pods = c.pending.clone();
+    d.remote_endpoints = c.remote_endpoints;
+    d.remote_clusters = c.plan.via.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    d.gateway = c.plan.is_gateway;
+    d.unreachable_clusters = c.plan.unreachable.clone();
+    d.tunnel_sources = c.desired.tunnel_sources.len();
+    d.cluster_endpoints = c.cluster_endpoints;
+    d.no_gateway = c.no_gateway;
+    d.invalid_endpoints = c.invalid_endpoints;
+    d.ipcache_entries = c.desired.ipcache.len();
+    d.policy_entries = c.desired.policy.len();
+    d.enforced = c.desired.enforced.len();
+    d.services = c.desired.services.len();
+    d.routes = routes;
+    d.attached = attached.keys().cloned().collect();
+    d.policy_refused = c.policy.refused();
+    d.unresolved_named_ports = c.policy.unresolved_named_ports;
+    d.fail_closed_identities = c.policy.fail_closed_identities;
+    d.ip_block_prefixes = c.policy.ip_block_prefixes;
+    d.applies += 1;
+    match res {
+        Ok(r) => {
+            d.last_apply = Some(r);
+            d.last_error = None;
+            d.last_apply_unix_ms = clustermesh_proto::clock::unix_millis();
+        }
+        Err(e) => {
+            warn!(error = %e, "applying the desired state failed; will retry");
+            d.apply_errors += 1;
+            d.last_error = Some(e);
         }
     }
 }

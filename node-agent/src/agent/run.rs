@@ -238,7 +238,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             continue;
         }
         block_in_place(|| {
-            if view_changed {
+            // Local pods may have come or gone only if the local cluster's
+            // records changed (a scan runs `ip route` and `ip neigh`).
+            if view_changed && rec.view.dirty.clusters.contains(rec.view.local_cluster()) {
                 rec.scan();
             }
             rec.reconcile();

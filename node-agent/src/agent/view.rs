@@ -45,6 +45,26 @@ pub struct View {
     pub synced: BTreeSet<(String, Kind)>,
     /// Records that did not decode (skipped).
     pub decode_errors: u64,
+    /// Endpoints that define named ports (what policy resolves them from).
+    pub named_port_endpoints: BTreeSet<Key>,
+    /// Nodes whose record says `gateway` (what the gateway plan looks at).
+    pub gateway_nodes: BTreeSet<Key>,
+    /// What changed since the desired state last took it
+    /// ([`super::incremental::Incremental`]).
+    pub dirty: Dirty,
+}
+
+/// What changed in the view since the last [`std::mem::take`] of it: enough
+/// for the desired state to recompute only the parts a change touches.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dirty {
+    /// Clusters whose nodes or endpoints changed.
+    pub clusters: BTreeSet<String>,
+    pub identities: bool,
+    pub policies: bool,
+    pub services: bool,
+    /// An endpoint that defines named ports came, changed or went.
+    pub named_ports: bool,
 }
 
 fn put<T: Message + Default>(map: &mut BTreeMap<Key, T>, key: Key, value: &[u8], errors: &mut u64) {
@@ -73,10 +93,17 @@ impl View {
                 value,
             } => {
                 let k = (cluster.clone(), key.clone());
+                self.mark(*kind, cluster);
                 let e = &mut self.decode_errors;
                 match kind {
-                    Kind::Node => put(&mut self.nodes, k, value, e),
-                    Kind::Endpoint => put(&mut self.endpoints, k, value, e),
+                    Kind::Node => {
+                        put(&mut self.nodes, k.clone(), value, e);
+                        self.index_gateway(k);
+                    }
+                    Kind::Endpoint => {
+                        put(&mut self.endpoints, k.clone(), value, e);
+                        self.index_named_ports(k);
+                    }
                     Kind::Identity => put(&mut self.identities, k, value, e),
                     Kind::Service => {
                         put(&mut self.service_records, k.clone(), value, e);
@@ -100,12 +127,15 @@ impl View {
                 id: (kind, cluster, key),
             } => {
                 let k = (cluster.clone(), key.clone());
+                self.mark(*kind, cluster);
                 match kind {
                     Kind::Node => {
                         self.nodes.remove(&k);
+                        self.index_gateway(k);
                     }
                     Kind::Endpoint => {
                         self.endpoints.remove(&k);
+                        self.index_named_ports(k);
                     }
                     Kind::Identity => {
                         self.identities.remove(&k);
@@ -128,6 +158,80 @@ impl View {
                 self.synced.remove(&(cluster.clone(), *kind));
             }
         }
+    }
+
+    /// Notes a change of `kind` in `cluster` in [`View::dirty`].
+    fn mark(&mut self, kind: Kind, cluster: &str) {
+        let d = &mut self.dirty;
+        match kind {
+            Kind::Node | Kind::Endpoint => {
+                if !d.clusters.contains(cluster) {
+                    d.clusters.insert(cluster.to_owned());
+                }
+            }
+            Kind::Identity => d.identities = true,
+            Kind::Service | Kind::ServiceBackend => d.services = true,
+            Kind::Policy => d.policies = true,
+            Kind::Unspecified => {}
+        }
+    }
+
+    /// Keeps [`View::gateway_nodes`] right for node `k` (after it changed).
+    fn index_gateway(&mut self, k: Key) {
+        if self.nodes.get(&k).is_some_and(|n| n.gateway) {
+            self.gateway_nodes.insert(k);
+        } else {
+            self.gateway_nodes.remove(&k);
+        }
+    }
+
+    /// The gateway nodes, in key order.
+    pub fn gateways(&self) -> impl Iterator<Item = (&Key, &Node)> {
+        self.gateway_nodes
+            .iter()
+            .filter_map(|k| Some((k, self.nodes.get(k)?)))
+    }
+
+    /// Keeps [`View::named_port_endpoints`] right for endpoint `k` (after
+    /// it changed); flags a change there.
+    fn index_named_ports(&mut self, k: Key) {
+        let has = self
+            .endpoints
+            .get(&k)
+            .is_some_and(|e| !e.named_ports.is_empty());
+        let had = if has {
+            !self.named_port_endpoints.insert(k)
+        } else {
+            self.named_port_endpoints.remove(&k)
+        };
+        if has || had {
+            self.dirty.named_ports = true;
+        }
+    }
+
+    /// The distinct clusters of `map`'s keys, in order: one lookup per
+    /// cluster, not a walk over every record.
+    pub fn clusters_of<V>(map: &BTreeMap<Key, V>) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        let mut next = map.keys().next();
+        while let Some((c, _)) = next {
+            out.push(c.as_str());
+            // The smallest cluster name after `c` is `c` + NUL.
+            next = map
+                .range((format!("{c}\0"), String::new())..)
+                .next()
+                .map(|(k, _)| k);
+        }
+        out
+    }
+
+    /// The records of `cluster` in `map`.
+    pub fn of_cluster<'a, V>(
+        map: &'a BTreeMap<Key, V>,
+        cluster: &'a str,
+    ) -> impl Iterator<Item = (&'a Key, &'a V)> + 'a {
+        map.range((cluster.to_owned(), String::new())..)
+            .take_while(move |((c, _), _)| c == cluster)
     }
 
     /// True once the local cluster has marked every record kind synced: its
@@ -233,25 +337,34 @@ impl View {
 
     /// Inserts a record directly (tests and tools); the key is derived from the record.
     pub fn insert_node(&mut self, n: Node) {
-        self.nodes.insert((n.cluster.clone(), n.name.clone()), n);
+        self.mark(Kind::Node, &n.cluster);
+        let k = (n.cluster.clone(), n.name.clone());
+        self.nodes.insert(k.clone(), n);
+        self.index_gateway(k);
     }
 
     pub fn insert_endpoint(&mut self, e: Endpoint) {
-        self.endpoints.insert((e.cluster.clone(), e.ip.clone()), e);
+        self.mark(Kind::Endpoint, &e.cluster);
+        let k = (e.cluster.clone(), e.ip.clone());
+        self.endpoints.insert(k.clone(), e);
+        self.index_named_ports(k);
     }
 
     pub fn insert_identity(&mut self, i: Identity) {
+        self.mark(Kind::Identity, &i.cluster);
         self.identities
             .insert((i.cluster.clone(), i.id.to_string()), i);
     }
 
     pub fn insert_service(&mut self, s: Service) {
+        self.mark(Kind::Service, &s.cluster);
         let k = (s.cluster.clone(), format!("{}/{}", s.namespace, s.name));
         self.service_records.insert(k.clone(), s);
         self.assemble(&k);
     }
 
     pub fn insert_policy(&mut self, p: Policy) {
+        self.mark(Kind::Policy, &p.cluster);
         self.policies.insert(
             (p.cluster.clone(), format!("{}/{}", p.namespace, p.name)),
             p,

@@ -81,7 +81,9 @@ enum End {
 
 /// Runs until the receiver goes away.
 pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex<Status>>) {
-    let mut mirror = Mirror::new();
+    // Digests, not values: the view keeps the decoded records, and a kept
+    // value would pin the whole message buffer it was decoded from.
+    let mut mirror = Mirror::compact();
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     loop {
         let res = session(&cfg, &mut mirror, &tx, &status, &mut backoff).await;

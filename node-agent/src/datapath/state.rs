@@ -296,6 +296,23 @@ impl DatapathConfig {
     }
 }
 
+/// Raw ipcache entries, validating the identities BPF relies on.
+pub fn ipcache_raw<'a>(
+    entries: impl IntoIterator<Item = (&'a Ipv4Prefix, &'a IpcacheEntry)>,
+) -> Result<BTreeMap<IpcacheKey, IpcacheValue>> {
+    let mut out = BTreeMap::new();
+    for (prefix, entry) in entries {
+        if entry.identity == 0 || entry.identity > types::IDENTITY_MAX {
+            return Err(DatapathError::invalid(
+                "identity",
+                format!("{} for {prefix}", entry.identity),
+            ));
+        }
+        out.insert(prefix.key(), entry.value());
+    }
+    Ok(out)
+}
+
 /// Everything the agent wants in the maps (except config, counters and CT).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
@@ -316,16 +333,15 @@ pub struct DesiredState {
 impl DesiredState {
     /// Translates into raw map entries, validating what BPF relies on.
     pub fn to_raw(&self) -> Result<RawState> {
+        let mut raw = self.to_raw_without_ipcache()?;
+        raw.ipcache = ipcache_raw(&self.ipcache)?;
+        Ok(raw)
+    }
+
+    /// [`DesiredState::to_raw`] of everything but the ipcache (which the
+    /// reconciler writes by the entries that changed).
+    pub fn to_raw_without_ipcache(&self) -> Result<RawState> {
         let mut raw = RawState::default();
-        for (prefix, entry) in &self.ipcache {
-            if entry.identity == 0 || entry.identity > types::IDENTITY_MAX {
-                return Err(DatapathError::invalid(
-                    "identity",
-                    format!("{} for {prefix}", entry.identity),
-                ));
-            }
-            raw.ipcache.insert(prefix.key(), entry.value());
-        }
         for (ifindex, ep) in &self.endpoints {
             raw.endpoints.insert(*ifindex, ep.value());
         }

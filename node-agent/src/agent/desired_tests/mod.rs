@@ -322,6 +322,7 @@ pub(super) fn rule(
     PolicyRule::identities(local, peer, proto, port, direction)
 }
 
+mod incremental;
 mod ipcache;
 mod policy;
 mod policy_rules;
