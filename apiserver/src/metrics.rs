@@ -147,6 +147,8 @@ pub struct Metrics {
     watch_events: Counter,
     watch_resyncs: Counter,
     etcd_errors: Family<OperationLabels, Counter>,
+    /// Seconds per store write of the syncer (all its transactions).
+    store_write: Family<OperationLabels, Histogram, fn() -> Histogram>,
     /// Per peer: events received from its stream and not yet written.
     sync_queue: Family<SourceLabels, Gauge>,
 }
@@ -206,6 +208,13 @@ impl Metrics {
             "Failed etcd operations, by operation (feed: the view's list/watch; mesh_write: mirrored records; status_write: peer status)",
             Listed(etcd_errors.clone()),
         );
+        let store_write: Family<OperationLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(propagation_histogram);
+        registry.register(
+            "store_write_seconds",
+            "Seconds per store write of the mesh syncer, all its transactions (mesh_write: a peer's records; status_write: peer status)",
+            Listed(store_write.clone()),
+        );
         let sync_queue = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "sync_queue_size",
@@ -224,6 +233,7 @@ impl Metrics {
             watch_events,
             watch_resyncs,
             etcd_errors,
+            store_write,
             sync_queue,
         })
     }
@@ -307,6 +317,15 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .inc();
+    }
+
+    /// One store write of the syncer (`operation` as for [`Metrics::etcd_error`]) took `seconds`.
+    pub fn store_write(&self, operation: &str, seconds: f64) {
+        self.store_write
+            .get_or_create(&OperationLabels {
+                operation: operation.to_owned(),
+            })
+            .observe(seconds);
     }
 }
 
@@ -430,6 +449,7 @@ mod tests {
         m.rejected("beta", "too_large", 2);
         m.watch_events(3);
         m.etcd_error("feed");
+        m.store_write("mesh_write", 0.002);
         m.sync_queue("beta").inc_by(5);
         m.sync_queue("beta").dec_by(2);
         let text = m.encode(Format::OpenMetrics).expect("encode");
@@ -448,6 +468,7 @@ mod tests {
             ("watch_events", "counter"),
             ("watch_resyncs", "counter"),
             ("etcd_errors", "counter"),
+            ("store_write_seconds", "histogram"),
             ("sync_queue_size", "gauge"),
         ] {
             let line = format!("# TYPE {PREFIX}_{name} {ty}\n");

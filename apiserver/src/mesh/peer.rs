@@ -495,7 +495,12 @@ impl PeerLoop {
         if ops.is_empty() {
             return true;
         }
-        match self.ctx.write(ops).await {
+        let started = std::time::Instant::now();
+        let res = self.ctx.write(ops).await;
+        self.ctx
+            .metrics
+            .store_write("mesh_write", started.elapsed().as_secs_f64());
+        match res {
             Ok(applied) => {
                 if let Some(last) = applied.refused.last() {
                     // Counted like any rejected record; the rest was written.

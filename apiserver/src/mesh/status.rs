@@ -4,8 +4,11 @@
 //!
 //! Peer loops publish their status on a [`Board`]; one writer task persists
 //! what changed in one batched write: at once when the state changed
-//! (connected, synced kinds, errors, withdrawal), at most every
-//! `interval` when only the heartbeat time or the counts moved.
+//! (connected, synced kinds, errors, withdrawal), every
+//! [`VOLATILE_TICKS`] × `interval` when only the heartbeat time, the counts
+//! or the bytes held moved. Those move for every peer all the time: written
+//! every interval, 250 peers cost 125 status puts a second, a third of the
+//! store's writes under Cilium's churn (docs/benchmarks.md).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,9 @@ use tracing::{debug, warn};
 use super::MeshContext;
 use crate::store::WriteOp;
 use crate::view::View;
+
+/// Ticks between writes of statuses whose state did not change.
+pub const VOLATILE_TICKS: u32 = 5;
 
 /// The status of every registered peer, for the Status RPC: the persisted
 /// status where there is one, the registration's facts always winning
@@ -153,16 +159,22 @@ impl Board {
         self.urgent.notify_one();
     }
 
-    /// The writes that bring the store up to date, with what they write.
-    fn pending(&self) -> (Vec<WriteOp>, Vec<(String, Option<PeerStatus>)>) {
+    /// The writes that bring the store up to date, with what they write:
+    /// every difference, or (`volatile` false) only changes of state.
+    fn pending(&self, volatile: bool) -> (Vec<WriteOp>, Vec<(String, Option<PeerStatus>)>) {
         let slots = self.lock();
         let mut ops = Vec::new();
         let mut done = Vec::new();
         for (name, slot) in slots.iter() {
+            let due = match slot.written.as_ref() {
+                None => true,
+                Some(w) if volatile => *w != slot.current,
+                Some(w) => state_changed(w, &slot.current),
+            };
             if slot.removed {
                 ops.push(WriteOp::delete(keys::peer_status(name)));
                 done.push((name.clone(), None));
-            } else if slot.written.as_ref() != Some(&slot.current) {
+            } else if due {
                 ops.push(WriteOp::put(
                     keys::peer_status(name),
                     slot.current.encode_to_vec(),
@@ -197,20 +209,28 @@ pub async fn writer(ctx: Arc<MeshContext>, board: Arc<Board>, mut stop: watch::R
     let interval = ctx.config.status_interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
-        tokio::select! {
-            _ = board.urgent.notified() => {}
-            _ = tick.tick() => {}
+        let volatile = tokio::select! {
+            _ = board.urgent.notified() => false,
+            _ = tick.tick() => {
+                ticks = ticks.wrapping_add(1);
+                ticks.is_multiple_of(VOLATILE_TICKS)
+            }
             _ = stop.changed() => return,
-        }
+        };
         if *stop.borrow() {
             return;
         }
-        let (ops, done) = board.pending();
+        let (ops, done) = board.pending(volatile);
         if ops.is_empty() {
             continue;
         }
-        match ctx.write(&ops).await {
+        let started = std::time::Instant::now();
+        let res = ctx.write(&ops).await;
+        ctx.metrics
+            .store_write("status_write", started.elapsed().as_secs_f64());
+        match res {
             Ok(_) => {
                 debug!(peers = done.len(), "peer status written");
                 board.written(done);
@@ -240,10 +260,10 @@ mod tests {
             ..Default::default()
         };
         b.publish(s.clone());
-        let (ops, done) = b.pending();
-        assert_eq!(ops.len(), 1);
+        let (ops, done) = b.pending(false);
+        assert_eq!(ops.len(), 1, "a first status is written at once");
         b.written(done);
-        assert!(b.pending().0.is_empty(), "nothing new");
+        assert!(b.pending(true).0.is_empty(), "nothing new");
         let mut hb = s.clone();
         hb.last_heartbeat_unix_millis = 5;
         assert!(
@@ -261,11 +281,12 @@ mod tests {
         };
         assert!(state_changed(&hb, &failed), "a failure is");
         b.publish(hb);
-        assert_eq!(b.pending().0.len(), 1, "but it is written at the next tick");
+        assert!(b.pending(false).0.is_empty(), "not by an urgent write");
+        assert_eq!(b.pending(true).0.len(), 1, "but by the next volatile one");
         b.remove("a");
-        let (ops, done) = b.pending();
+        let (ops, done) = b.pending(false);
         assert_eq!(ops, vec![WriteOp::delete(keys::peer_status("a"))]);
         b.written(done);
-        assert!(b.pending().0.is_empty());
+        assert!(b.pending(true).0.is_empty());
     }
 }

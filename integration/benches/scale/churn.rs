@@ -40,6 +40,7 @@ fn scrape_every() -> Option<Duration> {
     }
 }
 const HISTOGRAM: &str = "clustermesh_apiserver_propagation_delay_seconds_bucket{";
+const WRITES: &str = "clustermesh_apiserver_store_write_seconds_bucket{";
 /// After the churn stops: time for the last changes to arrive.
 const DRAIN: Duration = Duration::from_secs(3);
 const SAMPLE: &str = "clustermesh_apiserver_sync_queue_size{";
@@ -129,9 +130,14 @@ fn pid_with(needle: &str) -> Option<u32> {
 /// samples starting with `family` (`name_bucket{`) in `body`, summed over
 /// the mock peers (`source_cluster="mock-…"`).
 pub fn buckets(body: &str, family: &str) -> BTreeMap<u64, f64> {
+    buckets_with(body, family, "source_cluster=\"mock-")
+}
+
+/// [`buckets`] over the series whose labels contain `label`.
+pub fn buckets_with(body: &str, family: &str, label: &str) -> BTreeMap<u64, f64> {
     let mut out = BTreeMap::new();
     for line in body.lines().filter(|l| l.starts_with(family)) {
-        if !line.contains("source_cluster=\"mock-") {
+        if !line.contains(label) {
             continue;
         }
         let Some((series, v)) = line.rsplit_once(' ') else {
@@ -144,11 +150,15 @@ pub fn buckets(body: &str, family: &str) -> BTreeMap<u64, f64> {
     out
 }
 
-/// The apiserver's `propagation_delay_seconds` buckets over the mock peers.
-async fn histogram(health: &str) -> BTreeMap<u64, f64> {
+/// The apiserver's `propagation_delay_seconds` buckets over the mock
+/// peers, and its `store_write_seconds` buckets of the syncer's record writes.
+async fn histogram(health: &str) -> (BTreeMap<u64, f64>, BTreeMap<u64, f64>) {
     match http_get(health, "/metrics").await {
-        Ok((200, body)) => buckets(&body, HISTOGRAM),
-        _ => BTreeMap::new(),
+        Ok((200, body)) => (
+            buckets(&body, HISTOGRAM),
+            buckets_with(&body, WRITES, "operation=\"mesh_write\""),
+        ),
+        _ => Default::default(),
     }
 }
 
@@ -406,7 +416,7 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
         );
     }
     let failures0 = failures(local).await;
-    let hist0 = histogram(&local.api().health).await;
+    let (hist0, writes0) = histogram(&local.api().health).await;
     let api_pid = local.api().child.pid();
     let etcd_pid = local
         .etcd
@@ -433,7 +443,7 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
     );
     tokio::time::sleep(DRAIN).await;
     let failures1 = failures(local).await;
-    let hist1 = histogram(&local.api().health).await;
+    let (hist1, writes1) = histogram(&local.api().health).await;
     stop.store(true, Ordering::Relaxed);
     let q = scraper.await.expect("scraper");
     let (emitted, lost) = collector.await.expect("collector");
@@ -494,6 +504,12 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
     let (lo99, hi99) = bucket_of(&hist0, &hist1, 0.99);
     println!(
         "churn: the apiserver's own propagation_delay_seconds over the mock peers (origin stamp → its view serves it): p50 in {lo50}–{hi50} ms, p99 in {lo99}–{hi99} ms"
+    );
+    let (lo50, hi50) = bucket_of(&writes0, &writes1, 0.5);
+    let (lo99, hi99) = bucket_of(&writes0, &writes1, 0.99);
+    println!(
+        "churn: the syncer's record writes (store_write_seconds, operation mesh_write: one etcd transaction round trip each, fence included), {:.0} writes: p50 in {lo50}–{hi50} ms, p99 in {lo99}–{hi99} ms",
+        count(&writes0, &writes1)
     );
     let secs = churned.as_secs_f64();
     let share = |a: f64, b: f64| (b - a) / secs * 100.0;
