@@ -12,6 +12,9 @@
 //!   events received and not yet written) scraped from `/metrics` every
 //!   [`SCRAPE_EVERY`]: the largest sum over peers and the largest single peer;
 //! - **reconnects**: peer failures (Status) during the churn;
+//! - **store**: the syncer's own record writes (`store_write_seconds`), and
+//!   a light probe of raw etcd put → watch on the same etcd *during* the
+//!   churn ([`PROBE_RATE`]): the store's latency under that very load;
 //! - **baseline**: raw etcd put → watch on the local cluster's etcd, paced at
 //!   the churn's mesh-wide rate, right after it in the same run (the floor of
 //!   the one store round trip on the path).
@@ -40,6 +43,9 @@ fn scrape_every() -> Option<Duration> {
     }
 }
 const HISTOGRAM: &str = "clustermesh_apiserver_propagation_delay_seconds_bucket{";
+/// Puts per second of the raw-etcd probe run during the churn (light: the
+/// churn itself is 325/s).
+const PROBE_RATE: f64 = 20.0;
 const WRITES: &str = "clustermesh_apiserver_store_write_seconds_bucket{";
 /// After the churn stops: time for the last changes to arrive.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -214,13 +220,17 @@ async fn failures(c: &Cluster) -> Option<u64> {
     super::status(c).await.map(|s| super::progress(&s).2)
 }
 
-/// Raw etcd: puts paced at `rate`/s for `seconds` into the local etcd, each
-/// timed until the local etcd watch delivers it. Sorted delays.
-async fn etcd_floor(c: &Cluster, rate: f64, seconds: u64) -> anyhow::Result<Vec<Duration>> {
-    const PREFIX: &str = "bench/floor/";
+/// Raw etcd: puts paced at `rate`/s for `seconds` into the local etcd under
+/// `prefix`, each timed until the local etcd watch delivers it. Sorted delays.
+async fn etcd_floor(
+    c: &Cluster,
+    prefix: &'static str,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<Vec<Duration>> {
     let mut client = c.etcd.client().await?;
     let mut stream = client
-        .watch(PREFIX, Some(etcd_client::WatchOptions::new().with_prefix()))
+        .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
         .await?;
     let n = (rate * seconds as f64).round() as usize;
     let reader = tokio::spawn(async move {
@@ -246,7 +256,7 @@ async fn etcd_floor(c: &Cluster, rate: f64, seconds: u64) -> anyhow::Result<Vec<
     let value = vec![b'x'; 120];
     for i in 0..n {
         tick.tick().await;
-        let key = format!("{PREFIX}{i:08}");
+        let key = format!("{prefix}{i:08}");
         sent.insert(key.clone(), Instant::now());
         let mut kv = client.kv_client();
         let value = value.clone();
@@ -432,7 +442,11 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
     );
     let started = Instant::now();
     mocks.set_churn(Churn::CILIUM_SCALE);
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    // A light probe of etcd itself under the same load, at the same time.
+    let (_, probe) = tokio::join!(
+        tokio::time::sleep(Duration::from_secs(seconds)),
+        etcd_floor(local, "bench/probe/", PROBE_RATE, seconds)
+    );
     mocks.set_churn(Churn::default());
     let churned = started.elapsed();
     let cpu1 = (
@@ -544,10 +558,20 @@ pub async fn run(local: &Cluster, mocks: &MockPeers, seconds: u64) {
         _ => println!("churn: reconnects unknown (Status failed)"),
     }
 
+    match probe {
+        Ok(d) => println!(
+            "churn: raw etcd put → watch on the local etcd during the churn (a probe at {PROBE_RATE:.0}/s beside it), {} puts: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            d.len(),
+            ms(percentile(&d, 0.5)),
+            ms(percentile(&d, 0.99)),
+            ms(d.last().copied().unwrap_or_default()),
+        ),
+        Err(e) => println!("churn: raw etcd probe failed: {e:#}"),
+    }
     // The floor, at the same rate.
     let rate = emitted.len() as f64 / churned.as_secs_f64();
     let secs = seconds.min(10);
-    match etcd_floor(local, rate, secs).await {
+    match etcd_floor(local, "bench/floor/", rate, secs).await {
         Ok(d) => println!(
             "churn: baseline raw etcd put → watch on the local etcd, {:.0}/s for {secs} s, {} puts: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             rate,
