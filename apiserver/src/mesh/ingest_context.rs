@@ -46,6 +46,15 @@ pub struct SharedIndexes {
     building: Arc<AtomicBool>,
 }
 
+/// Clears the "a build is under way" flag when dropped.
+struct Done(Arc<AtomicBool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 fn build(view: &View, cluster: &str) -> Built {
     let started = Instant::now();
     let node_changes = view.node_changes();
@@ -88,28 +97,29 @@ impl SharedIndexes {
             self.store(b);
             return out;
         };
-        if b.at.elapsed() >= MAX_AGE
-            && view.node_changes() != b.node_changes
-            && !self.building.swap(true, Ordering::AcqRel)
-        {
-            let (me, v, c) = (self.clone(), view.clone(), cluster.to_owned());
-            let spawned = std::thread::Builder::new()
-                .name("cidr-index".into())
-                .spawn(move || {
-                    let b = build(&v, &c);
-                    me.store(b);
-                    me.building.store(false, Ordering::Release);
-                });
-            if let Err(e) = spawned {
-                warn!(error = %e, "cannot start a thread for the CIDR indexes; building inline");
-                self.store(build(view, cluster));
-                self.building.store(false, Ordering::Release);
-            }
-        } else if b.at.elapsed() >= MAX_AGE && view.node_changes() == b.node_changes {
-            // Nothing changed: the indexes are current as they are.
-            let mut guard = self.built.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(g) = guard.as_mut() {
-                g.at = Instant::now();
+        if b.at.elapsed() >= MAX_AGE {
+            if view.node_changes() == b.node_changes {
+                // Nothing changed: the indexes are current as they are.
+                let mut guard = self.built.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(g) = guard.as_mut() {
+                    g.at = Instant::now();
+                }
+            } else if !self.building.swap(true, Ordering::AcqRel) {
+                let (me, v, c) = (self.clone(), view.clone(), cluster.to_owned());
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("cidr-index".into())
+                        .spawn(move || {
+                            // Cleared even if the build panicked: the next caller retries.
+                            let _done = Done(me.building.clone());
+                            let b = build(&v, &c);
+                            me.store(b);
+                        });
+                if let Err(e) = spawned {
+                    warn!(error = %e, "cannot start a thread for the CIDR indexes; building inline");
+                    self.store(build(view, cluster));
+                    self.building.store(false, Ordering::Release);
+                }
             }
         }
         (b.own, b.peers)

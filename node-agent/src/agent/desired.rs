@@ -96,16 +96,17 @@ pub struct Computed {
 pub fn local_pods(view: &View, node_name: &str) -> BTreeMap<Ipv4Addr, LocalPod> {
     View::of_cluster(&view.endpoints, view.local_cluster())
         .map(|(_, e)| e)
-        .filter(|e| e.node_name == node_name)
+        .filter(|e| e.node_name() == node_name)
         .filter_map(|e| {
+            let ip = e.ip?;
             Some((
-                e.ip.parse().ok()?,
+                ip,
                 LocalPod {
-                    ip: e.ip.parse().ok()?,
+                    ip,
                     identity: e.identity,
-                    namespace: e.namespace.clone(),
-                    pod: e.pod.clone(),
-                    named_ports: e.named_ports.clone(),
+                    namespace: e.namespace().to_owned(),
+                    pod: e.pod().to_owned(),
+                    named_ports: e.named_ports.to_vec(),
                 },
             ))
         })
@@ -221,10 +222,10 @@ pub fn local_part(
         }
     }
     for (_, e) in View::of_cluster(&view.endpoints, local_cluster) {
-        if e.node_name == node_name {
+        if e.node_name() == node_name {
             continue;
         }
-        let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
+        let (Some(ip), true) = (e.ip, valid_identity(e.identity)) else {
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
@@ -232,9 +233,9 @@ pub fn local_part(
             continue;
         }
         let node = node_ips
-            .get(e.node_name.as_str())
+            .get(e.node_name())
             .copied()
-            .or_else(|| e.node_ip.parse().ok());
+            .or_else(|| e.node_ip().parse().ok());
         c.ipcache.insert(
             prefix,
             IpcacheEntry {
@@ -286,7 +287,7 @@ pub fn remote_part(view: &View, cluster: &str, via: Option<Ipv4Addr>) -> RemoteP
         }
     }
     for (_, e) in View::of_cluster(&view.endpoints, cluster) {
-        let (Ok(ip), true) = (e.ip.parse::<Ipv4Addr>(), valid_identity(e.identity)) else {
+        let (Some(ip), true) = (e.ip, valid_identity(e.identity)) else {
             r.invalid_endpoints += 1;
             continue;
         };
@@ -345,10 +346,10 @@ pub fn policy_part(view: &View, local: &[LocalEndpoint]) -> CompiledPolicy {
         .iter()
         .filter_map(|k| view.endpoints.get(k))
     {
-        if let Ok(ip) = e.ip.parse() {
+        if let Some(ip) = e.ip {
             endpoints.entry(e.identity).or_default().push(PeerEndpoint {
                 ip,
-                named_ports: e.named_ports.clone(),
+                named_ports: e.named_ports.to_vec(),
             });
         }
     }

@@ -244,18 +244,12 @@ impl Incremental {
                 }
             }
             let old = std::mem::replace(&mut self.out.desired.ipcache, m);
-            let new = &self.out.desired.ipcache;
-            for (p, e) in &old {
-                if new.get(p) != Some(e) {
-                    out.insert(*p, Some(*e));
-                }
-            }
-            for p in new.keys() {
-                if !old.contains_key(p) {
-                    out.insert(*p, None);
-                }
-            }
-            return out;
+            let mut changed = BTreeSet::new();
+            changed_keys(&old, &self.out.desired.ipcache, &mut changed);
+            return changed
+                .into_iter()
+                .map(|p| (p, old.get(&p).copied()))
+                .collect();
         }
         for p in touched {
             let now = self.winner(&p);

@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod desired;
+pub mod endpoint_info;
 pub mod gateways;
 pub mod health;
 pub mod host;

@@ -23,6 +23,8 @@ use clustermesh_proto::v1::{
 use prost::Message;
 use tracing::warn;
 
+use super::endpoint_info::EndpointInfo;
+
 /// (cluster, key) of one record within its kind.
 pub type Key = (String, String);
 
@@ -32,7 +34,8 @@ pub struct View {
     /// The local cluster (from the snapshot header of the Watch stream).
     pub cluster: Option<ClusterInfo>,
     pub nodes: BTreeMap<Key, Node>,
-    pub endpoints: BTreeMap<Key, Endpoint>,
+    /// What the agent uses of each endpoint ([`EndpointInfo`]).
+    pub endpoints: BTreeMap<Key, EndpointInfo>,
     pub identities: BTreeMap<Key, Identity>,
     /// Whole services (with every backend), by (cluster, "ns/name").
     pub services: BTreeMap<Key, Service>,
@@ -101,7 +104,16 @@ impl View {
                         self.index_gateway(k);
                     }
                     Kind::Endpoint => {
-                        put(&mut self.endpoints, k.clone(), value, e);
+                        match Endpoint::decode(value.as_ref()) {
+                            Ok(ep) => {
+                                self.endpoints.insert(k.clone(), ep.into());
+                            }
+                            Err(err) => {
+                                *e += 1;
+                                warn!(cluster = %k.0, key = %k.1, error = %err, "skipping a record that does not decode");
+                                self.endpoints.remove(&k);
+                            }
+                        }
                         self.index_named_ports(k);
                     }
                     Kind::Identity => put(&mut self.identities, k, value, e),
@@ -346,7 +358,7 @@ impl View {
     pub fn insert_endpoint(&mut self, e: Endpoint) {
         self.mark(Kind::Endpoint, &e.cluster);
         let k = (e.cluster.clone(), e.ip.clone());
-        self.endpoints.insert(k.clone(), e);
+        self.endpoints.insert(k.clone(), e.into());
         self.index_named_ports(k);
     }
 

@@ -1,0 +1,102 @@
+//! What the agent keeps of one endpoint record ([`EndpointInfo`]): the
+//! fields the datapath and policy use, packed. The decoded protobuf is ~400
+//! bytes per endpoint with its six strings; at 250,000 remote endpoints the
+//! view's copy of them was the agent's largest allocation
+//! (docs/benchmarks.md, the agent's heap profile).
+
+use std::net::Ipv4Addr;
+
+use clustermesh_proto::v1::{Endpoint, NamedPort};
+
+/// One endpoint as the agent keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// None: the record's IP is not an IPv4 address (the endpoint is
+    /// counted as invalid, never programmed).
+    pub ip: Option<Ipv4Addr>,
+    pub identity: u32,
+    /// Empty for almost every endpoint (no allocation then).
+    pub named_ports: Box<[NamedPort]>,
+    /// `node_name`, `node_ip`, `namespace`, `pod`, NUL-separated: one
+    /// allocation instead of four (used for the local cluster's pods).
+    details: Box<str>,
+}
+
+impl EndpointInfo {
+    fn detail(&self, i: usize) -> &str {
+        self.details.split('\0').nth(i).unwrap_or("")
+    }
+    pub fn node_name(&self) -> &str {
+        self.detail(0)
+    }
+    pub fn node_ip(&self) -> &str {
+        self.detail(1)
+    }
+    pub fn namespace(&self) -> &str {
+        self.detail(2)
+    }
+    pub fn pod(&self) -> &str {
+        self.detail(3)
+    }
+}
+
+impl From<Endpoint> for EndpointInfo {
+    fn from(e: Endpoint) -> Self {
+        // A NUL inside a field would shift the others: such a field is cut
+        // there (names and IPs never hold one).
+        let clean = |s: &str| s.split('\0').next().unwrap_or("").to_owned();
+        let details = [
+            clean(&e.node_name),
+            clean(&e.node_ip),
+            clean(&e.namespace),
+            clean(&e.pod),
+        ]
+        .join("\0");
+        EndpointInfo {
+            ip: e.ip.parse().ok(),
+            identity: e.identity,
+            named_ports: e.named_ports.into_boxed_slice(),
+            details: details.into_boxed_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_the_datapath_uses() {
+        let e = Endpoint {
+            ip: "10.2.0.5".into(),
+            identity: 0x02_0100,
+            node_ip: "192.0.2.7".into(),
+            node_name: "w1".into(),
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            named_ports: vec![NamedPort {
+                name: "http".into(),
+                port: 8080,
+                protocol: "TCP".into(),
+            }],
+            cluster: "c2".into(),
+            exported: true,
+        };
+        let i = EndpointInfo::from(e);
+        assert_eq!(i.ip, Some(Ipv4Addr::new(10, 2, 0, 5)));
+        assert_eq!(i.identity, 0x02_0100);
+        assert_eq!(
+            (i.node_name(), i.node_ip(), i.namespace(), i.pod()),
+            ("w1", "192.0.2.7", "shop", "web-1")
+        );
+        assert_eq!(i.named_ports.len(), 1);
+        let odd = EndpointInfo::from(Endpoint {
+            ip: "fd00::1".into(),
+            node_name: "a\0b".into(),
+            pod: "p".into(),
+            ..Default::default()
+        });
+        assert_eq!(odd.ip, None, "not IPv4: kept as invalid");
+        assert_eq!((odd.node_name(), odd.pod()), ("a", "p"));
+    }
+}
