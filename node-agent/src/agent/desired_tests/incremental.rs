@@ -25,6 +25,17 @@ fn node_name(cluster: &str, n: &str) -> String {
     }
 }
 
+/// An endpoint address from a pool small enough that addresses collide
+/// across clusters and with this node's pods.
+fn pool_ip(rng: &mut StdRng) -> String {
+    format!(
+        "10.{}.{}.{}",
+        rng.random_range(1..4),
+        rng.random_range(0..3),
+        rng.random_range(10..14)
+    )
+}
+
 /// One random change to `v` (or to the pods' interfaces).
 fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) {
     let c = CLUSTERS[rng.random_range(0..CLUSTERS.len())];
@@ -61,12 +72,7 @@ fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) 
             });
         }
         20..=54 => {
-            let ip = format!(
-                "10.{}.{}.{}",
-                rng.random_range(1..4),
-                rng.random_range(0..3),
-                rng.random_range(10..14)
-            );
+            let ip = pool_ip(rng);
             let id = match rng.random_range(0..10) {
                 0 => 0,
                 _ => (cid << 16) | 0x100 | rng.random_range(0..3),
@@ -80,12 +86,7 @@ fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) 
             v.insert_endpoint(endpoint(c, &ip, id, &on, "shop", ports));
         }
         55..=69 => {
-            let ip = format!(
-                "10.{}.{}.{}",
-                rng.random_range(1..4),
-                rng.random_range(0..3),
-                rng.random_range(10..14)
-            );
+            let ip = pool_ip(rng);
             v.apply(&Change::Delete {
                 id: (Kind::Endpoint, c.into(), ip),
             });
