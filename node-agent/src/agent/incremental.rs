@@ -92,8 +92,7 @@ impl Incremental {
         ids: &mut ServiceIds,
         service_cidrs: &[Ipv4Prefix],
     ) -> Touched {
-        let dirty = view.dirty.clone();
-        self.update_with(view, &dirty, node_name, ifaces, ids, service_cidrs)
+        self.update_with(view, &view.dirty, node_name, ifaces, ids, service_cidrs)
     }
 
     /// [`Incremental::update`] with the changes given (the reconciler takes
@@ -118,15 +117,7 @@ impl Incremental {
             self.service_cidrs = service_cidrs.to_vec();
         }
         let local_cluster = view.local_cluster();
-        let shift = view
-            .cluster
-            .as_ref()
-            .and_then(|ci| {
-                clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters).ok()
-            })
-            .map(|m| m.cluster_shift())
-            .unwrap_or(16);
-        let plan = gateways::plan(view, node_name, shift);
+        let plan = gateways::plan(view, node_name, view.cluster_shift());
 
         let mut touched: BTreeSet<Ipv4Prefix> = BTreeSet::new();
         let local_dirty = all || dirty.clusters.contains(local_cluster) || self.ifaces != *ifaces;
@@ -178,10 +169,12 @@ impl Incremental {
         let o = &mut self.out;
         o.plan = plan;
         o.desired.tunnel_sources = o.plan.tunnel_sources.clone();
-        o.desired.endpoints = self.local.endpoints.clone();
-        o.pending = self.local.pending.clone();
-        o.local_pods = self.local.local_pods;
-        o.cluster_endpoints = self.local.cluster_endpoints;
+        if local_dirty {
+            o.desired.endpoints = self.local.endpoints.clone();
+            o.pending = self.local.pending.clone();
+            o.local_pods = self.local.local_pods;
+            o.cluster_endpoints = self.local.cluster_endpoints;
+        }
         o.remote_endpoints = self
             .remotes
             .values()

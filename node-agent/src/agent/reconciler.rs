@@ -336,9 +336,7 @@ fn apply_config(dp: &mut Datapath, view: &View, computed: &Computed) -> Result<(
     let Some(ci) = view.cluster.as_ref() else {
         return Ok(());
     };
-    let shift = clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters)
-        .map(|m| m.cluster_shift())
-        .unwrap_or(16);
+    let shift = view.cluster_shift();
     let have = dp.config().map_err(|e| e.to_string())?;
     let want = DatapathConfig {
         gateway: computed.plan.is_gateway,

@@ -71,9 +71,19 @@ pub struct Dirty {
 }
 
 fn put<T: Message + Default>(map: &mut BTreeMap<Key, T>, key: Key, value: &[u8], errors: &mut u64) {
-    match T::decode(value) {
+    put_as::<T, T>(map, key, value, errors)
+}
+
+/// [`put`] of a record kept as `T`, made from its decoded message `M`.
+fn put_as<M: Message + Default, T: From<M>>(
+    map: &mut BTreeMap<Key, T>,
+    key: Key,
+    value: &[u8],
+    errors: &mut u64,
+) {
+    match M::decode(value) {
         Ok(v) => {
-            map.insert(key, v);
+            map.insert(key, v.into());
         }
         Err(e) => {
             *errors += 1;
@@ -104,16 +114,7 @@ impl View {
                         self.index_gateway(k);
                     }
                     Kind::Endpoint => {
-                        match Endpoint::decode(value.as_ref()) {
-                            Ok(ep) => {
-                                self.endpoints.insert(k.clone(), ep.into());
-                            }
-                            Err(err) => {
-                                *e += 1;
-                                warn!(cluster = %k.0, key = %k.1, error = %err, "skipping a record that does not decode");
-                                self.endpoints.remove(&k);
-                            }
-                        }
+                        put_as::<Endpoint, _>(&mut self.endpoints, k.clone(), value, e);
                         self.index_named_ports(k);
                     }
                     Kind::Identity => put(&mut self.identities, k, value, e),
@@ -262,6 +263,18 @@ impl View {
                 .iter()
                 .filter(|k| splits || **k != Kind::ServiceBackend)
                 .all(|k| self.synced.contains(&(local.to_string(), *k)))
+    }
+
+    /// The bit position of the cluster ID in this cluster's identities (16
+    /// while the cluster is not known yet).
+    pub fn cluster_shift(&self) -> u32 {
+        self.cluster
+            .as_ref()
+            .and_then(|ci| {
+                clustermesh_proto::ClusterMode::from_max_clusters(ci.max_connected_clusters).ok()
+            })
+            .map(|m| m.cluster_shift())
+            .unwrap_or(16)
     }
 
     /// The local cluster's name ("" before the first snapshot header).
