@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clustermesh_proto::mirror::{Change, Mirror, RecordId};
+use clustermesh_proto::mirror::{Change, DigestMirror, RecordId};
 use clustermesh_proto::v1::{
     BatchType, Event, EventType, Kind, RecordCount, SyncMismatch, SyncedMarker, WatchBatch,
 };
@@ -54,7 +54,7 @@ pub struct Applied {
 
 pub struct PeerCache {
     peer: PeerRef,
-    mirror: Mirror,
+    mirror: DigestMirror,
     /// Records kept in the store after a snapshot dropped them, until the
     /// peer marks their kind synced or the deadline passes.
     deferred: BTreeMap<RecordId, Instant>,
@@ -98,7 +98,7 @@ impl PeerCache {
         synced: Vec<Kv>,
         ctx: Option<&Context>,
     ) -> (PeerCache, Vec<WriteOp>, Vec<RejectError>) {
-        let mut mirror = Mirror::compact();
+        let mut mirror = DigestMirror::compact();
         let mut gate = Gate::default();
         let mut held = Quota::default();
         let mut ops = Vec::new();
@@ -156,7 +156,10 @@ impl PeerCache {
             c.gate.mark_dirty();
             let lost: BTreeSet<RecordId> = c
                 .gate
-                .recheck(c.mirror.records.keys())
+                .recheck(
+                    &c.peer.name,
+                    c.mirror.records.ids().map(|(k, _, key)| (k, key)),
+                )
                 .into_iter()
                 .filter_map(|op| match op {
                     GateOp::Withdraw(id) => Some(id),
@@ -315,12 +318,13 @@ impl PeerCache {
     /// Records held in the store for this peer, per kind.
     pub fn counts(&self) -> Vec<RecordCount> {
         let mut n: BTreeMap<Kind, u64> = BTreeMap::new();
-        let stored = self
-            .mirror
-            .records
-            .keys()
-            .filter(|id| !self.gate.is_pending(id));
-        for (kind, _, _) in stored.chain(self.deferred.keys()) {
+        for kind in RECORD_KINDS {
+            let stored = self.stored(kind);
+            if stored > 0 {
+                n.insert(kind, stored);
+            }
+        }
+        for (kind, _, _) in self.deferred.keys() {
             *n.entry(*kind).or_default() += 1;
         }
         n.into_iter()
@@ -330,6 +334,12 @@ impl PeerCache {
                 count,
             })
             .collect()
+    }
+
+    /// Mirrored records of `kind` in the store (not pending).
+    fn stored(&self, kind: Kind) -> u64 {
+        let mirrored = self.mirror.records.count(&self.peer.name, kind);
+        mirrored.saturating_sub(self.gate.pending_of(kind)) as u64
     }
 
     /// Records held pending (neither written nor refused).
@@ -563,7 +573,8 @@ impl PeerCache {
         pending: &mut Vec<RecordId>,
         unresolved: &mut Vec<RecordId>,
     ) {
-        for op in self.gate.recheck(self.mirror.records.keys()) {
+        let records = self.mirror.records.ids().map(|(k, _, key)| (k, key));
+        for op in self.gate.recheck(&self.peer.name, records) {
             match op {
                 GateOp::Put(id, value) => ops.push(WriteOp::put(
                     keys::cache(id.0, &self.peer.name, &id.2),
@@ -645,12 +656,7 @@ impl PeerCache {
     }
 
     fn marker(&self, kind: Kind) -> WriteOp {
-        let records = self
-            .mirror
-            .records
-            .keys()
-            .filter(|id| id.0 == kind && !self.gate.is_pending(id))
-            .count() as u64;
+        let records = self.stored(kind);
         let m = SyncedMarker {
             cluster: self.peer.name.clone(),
             kind: kind as i32,
@@ -664,7 +670,7 @@ impl PeerCache {
     /// Withdraws everything of this peer: the range deletes, and an empty
     /// mirror (the next Watch starts with a fresh snapshot).
     pub fn withdraw(&mut self) -> Vec<WriteOp> {
-        self.mirror = Mirror::compact();
+        self.mirror = DigestMirror::compact();
         self.deferred.clear();
         self.gate.clear();
         self.attest = Attestations::default();

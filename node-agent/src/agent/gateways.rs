@@ -102,7 +102,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     let mut p = GatewayPlan {
         is_gateway: view
             .nodes
-            .get(&(local.clone(), node_name.to_string()))
+            .get(&super::view::key(&local, node_name))
             .is_some_and(|n| n.gateway),
         cluster_ids: cluster_ids(view, shift),
         ..Default::default()
@@ -151,7 +151,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     // ExternalIPs when it has any, else its InternalIPs. This cluster's
     // entries win over a peer's that claims the same address.
     for ((cluster, _), n) in view.gateways().filter(|((c, _), _)| *c != local) {
-        let Some(cluster_id) = p.cluster_ids.get(cluster).copied() else {
+        let Some(cluster_id) = p.cluster_ids.get(cluster.as_str()).copied() else {
             continue;
         };
         let addrs: Vec<Ipv4Addr> = if n.external_ips.is_empty() {

@@ -1,5 +1,5 @@
 //! The Watch client: scope `merged` on the local apiserver, with the `agent`
-//! role certificate, applied to a [`Mirror`].
+//! role certificate, applied to a [`DigestMirror`].
 //!
 //! The mirror outlives connections. On any failure (dial, stream error,
 //! silence longer than the idle timeout, a server-requested resync) the
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clustermesh_certs::{Role, dial};
-use clustermesh_proto::mirror::{Change, Mirror};
+use clustermesh_proto::mirror::{Change, DigestMirror};
 use clustermesh_proto::v1::{
     BatchType, ClusterInfo, Scope, WatchRequest, cluster_mesh_client::ClusterMeshClient,
 };
@@ -83,7 +83,7 @@ enum End {
 pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex<Status>>) {
     // Digests, not values: the view keeps the decoded records, and a kept
     // value would pin the whole message buffer it was decoded from.
-    let mut mirror = Mirror::compact();
+    let mut mirror = DigestMirror::compact();
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     loop {
         let res = session(&cfg, &mut mirror, &tx, &status, &mut backoff).await;
@@ -117,7 +117,7 @@ pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex
 
 async fn session(
     cfg: &WatchConfig,
-    mirror: &mut Mirror,
+    mirror: &mut DigestMirror,
     tx: &mpsc::Sender<WatchMsg>,
     status: &Arc<Mutex<Status>>,
     backoff: &mut Backoff,

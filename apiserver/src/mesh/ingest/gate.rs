@@ -39,10 +39,10 @@ fn keyed_by_ip(kind: Kind) -> bool {
 }
 
 /// The IP in the key of a [`keyed_by_ip`] record.
-fn key_ip(id: &RecordId) -> Option<IpAddr> {
-    match id.0 {
-        Kind::ServiceBackend => parse_ip(clustermesh_proto::backends::split_key(&id.2)?.2),
-        _ => parse_ip(&id.2),
+fn key_ip(kind: Kind, key: &str) -> Option<IpAddr> {
+    match kind {
+        Kind::ServiceBackend => parse_ip(clustermesh_proto::backends::split_key(key)?.2),
+        _ => parse_ip(key),
     }
 }
 
@@ -146,6 +146,11 @@ impl Gate {
         self.hold(id, value, ips);
     }
 
+    /// Records of `kind` held pending.
+    pub fn pending_of(&self, kind: Kind) -> usize {
+        self.pending.keys().filter(|id| id.0 == kind).count()
+    }
+
     /// Whether `id` is held pending (so not in the store).
     pub fn is_pending(&self, id: &RecordId) -> bool {
         self.pending.contains_key(id)
@@ -165,18 +170,23 @@ impl Gate {
 
     /// After the peer's nodes changed: the pending records now covered are
     /// to be written, the written ones no longer covered withdrawn.
-    /// `records` are the ids the mirror holds (written endpoints among them).
-    pub fn recheck<'a>(&mut self, records: impl Iterator<Item = &'a RecordId>) -> Vec<GateOp> {
+    /// `records` are the (kind, key) of what the mirror holds of this peer
+    /// (written endpoints among them).
+    pub fn recheck<'a>(
+        &mut self,
+        cluster: &str,
+        records: impl Iterator<Item = (Kind, &'a str)>,
+    ) -> Vec<GateOp> {
         if !std::mem::take(&mut self.dirty) {
             return Vec::new();
         }
         let mut ops = Vec::new();
-        for id in records {
-            if keyed_by_ip(id.0)
-                && !self.pending.contains_key(id)
-                && !key_ip(id).is_some_and(|ip| self.covered(&[ip]))
-            {
-                ops.push(GateOp::Withdraw(id.clone()));
+        for (kind, key) in records {
+            if keyed_by_ip(kind) && !key_ip(kind, key).is_some_and(|ip| self.covered(&[ip])) {
+                let id = (kind, cluster.to_owned(), key.to_owned());
+                if !self.pending.contains_key(&id) {
+                    ops.push(GateOp::Withdraw(id));
+                }
             }
         }
         let lost: Vec<RecordId> = self
@@ -260,29 +270,35 @@ mod tests {
         );
         assert!(g.is_pending(&e));
         assert_eq!(g.upsert(&n, &node("10.1.0.0/16")), Verdict::Admit);
-        let mirror = [n.clone(), e.clone()];
+        let mirror = [(n.0, n.2.as_str()), (e.0, e.2.as_str())];
         assert_eq!(
-            g.recheck(mirror.iter()),
+            g.recheck("a", mirror.into_iter()),
             vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]
         );
         assert_eq!(g.pending_count(), 0);
         // Node first: admitted at once.
         let mut h = Gate::default();
         h.upsert(&n, &node("10.1.0.0/16"));
-        assert!(h.recheck(mirror.iter()).is_empty());
+        assert!(h.recheck("a", mirror.into_iter()).is_empty());
         assert_eq!(h.upsert(&e, &ep("10.1.0.5")), Verdict::Admit);
         // The node goes: the endpoint is withdrawn and waits again.
         g.deleted(&n);
-        assert_eq!(g.recheck(mirror.iter()), vec![GateOp::Withdraw(e.clone())]);
+        assert_eq!(
+            g.recheck("a", mirror.into_iter()),
+            vec![GateOp::Withdraw(e.clone())]
+        );
         g.hold_withdrawn(e.clone(), &ep("10.1.0.5"));
         assert!(g.is_pending(&e));
         g.upsert(&n, &node("10.1.0.0/16"));
         assert_eq!(
-            g.recheck(mirror.iter()),
+            g.recheck("a", mirror.into_iter()),
             vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]
         );
         // A node that narrows its range likewise.
         h.upsert(&n, &node("10.2.0.0/16"));
-        assert_eq!(h.recheck(mirror.iter()), vec![GateOp::Withdraw(e.clone())]);
+        assert_eq!(
+            h.recheck("a", mirror.into_iter()),
+            vec![GateOp::Withdraw(e.clone())]
+        );
     }
 }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use clustermesh_proto::mirror::RecordId;
 use clustermesh_proto::quota;
 use clustermesh_proto::v1::{Kind, PeerQuota};
+use smol_str::SmolStr;
 
 use super::{Reason, RejectError};
 
@@ -37,8 +38,9 @@ pub struct Refused {
 #[derive(Debug)]
 pub struct Quota {
     limits: PeerQuota,
-    /// Bytes of every record held, by id.
-    sizes: HashMap<RecordId, u64>,
+    /// Bytes of every record held, by kind and key (the cluster is the
+    /// peer's: one book per peer). Keys of up to 23 bytes are inline.
+    sizes: BTreeMap<Kind, HashMap<SmolStr, u32>>,
     counts: BTreeMap<Kind, u64>,
     bytes: u64,
     /// Refusals per limit name: those of the last full snapshot, plus those
@@ -66,7 +68,7 @@ impl Quota {
     pub fn new(limits: PeerQuota) -> Quota {
         Quota {
             limits,
-            sizes: HashMap::new(),
+            sizes: BTreeMap::new(),
             counts: BTreeMap::new(),
             bytes: 0,
             over: BTreeMap::new(),
@@ -89,9 +91,18 @@ impl Quota {
         self.put(id, bytes);
     }
 
+    fn size(&self, id: &RecordId) -> Option<u64> {
+        let size = self.sizes.get(&id.0)?.get(id.2.as_str())?;
+        Some(u64::from(*size))
+    }
+
     fn put(&mut self, id: &RecordId, bytes: u64) {
-        match self.sizes.insert(id.clone(), bytes) {
-            Some(old) => self.bytes = self.bytes - old + bytes,
+        // A record is bounded by the write limit (docs/store.md), far below 4 GiB.
+        let kept = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let bytes = u64::from(kept);
+        let sizes = self.sizes.entry(id.0).or_default();
+        match sizes.insert(SmolStr::new(&id.2), kept) {
+            Some(old) => self.bytes = self.bytes - u64::from(old) + bytes,
             None => {
                 *self.counts.entry(id.0).or_default() += 1;
                 self.bytes += bytes;
@@ -101,7 +112,7 @@ impl Quota {
 
     /// Whether the cache may take `id` at `bytes`; on success it is counted.
     pub fn admit(&mut self, id: &RecordId, bytes: u64) -> Result<(), Refused> {
-        let old = self.sizes.get(id).copied();
+        let old = self.size(id);
         let kind = id.0;
         let held = self.counts.get(&kind).copied().unwrap_or(0);
         let limit = quota::records(&self.limits, kind);
@@ -153,8 +164,11 @@ impl Quota {
 
     /// `id` is no longer held (deleted from the store, or no longer pending).
     pub fn remove(&mut self, id: &RecordId) {
-        if let Some(old) = self.sizes.remove(id) {
-            self.bytes -= old;
+        let Some(sizes) = self.sizes.get_mut(&id.0) else {
+            return;
+        };
+        if let Some(old) = sizes.remove(id.2.as_str()) {
+            self.bytes -= u64::from(old);
             if let Some(n) = self.counts.get_mut(&id.0) {
                 *n = n.saturating_sub(1);
             }
@@ -191,7 +205,7 @@ impl Quota {
 
     /// Whether `id` is held (written, pending or deferred).
     pub fn holds(&self, id: &RecordId) -> bool {
-        self.sizes.contains_key(id)
+        self.size(id).is_some()
     }
 
     pub fn held_bytes(&self) -> u64 {

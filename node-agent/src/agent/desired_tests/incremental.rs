@@ -136,7 +136,7 @@ fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) 
                 .collect();
             for k in keys {
                 v.apply(&Change::Delete {
-                    id: (Kind::Endpoint, c.into(), k),
+                    id: (Kind::Endpoint, c.into(), k.to_string()),
                 });
             }
         }

@@ -2,6 +2,13 @@
 //! mark-and-sweep on snapshots, and reports the resulting changes so a
 //! consumer (the mesh syncer, the node agent) can act on exactly the
 //! differences. A re-snapshot of unchanged data yields no change at all.
+//!
+//! What the copy keeps per record is the mirror's [`Table`]: every value
+//! ([`Values`], [`Mirror::new`]) or a digest ([`Digests`],
+//! [`DigestMirror::compact`]).
+
+mod digests;
+mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,7 +16,9 @@ use bytes::Bytes;
 
 use prost::Message;
 
-use crate::attest::{self, Tally};
+pub use self::digests::{Digest, Digests};
+pub use self::table::{Table, Values};
+use crate::attest::Tally;
 use crate::v1::{BatchType, Event, EventType, Kind, ResumePoint, SyncedMarker, WatchBatch};
 
 /// (kind, cluster, key) of one record.
@@ -62,10 +71,10 @@ pub struct Outcome {
 
 /// A mirrored copy of what a Watch stream delivered.
 #[derive(Debug, Default, Clone)]
-pub struct Mirror {
+pub struct Mirror<T: Table = Values> {
     pub epoch: String,
     pub revision: i64,
-    pub records: BTreeMap<RecordId, Bytes>,
+    pub records: T,
     pub synced: BTreeSet<(String, Kind)>,
     staging: Option<Staging>,
     /// Markers with a digest staged while a snapshot arrives.
@@ -74,10 +83,10 @@ pub struct Mirror {
     pub snapshots: u64,
     /// Snapshots that were resets (a resume that could not continue).
     pub resets: u64,
-    /// Keep a 128-bit digest of each value instead of the value (see
-    /// [`Mirror::compact`]).
-    compact: bool,
 }
+
+/// A mirror that keeps a digest per record ([`Digests`]).
+pub type DigestMirror = Mirror<Digests>;
 
 fn id_of(e: &Event) -> RecordId {
     (
@@ -87,58 +96,32 @@ fn id_of(e: &Event) -> RecordId {
     )
 }
 
-/// A 128-bit digest of a value ([`crate::attest::value_digest`]).
-fn digest(v: &[u8]) -> Bytes {
-    Bytes::copy_from_slice(&crate::attest::value_digest(v))
-}
-
-impl Mirror {
+impl Mirror<Values> {
+    /// A mirror that keeps every value.
     pub fn new() -> Self {
         Self::default()
     }
+}
 
+impl Mirror<Digests> {
     /// A mirror that keeps only a 128-bit digest of each record's value: for
     /// consumers that act on the reported changes (which still carry the full
-    /// values) and need the mirror only to tell what changed. `records` then
-    /// maps to digests, not values.
+    /// values) and need the mirror only to tell what changed.
     pub fn compact() -> Self {
-        Mirror {
-            compact: true,
-            ..Self::default()
-        }
+        Self::default()
     }
+}
 
-    /// What the mirror keeps for `value`.
-    fn kept(&self, value: &Bytes) -> Bytes {
-        if self.compact {
-            digest(value)
-        } else {
-            value.clone()
-        }
-    }
-
+impl<T: Table> Mirror<T> {
     /// Seeds one record (e.g. from a store) as if a snapshot had delivered it.
     pub fn seed(&mut self, id: RecordId, value: &Bytes) {
-        let kept = self.kept(value);
-        self.records.insert(id, kept);
+        self.records.put(id, T::kept(value));
     }
 
     /// Count and digest ([`crate::attest`]) of what the mirror holds of
     /// `kind` from `cluster`.
     pub fn tally(&self, cluster: &str, kind: Kind) -> Tally {
-        let from = (kind, cluster.to_owned(), String::new());
-        let mut t = Tally::default();
-        for ((k, c, key), v) in self.records.range(from..) {
-            if *k != kind || c != cluster {
-                break;
-            }
-            t.add(if self.compact {
-                attest::record_hash_of_digest(key, v)
-            } else {
-                attest::record_hash(key, v)
-            });
-        }
-        t
+        self.records.tally(cluster, kind)
     }
 
     fn attest(&self, cluster: &str, kind: Kind, marker: Tally) -> Attested {
@@ -197,22 +180,21 @@ impl Mirror {
             }
             BatchType::SnapshotEnd => {
                 if let Some((recs, synced)) = self.staging.take() {
-                    let mut kept_recs = BTreeMap::new();
+                    // Mark and sweep: what the snapshot brought is taken
+                    // out of the old table; what is left there is gone.
+                    let mut old = std::mem::take(&mut self.records);
                     for (id, v) in recs {
-                        let kept = self.kept(&v);
-                        if self.records.get(&id) != Some(&kept) {
+                        let kept = T::kept(&v);
+                        if old.take(&id).as_ref() != Some(&kept) {
                             out.changes.push(Change::Upsert {
                                 id: id.clone(),
                                 value: v,
                             });
                         }
-                        kept_recs.insert(id, kept);
+                        self.records.put(id, kept);
                     }
-                    let recs = kept_recs;
-                    for id in self.records.keys() {
-                        if !recs.contains_key(id) {
-                            out.changes.push(Change::Delete { id: id.clone() });
-                        }
+                    for id in old.into_ids() {
+                        out.changes.push(Change::Delete { id });
                     }
                     for (c, k) in synced.difference(&self.synced) {
                         out.changes.push(Change::Synced {
@@ -226,7 +208,6 @@ impl Mirror {
                             kind: *k,
                         });
                     }
-                    self.records = recs;
                     self.synced = synced;
                     self.revision = b.revision;
                     out.snapshot_done = true;
@@ -241,9 +222,9 @@ impl Mirror {
                     match EventType::try_from(e.r#type) {
                         Ok(EventType::Upsert) => {
                             let id = id_of(e);
-                            let kept = self.kept(&e.value);
-                            if self.records.get(&id) != Some(&kept) {
-                                self.records.insert(id.clone(), kept);
+                            let kept = T::kept(&e.value);
+                            if self.records.get_kept(&id) != Some(&kept) {
+                                self.records.put(id.clone(), kept);
                                 out.changes.push(Change::Upsert {
                                     id,
                                     value: e.value.clone(),
@@ -252,7 +233,7 @@ impl Mirror {
                         }
                         Ok(EventType::Delete) => {
                             let id = id_of(e);
-                            if self.records.remove(&id).is_some() {
+                            if self.records.take(&id).is_some() {
                                 out.changes.push(Change::Delete { id });
                             }
                         }
@@ -319,14 +300,13 @@ mod tests {
 
     #[test]
     fn snapshot_mark_and_sweep() {
-        for m in [Mirror::new(), Mirror::compact()] {
-            mark_and_sweep(m);
-        }
+        mark_and_sweep(Mirror::new());
+        mark_and_sweep(DigestMirror::compact());
     }
 
     #[test]
     fn compact_keeps_digests_but_reports_values() {
-        let mut m = Mirror::compact();
+        let mut m = DigestMirror::compact();
         m.seed(
             (Kind::Node, "a".into(), "x".into()),
             &Bytes::from_static(b"1"),
@@ -349,8 +329,8 @@ mod tests {
             }]
         );
         assert_eq!(
-            m.records.values().map(|v| v.len()).collect::<Vec<_>>(),
-            [16, 16],
+            m.records.get(Kind::Node, "a", "y"),
+            Some(&crate::attest::value_digest(b"2")),
             "digests, not values"
         );
         let o = m.apply(&b(
@@ -361,7 +341,7 @@ mod tests {
         assert_eq!(o.changes.len(), 1, "a changed value is a change");
     }
 
-    fn mark_and_sweep(mut m: Mirror) {
+    fn mark_and_sweep<T: Table>(mut m: Mirror<T>) {
         m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
         m.apply(&b(
             BatchType::Snapshot,
