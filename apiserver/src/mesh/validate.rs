@@ -47,11 +47,11 @@ pub enum PeerInfoError {
 }
 
 /// Checks what a peer says it is (`got`) against its registration, this
-/// cluster (`ours`) and the other registered peers.
+/// cluster (`ours`) and the registered peers (`others`: name, cluster ID).
 pub fn peer_info(
     ours: &ClusterInfo,
     registered: &PeerConfig,
-    others: &[PeerConfig],
+    others: &[(String, u32)],
     got: &ClusterInfo,
 ) -> Result<(), PeerInfoError> {
     let name = registered.name.clone();
@@ -91,14 +91,14 @@ pub fn peer_info(
             got: got.max_connected_clusters,
         });
     }
-    if let Some(other) = others
+    if let Some((other, _)) = others
         .iter()
-        .find(|p| p.name != registered.name && p.cluster_id == got.id)
+        .find(|(n, id)| *n != registered.name && *id == got.id)
     {
         return Err(PeerInfoError::DuplicateId {
             name,
             id: got.id,
-            other: other.name.clone(),
+            other: other.clone(),
         });
     }
     Ok(())
@@ -152,7 +152,12 @@ mod tests {
             Err(PeerInfoError::MaxClustersMismatch { .. })
         ));
         assert!(matches!(
-            peer_info(&ours, &reg, &[reg.clone(), peer("c", 1)], &info("a", 1)),
+            peer_info(
+                &ours,
+                &reg,
+                &[("a".into(), 1), ("c".into(), 1)],
+                &info("a", 1)
+            ),
             Err(PeerInfoError::DuplicateId { .. })
         ));
         assert!(matches!(

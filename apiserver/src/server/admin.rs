@@ -20,6 +20,14 @@ pub fn list(view: &View) -> Vec<PeerConfig> {
         .collect()
 }
 
+/// (name, cluster ID) of every registered peer, from the view.
+pub fn cluster_ids(view: &View) -> Vec<(String, u32)> {
+    list(view)
+        .into_iter()
+        .map(|p| (p.name, p.cluster_id))
+        .collect()
+}
+
 /// One registered peer, from the view.
 pub fn get(view: &View, name: &str) -> Option<PeerConfig> {
     view.get(&keys::peer(name))

@@ -44,9 +44,9 @@ pub struct Entry {
     pub value: Bytes,
     pub mod_revision: i64,
     pub exported: bool,
-    /// Bytes of a propagation stamp at the end of `value` (0 or
-    /// [`stamp::STAMP_LEN`]).
-    pub stamp_len: usize,
+    /// `value` ends with a propagation stamp ([`stamp::STAMP_LEN`] bytes).
+    /// (A flag, not a length: the entry stays 48 bytes.)
+    pub stamped: bool,
 }
 
 impl Entry {
@@ -56,13 +56,13 @@ impl Entry {
             Class::PeerRecord => stamp::split(&value).1,
             _ => None,
         };
-        let stamp_len = if at.is_some() { stamp::STAMP_LEN } else { 0 };
+        let stamped = at.is_some();
         (
             Entry {
                 value,
                 mod_revision,
                 exported,
-                stamp_len,
+                stamped,
             },
             at,
         )
@@ -71,7 +71,8 @@ impl Entry {
     /// What Watch serves: the origin's bytes, without a propagation stamp
     /// (it travels in `Event.origin_unix_micros`).
     pub fn served(&self) -> Bytes {
-        self.value.slice(..self.value.len() - self.stamp_len)
+        let stamp = if self.stamped { stamp::STAMP_LEN } else { 0 };
+        self.value.slice(..self.value.len() - stamp)
     }
 }
 
