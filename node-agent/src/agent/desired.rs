@@ -337,7 +337,7 @@ pub fn policy_part(view: &View, local: &[LocalEndpoint]) -> CompiledPolicy {
     } else {
         view.identities
             .values()
-            .map(|i| (i.id, IdentityLabels::from_record(i)))
+            .map(|i| (i.id, IdentityLabels::from_info(i)))
             .collect()
     };
     let mut endpoints: BTreeMap<u32, Vec<PeerEndpoint>> = BTreeMap::new();

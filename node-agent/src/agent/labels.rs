@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use clustermesh_proto::v1::{Identity, LabelSelector};
 
+use super::identity_info::IdentityInfo;
+
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 pub const CLUSTER_LABEL: &str = "clustermesh.io/cluster";
@@ -38,21 +40,35 @@ impl IdentityLabels {
     /// Splits an identity record's labels. The cluster comes from the
     /// `clustermesh.io/cluster` label, or the record's own cluster.
     pub fn from_record(rec: &Identity) -> Self {
+        let labels = rec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        Self::from_labels(rec.id, &rec.cluster, labels)
+    }
+
+    /// [`IdentityLabels::from_record`] of the agent's copy of a record.
+    pub fn from_info(info: &IdentityInfo) -> Self {
+        Self::from_labels(info.id, &info.cluster, info.labels())
+    }
+
+    fn from_labels<'a>(
+        id: u32,
+        cluster: &str,
+        labels: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Self {
         let mut out = IdentityLabels {
-            id: rec.id,
-            cluster: rec.cluster.clone(),
+            id,
+            cluster: cluster.to_owned(),
             ..Default::default()
         };
-        for (k, v) in &rec.labels {
+        for (k, v) in labels {
             let k = k.strip_prefix("k8s:").unwrap_or(k);
             if k == NAMESPACE_LABEL {
-                out.namespace = v.clone();
+                out.namespace = v.to_owned();
             } else if let Some(nk) = k.strip_prefix(NAMESPACE_LABELS_PREFIX) {
-                out.namespace_labels.insert(nk.to_string(), v.clone());
+                out.namespace_labels.insert(nk.to_string(), v.to_owned());
             } else if k == CLUSTER_LABEL {
-                out.cluster = v.clone();
+                out.cluster = v.to_owned();
             } else {
-                out.pod.insert(k.to_string(), v.clone());
+                out.pod.insert(k.to_string(), v.to_owned());
             }
         }
         out.pod.insert(CLUSTER_LABEL.into(), out.cluster.clone());

@@ -17,6 +17,7 @@ pub mod endpoint_info;
 pub mod gateways;
 pub mod health;
 pub mod host;
+pub mod identity_info;
 pub mod incremental;
 pub mod labels;
 pub mod mtu;

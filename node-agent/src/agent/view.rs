@@ -25,6 +25,7 @@ use smol_str::SmolStr;
 use tracing::warn;
 
 use super::endpoint_info::EndpointInfo;
+use super::identity_info::IdentityInfo;
 
 /// (cluster, key) of one record within its kind. Names and keys of up to 23
 /// bytes (cluster names, IPs, pod and node names) are kept inline, without
@@ -45,7 +46,8 @@ pub struct View {
     pub nodes: BTreeMap<Key, Node>,
     /// What the agent uses of each endpoint ([`EndpointInfo`]).
     pub endpoints: BTreeMap<Key, EndpointInfo>,
-    pub identities: BTreeMap<Key, Identity>,
+    /// What the agent uses of each identity ([`IdentityInfo`]).
+    pub identities: BTreeMap<Key, IdentityInfo>,
     /// Whole services (with every backend), by (cluster, "ns/name").
     pub services: BTreeMap<Key, Service>,
     pub policies: BTreeMap<Key, Policy>,
@@ -120,13 +122,14 @@ impl View {
                 match kind {
                     Kind::Node => {
                         put(&mut self.nodes, k.clone(), value, e);
+                        self.strip_node_labels(&k);
                         self.index_gateway(k);
                     }
                     Kind::Endpoint => {
                         put_as::<Endpoint, _>(&mut self.endpoints, k.clone(), value, e);
                         self.index_named_ports(k);
                     }
-                    Kind::Identity => put(&mut self.identities, k, value, e),
+                    Kind::Identity => put_as::<Identity, _>(&mut self.identities, k, value, e),
                     Kind::Service => {
                         put(&mut self.service_records, k.clone(), value, e);
                         self.assemble(&k);
@@ -195,6 +198,14 @@ impl View {
             Kind::Service | Kind::ServiceBackend => d.services = true,
             Kind::Policy => d.policies = true,
             Kind::Unspecified => {}
+        }
+    }
+
+    /// The agent does not use node labels: they are not kept (a label map
+    /// costs its ~540-byte first node even for one label).
+    fn strip_node_labels(&mut self, k: &Key) {
+        if let Some(n) = self.nodes.get_mut(k) {
+            n.labels.clear();
         }
     }
 
@@ -377,6 +388,7 @@ impl View {
         self.mark(Kind::Node, &n.cluster);
         let k = key(&n.cluster, &n.name);
         self.nodes.insert(k.clone(), n);
+        self.strip_node_labels(&k);
         self.index_gateway(k);
     }
 
@@ -390,7 +402,7 @@ impl View {
     pub fn insert_identity(&mut self, i: Identity) {
         self.mark(Kind::Identity, &i.cluster);
         self.identities
-            .insert(key(&i.cluster, &i.id.to_string()), i);
+            .insert(key(&i.cluster, &i.id.to_string()), i.into());
     }
 
     pub fn insert_service(&mut self, s: Service) {
