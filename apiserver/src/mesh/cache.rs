@@ -133,6 +133,7 @@ impl PeerCache {
                 mirror.seed(id, &origin);
             }
         }
+        mirror.records.repack();
         for kv in synced {
             if let keys::StoreKey::Synced { cluster, kind } = keys::parse(&kv.key)
                 && cluster == peer.name

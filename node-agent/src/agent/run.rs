@@ -148,21 +148,6 @@ fn handle(
     }
 }
 
-/// Hands the heap's free memory back to the kernel. A snapshot is staged
-/// whole while it arrives (the mirror's staging, the changes, the decoded
-/// view, the first full merge): freed afterwards, but glibc keeps it, and
-/// at 250,000 remote endpoints that peak is ~40 % of the agent's RSS
-/// (docs/benchmarks.md, heap profile).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let started = std::time::Instant::now();
-        // SAFETY: malloc_trim only walks the allocator's own free lists.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(released, elapsed = ?started.elapsed(), "returned freed heap memory to the kernel");
-    }
-}
-
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let status = Arc::new(Mutex::new(Status {
@@ -264,7 +249,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
             rec.reconcile();
             if std::mem::take(&mut gate.trim) {
-                release_freed_memory();
+                rec.view.repack();
+                super::heap::release_freed_memory();
             }
         });
         // The changes are in the maps once a reconcile applied without error.

@@ -196,6 +196,7 @@ impl<T: Table> Mirror<T> {
                     for id in old.into_ids() {
                         out.changes.push(Change::Delete { id });
                     }
+                    self.records.repack();
                     for (c, k) in synced.difference(&self.synced) {
                         out.changes.push(Change::Synced {
                             cluster: c.clone(),

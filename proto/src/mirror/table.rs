@@ -25,6 +25,8 @@ pub trait Table: Default + Clone + std::fmt::Debug {
     fn into_ids(self) -> Vec<RecordId>;
     /// Count and digest of what is kept of `kind` from `cluster`.
     fn tally(&self, cluster: &str, kind: Kind) -> Tally;
+    /// Packs the table after a bulk fill (see [`super::Digests::repack`]).
+    fn repack(&mut self) {}
 }
 
 /// Every record's value, by id.
