@@ -116,15 +116,15 @@ enum DatapathCommand {
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads: they would each take an arena.
-    agent::heap::limit_arenas();
+    let one_arena = agent::heap::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run())
+        .block_on(run(one_arena))
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(one_arena: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -132,6 +132,9 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if !one_arena {
+        tracing::warn!("mallopt(M_ARENA_MAX, 1) was refused; glibc's default arenas are in use");
+    }
     let args = Args::parse();
     let pin_dir = match (&args.pin_dir, &args.node_name) {
         (Some(dir), _) => Some(dir.clone()),

@@ -7,18 +7,16 @@
 /// Before any thread starts: one malloc arena. The agent's work is one
 /// control loop (the Watch task and the reconciler take turns), so the
 /// arenas bought no parallelism, only freed memory that stayed in RSS.
-pub fn limit_arenas() {
+/// False when the allocator refused (the caller logs it once logging is up).
+pub fn limit_arenas() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt only sets an allocator parameter; called before
         // the runtime's threads exist.
-        let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-        if ok != 1 {
-            eprintln!(
-                "clustermesh-node-agent: mallopt(M_ARENA_MAX, 1) failed; using glibc's default arenas"
-            );
-        }
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) == 1 }
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    true
 }
 
 /// Hands the heap's free memory back to the kernel. A snapshot is staged

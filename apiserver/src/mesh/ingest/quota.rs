@@ -40,8 +40,8 @@ pub struct Quota {
     limits: PeerQuota,
     /// Bytes of every record held, by kind and key (the cluster is the
     /// peer's: one book per peer). Keys of up to 23 bytes are inline.
+    /// (Each kind's count is its map's length.)
     sizes: BTreeMap<Kind, HashMap<SmolStr, u32>>,
-    counts: BTreeMap<Kind, u64>,
     bytes: u64,
     /// Refusals per limit name: those of the last full snapshot, plus those
     /// of the events since.
@@ -69,7 +69,6 @@ impl Quota {
         Quota {
             limits,
             sizes: BTreeMap::new(),
-            counts: BTreeMap::new(),
             bytes: 0,
             over: BTreeMap::new(),
             round: None,
@@ -103,10 +102,7 @@ impl Quota {
         let sizes = self.sizes.entry(id.0).or_default();
         match sizes.insert(SmolStr::new(&id.2), kept) {
             Some(old) => self.bytes = self.bytes - u64::from(old) + bytes,
-            None => {
-                *self.counts.entry(id.0).or_default() += 1;
-                self.bytes += bytes;
-            }
+            None => self.bytes += bytes,
         }
     }
 
@@ -114,7 +110,7 @@ impl Quota {
     pub fn admit(&mut self, id: &RecordId, bytes: u64) -> Result<(), Refused> {
         let old = self.size(id);
         let kind = id.0;
-        let held = self.counts.get(&kind).copied().unwrap_or(0);
+        let held = self.held(kind);
         let limit = quota::records(&self.limits, kind);
         let refusal = if old.is_none() && held >= limit {
             Some((
@@ -169,9 +165,6 @@ impl Quota {
         };
         if let Some(old) = sizes.remove(id.2.as_str()) {
             self.bytes -= u64::from(old);
-            if let Some(n) = self.counts.get_mut(&id.0) {
-                *n = n.saturating_sub(1);
-            }
             if !self.over.is_empty() {
                 self.room_freed = true;
             }
@@ -213,7 +206,7 @@ impl Quota {
     }
 
     pub fn held(&self, kind: Kind) -> u64 {
-        self.counts.get(&kind).copied().unwrap_or(0)
+        self.sizes.get(&kind).map_or(0, |s| s.len() as u64)
     }
 
     /// Forgets every record (the peer was withdrawn); the limits stay.
