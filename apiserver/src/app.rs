@@ -102,6 +102,26 @@ async fn connect_store(
     }
 }
 
+/// Hands memory freed after snapshots back to the kernel, at most once a
+/// second ([`clustermesh_proto::heap`]; docs/benchmarks.md: 38 B per
+/// cached record after a 250-peer cold start).
+async fn release_freed_memory(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        let released =
+            tokio::task::spawn_blocking(clustermesh_proto::heap::release_if_wanted).await;
+        if let Ok(Some(released)) = released {
+            tracing::debug!(released, elapsed = ?started.elapsed(), "returned freed heap memory to the kernel");
+        }
+    }
+}
+
 /// Runs one replica until `stop` flips to true.
 pub async fn run(
     cfg: Config,
@@ -137,6 +157,7 @@ pub async fn run(
         metrics.clone(),
         stop.clone(),
     ));
+    tokio::spawn(release_freed_memory(stop.clone()));
 
     // Leader election: `leading` says whether this replica writes.
     let token = leader::token(&cfg.replica_id);

@@ -116,7 +116,7 @@ enum DatapathCommand {
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime's threads: they would each take an arena.
-    let one_arena = agent::heap::limit_arenas();
+    let one_arena = clustermesh_proto::heap::limit_arenas();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod backoff;
 pub mod clock;
 pub mod duration;
+pub mod heap;
 pub mod identity;
 pub mod keys;
 pub mod mirror;

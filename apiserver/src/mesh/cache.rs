@@ -134,6 +134,7 @@ impl PeerCache {
             }
         }
         mirror.records.repack();
+        held.repack();
         for kv in synced {
             if let keys::StoreKey::Synced { cluster, kind } = keys::parse(&kv.key)
                 && cluster == peer.name
@@ -562,6 +563,8 @@ impl PeerCache {
             let synced: BTreeSet<Kind> = self.synced_kinds().into_iter().collect();
             self.sweep(|id, _| synced.contains(&id.0), &mut out.ops);
             self.quota.snapshot_end();
+            // The snapshot's staging is freed: hand it back.
+            clustermesh_proto::heap::want_release();
         }
         self.recheck(&mut out.ops, &mut out.pending, &mut out.unresolved);
         out

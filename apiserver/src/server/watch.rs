@@ -24,6 +24,9 @@ const SNAPSHOT_CHUNK: usize = 512;
 /// record travels alone): keeps a chunk far under a receiver's gRPC limit
 /// whatever the record sizes.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// A snapshot of at least this many events leaves enough freed memory
+/// behind to be worth handing back ([`clustermesh_proto::heap`]).
+const LARGE_SNAPSHOT: usize = 4096;
 
 /// How many of `events` go into the next SNAPSHOT message.
 fn chunk_len(events: &[clustermesh_proto::v1::Event]) -> usize {
@@ -125,6 +128,10 @@ impl Pump {
                 }
                 if !send(batch(BatchType::SnapshotEnd, &epoch, rev)).await {
                     return;
+                }
+                if events.len() >= LARGE_SNAPSHOT {
+                    drop(events);
+                    clustermesh_proto::heap::want_release();
                 }
             }
             Start::Replay(batches) => {

@@ -76,6 +76,7 @@ async fn feed_once(
         let (rev, kvs) = store.list(keys::PREFIX).await?;
         info!(revision = rev, keys = kvs.len(), epoch = %epoch, "view loaded from store");
         view.load(&epoch, rev, kvs);
+        clustermesh_proto::heap::want_release();
         metrics.bootstrapped();
         rev + 1
     };

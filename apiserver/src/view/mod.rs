@@ -7,12 +7,14 @@
 
 mod event;
 pub mod feed;
+mod record;
 #[cfg(test)]
 mod stamp_tests;
 
 pub use event::{Class, Target, ViewEvent, exported_flag};
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +28,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::store::Kv;
+use record::Record;
 
 /// A group of changes that share one etcd watch response, in revision order.
 #[derive(Debug)]
@@ -37,7 +40,8 @@ pub struct Batch {
     pub reset: bool,
 }
 
-/// One key as the view holds it.
+/// One key as the view serves it to its in-process readers (kept as a
+/// [`Record`]; this is a copy of its fields that shares the value).
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The stored bytes (a mirrored record with its propagation stamp).
@@ -45,27 +49,29 @@ pub struct Entry {
     pub mod_revision: i64,
     pub exported: bool,
     /// `value` ends with a propagation stamp ([`stamp::STAMP_LEN`] bytes).
-    /// (A flag, not a length: the entry stays 48 bytes.)
     pub stamped: bool,
 }
 
+/// The record the view keeps for `key`, and the propagation stamp its
+/// value carries (a mirrored record's).
+fn record(target: &Target, key: &str, value: &Bytes, mod_revision: i64) -> (Record, Option<i64>) {
+    let exported = exported_flag(target, value);
+    let at = match target.class {
+        Class::PeerRecord => stamp::split(value).1,
+        _ => None,
+    };
+    let record = Record::new(key, value, mod_revision, exported, at.is_some());
+    (record, at)
+}
+
 impl Entry {
-    fn new(target: &Target, value: Bytes, mod_revision: i64) -> (Entry, Option<i64>) {
-        let exported = exported_flag(target, &value);
-        let at = match target.class {
-            Class::PeerRecord => stamp::split(&value).1,
-            _ => None,
-        };
-        let stamped = at.is_some();
-        (
-            Entry {
-                value,
-                mod_revision,
-                exported,
-                stamped,
-            },
-            at,
-        )
+    fn of(r: &Record) -> Entry {
+        Entry {
+            value: r.value(),
+            mod_revision: r.mod_revision(),
+            exported: r.exported(),
+            stamped: r.stamped(),
+        }
     }
 
     /// What Watch serves: the origin's bytes, without a propagation stamp
@@ -95,7 +101,14 @@ impl Default for ViewConfig {
 }
 
 /// Every key of the view, ordered.
-type Entries = imbl::OrdMap<String, Entry>;
+type Entries = imbl::OrdSet<Record>;
+
+/// The records of `entries` whose keys start with `prefix`, in order.
+fn under<'a>(entries: &'a Entries, prefix: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+    entries
+        .range::<_, [u8]>((Bound::Included(prefix.as_bytes()), Bound::Unbounded))
+        .take_while(move |r| r.key_bytes().starts_with(prefix.as_bytes()))
+}
 
 struct State {
     epoch: String,
@@ -208,7 +221,7 @@ impl View {
                 .map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
                     count(&mut counts, &target, 1);
-                    (kv.key, Entry::new(&target, kv.value, kv.mod_revision).0)
+                    record(&target, &kv.key, &kv.value, kv.mod_revision).0
                 })
                 .collect();
             st.counts = counts;
@@ -233,14 +246,18 @@ impl View {
         let mut seen = std::collections::HashSet::new();
         for kv in kvs {
             seen.insert(kv.key.clone());
-            let same = st.entries.get(&kv.key).is_some_and(|e| e.value == kv.value);
+            let same = st
+                .entries
+                .get(kv.key.as_bytes())
+                .is_some_and(|r| r.value_bytes() == &kv.value[..]);
             if !same {
                 changes.push((kv.key, Some((kv.value, kv.mod_revision))));
             }
         }
-        for k in st.entries.keys() {
-            if !seen.contains(k) {
-                changes.push((k.clone(), None));
+        for r in st.entries.iter() {
+            let k = r.key();
+            if !seen.contains(&k) {
+                changes.push((k, None));
             }
         }
         self.apply_locked(&mut st, revision, changes);
@@ -263,12 +280,12 @@ impl View {
     fn exported_tally(&self, entries: &Entries, kind: Kind) -> Tally {
         let prefix = keys::state_prefix(kind, &self.local);
         let mut t = Tally::default();
-        for (k, e) in entries
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-        {
-            if e.exported {
-                t.add(attest::record_hash(&k[prefix.len()..], &e.value));
+        for r in under(entries, &prefix) {
+            if r.exported() {
+                t.add(attest::record_hash(
+                    &r.key_after(prefix.len()),
+                    r.value_bytes(),
+                ));
             }
         }
         t
@@ -276,8 +293,8 @@ impl View {
 
     /// This cluster's marker of `kind` as Watch serves it: with the count and
     /// digest of what is exported now (docs/mesh.md "Attested sync").
-    fn attested_marker(&self, entries: &Entries, kind: Kind, stored: &Bytes) -> Bytes {
-        let mut m = SyncedMarker::decode(stored.clone()).unwrap_or_else(|_| SyncedMarker {
+    fn attested_marker(&self, entries: &Entries, kind: Kind, stored: &[u8]) -> Bytes {
+        let mut m = SyncedMarker::decode(stored).unwrap_or_else(|_| SyncedMarker {
             cluster: self.local.clone(),
             kind: kind as i32,
             ..Default::default()
@@ -305,11 +322,11 @@ impl View {
             if target.kind == Kind::Node {
                 st.node_changes += 1;
             }
-            let exported_before = st.entries.get(&key).is_some_and(|e| e.exported);
+            let exported_before = st.entries.get(key.as_bytes()).is_some_and(Record::exported);
             let mut origin_micros = None;
             let (value, rev) = match change {
                 Some((value, mod_rev)) => {
-                    let (entry, mirrored_at) = Entry::new(&target, value, mod_rev);
+                    let (entry, mirrored_at) = record(&target, &key, &value, mod_rev);
                     origin_micros = match target.class {
                         Class::LocalRecord => Some(observed),
                         _ => mirrored_at,
@@ -318,13 +335,13 @@ impl View {
                         stamps.push((target.cluster.clone(), at));
                     }
                     let served = entry.served();
-                    if st.entries.insert(key, entry).is_none() {
+                    if st.entries.insert(entry).is_none() {
                         count(&mut st.counts, &target, 1);
                     }
                     (Some(served), mod_rev)
                 }
                 None => {
-                    if st.entries.remove(&key).is_none() {
+                    if st.entries.remove(key.as_bytes()).is_none() {
                         continue;
                     }
                     count(&mut st.counts, &target, -1);
@@ -414,22 +431,22 @@ impl View {
         drop(st);
         let events = entries
             .iter()
-            .filter_map(|(k, e)| {
-                let target = Target::of(k, &self.local);
+            .filter_map(|e| {
+                let target = Target::of(&e.key_after(0), &self.local);
                 // Peers check the attestation; agents (merged) do not, and a
                 // mass reconnect of agents should not hash the cluster each.
                 let value = match (target.class, scope) {
                     (Class::LocalSynced, Scope::Exported) => {
-                        self.attested_marker(&entries, target.kind, &e.value)
+                        self.attested_marker(&entries, target.kind, e.value_bytes())
                     }
                     _ => e.served(),
                 };
                 let ev = ViewEvent {
                     target,
                     value: Some(value),
-                    revision: e.mod_revision,
+                    revision: e.mod_revision(),
                     exported_before: false,
-                    exported_now: e.exported,
+                    exported_now: e.exported(),
                     origin_micros: None,
                 };
                 ev.to_wire(scope, kinds)
@@ -474,15 +491,13 @@ impl View {
     /// the feed and the Watch streams.
     pub fn entries(&self, prefix: &str) -> Vec<(String, Entry)> {
         let entries = self.lock().entries.clone();
-        entries
-            .range(prefix.to_owned()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, e)| (k.clone(), e.clone()))
+        under(&entries, prefix)
+            .map(|r| (r.key(), Entry::of(r)))
             .collect()
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.lock().entries.get(key).cloned()
+        self.lock().entries.get(key.as_bytes()).map(Entry::of)
     }
 
     /// Every key under each of `prefixes`, as the store holds them, once the
@@ -507,13 +522,11 @@ impl View {
                         prefixes
                             .iter()
                             .map(|p| {
-                                st.entries
-                                    .range(p.clone()..)
-                                    .take_while(|(k, _)| k.starts_with(p.as_str()))
-                                    .map(|(k, e)| Kv {
-                                        key: k.clone(),
-                                        value: e.value.clone(),
-                                        mod_revision: e.mod_revision,
+                                under(&st.entries, p)
+                                    .map(|r| Kv {
+                                        key: r.key(),
+                                        value: r.value(),
+                                        mod_revision: r.mod_revision(),
                                     })
                                     .collect()
                             })

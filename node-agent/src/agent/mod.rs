@@ -16,7 +16,6 @@ pub mod desired;
 pub mod endpoint_info;
 pub mod gateways;
 pub mod health;
-pub mod heap;
 pub mod host;
 pub mod identity_info;
 pub mod incremental;

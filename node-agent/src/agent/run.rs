@@ -250,7 +250,9 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             rec.reconcile();
             if std::mem::take(&mut gate.trim) {
                 rec.view.repack();
-                super::heap::release_freed_memory();
+                let started = std::time::Instant::now();
+                let released = clustermesh_proto::heap::release_freed_memory();
+                tracing::debug!(released, elapsed = ?started.elapsed(), "returned freed heap memory to the kernel");
             }
         });
         // The changes are in the maps once a reconcile applied without error.
