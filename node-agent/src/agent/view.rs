@@ -118,6 +118,8 @@ impl View {
             } => {
                 let k = self::key(cluster, key);
                 self.mark(*kind, cluster);
+                // Until the local cluster is known, everything is kept.
+                let remote = self.cluster.is_some() && **cluster != *self.local_cluster();
                 let e = &mut self.decode_errors;
                 match kind {
                     Kind::Node => {
@@ -127,6 +129,9 @@ impl View {
                     }
                     Kind::Endpoint => {
                         put_as::<Endpoint, _>(&mut self.endpoints, k.clone(), value, e);
+                        if remote && let Some(ep) = self.endpoints.get_mut(&k) {
+                            ep.drop_details();
+                        }
                         self.index_named_ports(k);
                     }
                     Kind::Identity => put_as::<Identity, _>(&mut self.identities, k, value, e),
@@ -464,6 +469,49 @@ mod tests {
         assert!(v.endpoints.is_empty());
         v.apply(&Change::Delete { id });
         assert!(v.nodes.is_empty());
+    }
+
+    /// Only the local cluster's endpoints keep their details (node, pod):
+    /// the rest is what the datapath needs of a remote one.
+    #[test]
+    fn remote_endpoints_keep_no_details() {
+        let mut v = View::new();
+        let ep = |cluster: &str| Endpoint {
+            ip: "10.0.0.1".into(),
+            cluster: cluster.into(),
+            identity: 7,
+            node_name: "w1".into(),
+            node_ip: "192.0.2.1".into(),
+            namespace: "ns".into(),
+            pod: "p".into(),
+            ..Default::default()
+        };
+        let up = |v: &mut View, cluster: &str| {
+            v.apply(&Change::Upsert {
+                id: (Kind::Endpoint, cluster.into(), "ns/p".into()),
+                value: Bytes::from(ep(cluster).encode_to_vec()),
+            })
+        };
+        // The local cluster not known yet: everything is kept.
+        up(&mut v, "c2");
+        assert_eq!(v.endpoints[&key("c2", "ns/p")].pod(), "p");
+        v.cluster = Some(ClusterInfo {
+            name: "c1".into(),
+            ..Default::default()
+        });
+        up(&mut v, "c1");
+        up(&mut v, "c2");
+        let local = &v.endpoints[&key("c1", "ns/p")];
+        assert_eq!((local.node_name(), local.pod()), ("w1", "p"));
+        let remote = &v.endpoints[&key("c2", "ns/p")];
+        assert_eq!(
+            (remote.ip, remote.identity),
+            (Some([10, 0, 0, 1].into()), 7)
+        );
+        assert_eq!(
+            (remote.node_name(), remote.node_ip(), remote.pod()),
+            ("", "", "")
+        );
     }
 
     #[test]
