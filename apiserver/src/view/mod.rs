@@ -28,7 +28,7 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::store::Kv;
-use record::Record;
+use record::{Record, stored};
 
 /// A group of changes that share one etcd watch response, in revision order.
 #[derive(Debug)]
@@ -53,15 +53,20 @@ pub struct Entry {
 }
 
 /// The record the view keeps for `key`, and the propagation stamp its
-/// value carries (a mirrored record's).
-fn record(target: &Target, key: &str, value: &Bytes, mod_revision: i64) -> (Record, Option<i64>) {
+/// value carries (a mirrored record's). `None` outside [`keys::PREFIX`].
+fn record(
+    target: &Target,
+    key: &str,
+    value: &Bytes,
+    mod_revision: i64,
+) -> Option<(Record, Option<i64>)> {
     let exported = exported_flag(target, value);
     let at = match target.class {
         Class::PeerRecord => stamp::split(value).1,
         _ => None,
     };
-    let record = Record::new(key, value, mod_revision, exported, at.is_some());
-    (record, at)
+    let record = Record::new(key, value, mod_revision, exported, at.is_some())?;
+    Some((record, at))
 }
 
 impl Entry {
@@ -103,11 +108,17 @@ impl Default for ViewConfig {
 /// Every key of the view, ordered.
 type Entries = imbl::OrdSet<Record>;
 
-/// The records of `entries` whose keys start with `prefix`, in order.
+/// The records of `entries` whose full keys start with `prefix`, in order.
 fn under<'a>(entries: &'a Entries, prefix: &'a str) -> impl Iterator<Item = &'a Record> + 'a {
+    // A prefix of the view's own prefix covers every key; any other prefix
+    // outside it, none.
+    let (from, none): (&[u8], bool) = match stored(prefix) {
+        Some(p) => (p, false),
+        None => (b"", !keys::PREFIX.starts_with(prefix)),
+    };
     entries
-        .range::<_, [u8]>((Bound::Included(prefix.as_bytes()), Bound::Unbounded))
-        .take_while(move |r| r.key_bytes().starts_with(prefix.as_bytes()))
+        .range::<_, [u8]>((Bound::Included(from), Bound::Unbounded))
+        .take_while(move |r| !none && r.key_bytes().starts_with(from))
 }
 
 struct State {
@@ -218,10 +229,11 @@ impl View {
             let mut counts = BTreeMap::new();
             st.entries = kvs
                 .into_iter()
-                .map(|kv| {
+                .filter_map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
+                    let (r, _) = record(&target, &kv.key, &kv.value, kv.mod_revision)?;
                     count(&mut counts, &target, 1);
-                    record(&target, &kv.key, &kv.value, kv.mod_revision).0
+                    Some(r)
                 })
                 .collect();
             st.counts = counts;
@@ -246,9 +258,8 @@ impl View {
         let mut seen = std::collections::HashSet::new();
         for kv in kvs {
             seen.insert(kv.key.clone());
-            let same = st
-                .entries
-                .get(kv.key.as_bytes())
+            let same = stored(&kv.key)
+                .and_then(|k| st.entries.get(k))
                 .is_some_and(|r| r.value_bytes() == &kv.value[..]);
             if !same {
                 changes.push((kv.key, Some((kv.value, kv.mod_revision))));
@@ -318,15 +329,21 @@ impl View {
         let observed = stamp::now_micros();
         let mut events = Vec::with_capacity(changes.len());
         for (key, change) in changes {
+            // The feed watches only the prefix.
+            let Some(stored_key) = stored(&key) else {
+                continue;
+            };
             let target = Target::of(&key, &self.local);
             if target.kind == Kind::Node {
                 st.node_changes += 1;
             }
-            let exported_before = st.entries.get(key.as_bytes()).is_some_and(Record::exported);
+            let exported_before = st.entries.get(stored_key).is_some_and(Record::exported);
             let mut origin_micros = None;
             let (value, rev) = match change {
                 Some((value, mod_rev)) => {
-                    let (entry, mirrored_at) = record(&target, &key, &value, mod_rev);
+                    let Some((entry, mirrored_at)) = record(&target, &key, &value, mod_rev) else {
+                        continue;
+                    };
                     origin_micros = match target.class {
                         Class::LocalRecord => Some(observed),
                         _ => mirrored_at,
@@ -341,7 +358,7 @@ impl View {
                     (Some(served), mod_rev)
                 }
                 None => {
-                    if st.entries.remove(key.as_bytes()).is_none() {
+                    if st.entries.remove(stored_key).is_none() {
                         continue;
                     }
                     count(&mut st.counts, &target, -1);
@@ -432,7 +449,7 @@ impl View {
         let events = entries
             .iter()
             .filter_map(|e| {
-                let target = Target::of(&e.key_after(0), &self.local);
+                let target = Target::of(&e.key(), &self.local);
                 // Peers check the attestation; agents (merged) do not, and a
                 // mass reconnect of agents should not hash the cluster each.
                 let value = match (target.class, scope) {
@@ -497,7 +514,8 @@ impl View {
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {
-        self.lock().entries.get(key.as_bytes()).map(Entry::of)
+        let k = stored(key)?;
+        self.lock().entries.get(k).map(Entry::of)
     }
 
     /// Every key under each of `prefixes`, as the store holds them, once the
@@ -595,237 +613,4 @@ impl Drop for WatcherGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clustermesh_proto::v1::Node;
-    use prost::Message;
-
-    fn node(name: &str, exported: bool) -> Bytes {
-        Node {
-            name: name.into(),
-            cluster: "a".into(),
-            exported,
-            ..Default::default()
-        }
-        .encode_to_vec()
-        .into()
-    }
-
-    fn kv(key: String, value: Bytes, rev: i64) -> Kv {
-        Kv {
-            key,
-            value,
-            mod_revision: rev,
-        }
-    }
-
-    #[test]
-    fn snapshot_then_resume() {
-        let v = View::new(
-            "a",
-            ViewConfig {
-                history_events: 3,
-                subscriber_buffer: 16,
-            },
-        );
-        v.load(
-            "e1",
-            10,
-            vec![kv(keys::state(Kind::Node, "a", "n1"), node("n1", true), 5)],
-        );
-        let s = v.subscribe(Scope::Merged, &[], None);
-        assert!(
-            matches!(s.start, Start::Snapshot { ref events, reset: false, .. } if events.len() == 1)
-        );
-        v.apply(
-            11,
-            vec![(
-                keys::state(Kind::Node, "a", "n2"),
-                Some((node("n2", false), 11)),
-            )],
-        );
-        v.apply(12, vec![(keys::state(Kind::Node, "a", "n1"), None)]);
-        // resume from 10: replay both
-        let s = v.subscribe(Scope::Merged, &[], Some(("e1", 10)));
-        assert!(matches!(s.start, Start::Replay(ref b) if b.len() == 2));
-        // foreign epoch: reset snapshot
-        let s = v.subscribe(Scope::Exported, &[], Some(("other", 10)));
-        match s.start {
-            Start::Snapshot { events, reset, .. } => {
-                assert!(reset);
-                assert!(events.is_empty(), "n2 is not exported, n1 deleted");
-            }
-            _ => panic!("expected snapshot"),
-        }
-        // history trimmed past 10
-        for r in 13..20 {
-            v.apply(
-                r,
-                vec![(
-                    keys::state(Kind::Node, "a", &format!("x{r}")),
-                    Some((node("x", true), r)),
-                )],
-            );
-        }
-        let s = v.subscribe(Scope::Merged, &[], Some(("e1", 10)));
-        assert!(matches!(s.start, Start::Snapshot { reset: true, .. }));
-        // stale duplicate revision ignored
-        v.apply(
-            15,
-            vec![(
-                keys::state(Kind::Node, "a", "zz"),
-                Some((node("zz", true), 15)),
-            )],
-        );
-        assert!(v.get(&keys::state(Kind::Node, "a", "zz")).is_none());
-    }
-
-    #[test]
-    fn relist_same_epoch_yields_diff() {
-        let v = View::new("a", ViewConfig::default());
-        let k1 = keys::state(Kind::Node, "a", "n1");
-        let k2 = keys::state(Kind::Node, "a", "n2");
-        v.load(
-            "e",
-            5,
-            vec![
-                kv(k1.clone(), node("n1", true), 3),
-                kv(k2.clone(), node("n2", true), 4),
-            ],
-        );
-        let mut s = v.subscribe(Scope::Merged, &[], None);
-        v.load(
-            "e",
-            9,
-            vec![
-                kv(k1.clone(), node("n1", true), 3),
-                kv(k2, node("n2-changed", true), 8),
-            ],
-        );
-        let b = s.rx.try_recv().unwrap();
-        assert_eq!(b.events.len(), 1, "only the changed record");
-        assert!(!b.reset);
-        v.load("e2", 3, vec![kv(k1, node("n1", true), 2)]);
-        assert!(
-            s.rx.try_recv().unwrap().reset,
-            "new epoch resets subscribers"
-        );
-        assert_eq!(v.epoch(), "e2");
-    }
-
-    /// The counts Status serves, by scanning: what the kept counts must equal.
-    fn scanned(v: &View) -> Vec<(String, i32, u64)> {
-        let mut m: BTreeMap<(String, i32), u64> = BTreeMap::new();
-        for (k, _) in v.entries(keys::PREFIX) {
-            let t = Target::of(&k, "a");
-            if t.is_record() {
-                *m.entry((t.cluster, t.kind as i32)).or_default() += 1;
-            }
-        }
-        m.into_iter().map(|((c, k), n)| (c, k, n)).collect()
-    }
-
-    fn kept(v: &View) -> Vec<(String, i32, u64)> {
-        v.counts()
-            .into_iter()
-            .map(|c| (c.cluster, c.kind, c.count))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn a_listing_waits_for_the_revision_and_holds_what_the_store_did() {
-        let v = Arc::new(View::new("a", ViewConfig::default()));
-        let cache = |n: &str| keys::cache(Kind::Node, "b", n);
-        let prefixes = [
-            keys::cache_prefix(Kind::Node, "b"),
-            keys::synced_prefix("b"),
-        ];
-        // Not loaded yet: no listing within the limit.
-        assert!(
-            v.listing_at(1, &prefixes, Duration::from_millis(60))
-                .await
-                .is_none()
-        );
-        v.load("e1", 10, vec![kv(cache("x"), node("x", true), 6)]);
-        // Behind the asked revision: none; a later change brings it there,
-        // and the waiting listing sees that change.
-        let waiting = {
-            let v = v.clone();
-            let prefixes = prefixes.clone();
-            tokio::spawn(async move { v.listing_at(12, &prefixes, Duration::from_secs(20)).await })
-        };
-        v.apply(
-            12,
-            vec![
-                (cache("y"), Some((node("y", true), 12))),
-                (keys::synced("b", Kind::Node), Some((Bytes::new(), 12))),
-            ],
-        );
-        let lists = waiting.await.expect("task").expect("caught up");
-        let keys: Vec<Vec<String>> = lists
-            .iter()
-            .map(|l| l.iter().map(|kv| kv.key.clone()).collect())
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                vec![cache("x"), cache("y")],
-                vec![keys::synced("b", Kind::Node)]
-            ]
-        );
-        assert_eq!(lists[0][1].mod_revision, 12);
-        assert_eq!(lists[0][0].value, node("x", true));
-    }
-
-    #[test]
-    fn kept_counts_equal_a_scan_through_loads_upserts_and_deletes() {
-        let v = View::new("a", ViewConfig::default());
-        let state = |n: &str| keys::state(Kind::Node, "a", n);
-        let cache = |c: &str, n: &str| keys::cache(Kind::Node, c, n);
-        v.load(
-            "e1",
-            10,
-            vec![
-                kv(state("n1"), node("n1", true), 5),
-                kv(cache("b", "x"), node("x", true), 6),
-                kv(keys::synced("a", Kind::Node), Bytes::new(), 7),
-                // A state record of another cluster name is not served, not counted.
-                kv(keys::state(Kind::Node, "zz", "n"), node("n", true), 8),
-            ],
-        );
-        assert_eq!(kept(&v), scanned(&v));
-        assert_eq!(
-            kept(&v),
-            vec![
-                ("a".into(), Kind::Node as i32, 1),
-                ("b".into(), Kind::Node as i32, 1)
-            ]
-        );
-        let mut rev = 10;
-        let mut step = |changes: Vec<(String, Option<(Bytes, i64)>)>| {
-            rev += 1;
-            v.apply(rev, changes);
-            assert_eq!(kept(&v), scanned(&v), "after revision {rev}");
-        };
-        step(vec![(state("n2"), Some((node("n2", true), 11)))]);
-        step(vec![(state("n2"), Some((node("n2", false), 12)))]); // update: same count
-        step(vec![
-            (cache("b", "y"), Some((node("y", true), 13))),
-            (cache("c", "z"), Some((node("z", true), 13))),
-        ]);
-        step(vec![(cache("b", "x"), None), (cache("b", "x"), None)]); // twice: once counted
-        step(vec![(cache("c", "z"), None)]); // the last of c's: c is gone
-        step(vec![(keys::synced("a", Kind::Node), None)]);
-        assert_eq!(
-            kept(&v),
-            vec![
-                ("a".into(), Kind::Node as i32, 2),
-                ("b".into(), Kind::Node as i32, 1)
-            ]
-        );
-        // A same-epoch relist turned into differences keeps them too.
-        v.load("e1", 20, vec![kv(state("n1"), node("n1", true), 5)]);
-        assert_eq!(kept(&v), scanned(&v));
-        assert_eq!(kept(&v), vec![("a".into(), Kind::Node as i32, 1)]);
-    }
-}
+mod tests;

@@ -7,13 +7,15 @@
 //! (docs/benchmarks.md "Compact record tables".)
 //!
 //! Layout: `mod_revision` (8 bytes, little-endian), flags (1), key length
-//! (4, little-endian), the key, the value.
+//! (4, little-endian), the key without the store's prefix
+//! ([`keys::PREFIX`], the same for every key the view holds), the value.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use clustermesh_proto::keys;
 
 const REVISION: usize = 0;
 const FLAGS: usize = 8;
@@ -23,14 +25,29 @@ const HEADER: usize = 13;
 const EXPORTED: u8 = 1;
 const STAMPED: u8 = 2;
 
-/// A kept key. Ordered (and borrowed, for lookups) by its key's bytes,
-/// which orders it as the key string does.
+/// A kept key. Ordered (and borrowed, for lookups) by its key's bytes
+/// after the prefix ([`stored`]), which orders it as the full key does.
 #[derive(Clone)]
 pub struct Record(Arc<[u8]>);
 
+/// What the view keeps of a full store key, and looks it up by: the key
+/// after [`keys::PREFIX`]. `None` for a key outside it (the view's feed
+/// watches only that prefix).
+pub fn stored(full_key: &str) -> Option<&[u8]> {
+    full_key.strip_prefix(keys::PREFIX).map(str::as_bytes)
+}
+
 impl Record {
-    /// `stamped`: `value` ends with a propagation stamp.
-    pub fn new(key: &str, value: &[u8], mod_revision: i64, exported: bool, stamped: bool) -> Self {
+    /// `stamped`: `value` ends with a propagation stamp. `None` for a key
+    /// outside [`keys::PREFIX`].
+    pub fn new(
+        full_key: &str,
+        value: &[u8],
+        mod_revision: i64,
+        exported: bool,
+        stamped: bool,
+    ) -> Option<Self> {
+        let key = full_key.strip_prefix(keys::PREFIX)?;
         // A key is bounded by etcd's request limit, far below 4 GiB.
         let key_len = u32::try_from(key.len()).unwrap_or(u32::MAX);
         let key = &key.as_bytes()[..key_len as usize];
@@ -47,7 +64,7 @@ impl Record {
         buf.extend_from_slice(&key_len.to_le_bytes());
         buf.extend_from_slice(key);
         buf.extend_from_slice(value);
-        Record(Arc::from(buf))
+        Some(Record(Arc::from(buf)))
     }
 
     fn key_end(&self) -> usize {
@@ -56,20 +73,24 @@ impl Record {
         HEADER + u32::from_le_bytes(le) as usize
     }
 
+    /// The key after [`keys::PREFIX`].
     pub fn key_bytes(&self) -> &[u8] {
         &self.0[HEADER..self.key_end()]
     }
 
-    /// The key (built from a `&str`, so always UTF-8).
+    /// The full store key (built from a `&str`, so always UTF-8).
     pub fn key(&self) -> String {
-        String::from_utf8_lossy(self.key_bytes()).into_owned()
+        let mut k = String::with_capacity(keys::PREFIX.len() + self.key_bytes().len());
+        k.push_str(keys::PREFIX);
+        k.push_str(&String::from_utf8_lossy(self.key_bytes()));
+        k
     }
 
-    /// The key with its first `prefix` bytes cut (a prefix this record's
-    /// key was found under).
+    /// The full key with its first `prefix` bytes cut (the length of a
+    /// full-key prefix this record was found under).
     pub fn key_after(&self, prefix: usize) -> std::borrow::Cow<'_, str> {
-        let k = self.key_bytes();
-        String::from_utf8_lossy(k.get(prefix..).unwrap_or_default())
+        let cut = prefix.saturating_sub(keys::PREFIX.len());
+        String::from_utf8_lossy(self.key_bytes().get(cut..).unwrap_or_default())
     }
 
     pub fn mod_revision(&self) -> i64 {
@@ -122,7 +143,7 @@ impl AsRef<[u8]> for Owner {
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Record")
-            .field("key", &self.key_after(0))
+            .field("key", &self.key())
             .field("mod_revision", &self.mod_revision())
             .field("value_len", &self.value_bytes().len())
             .finish()
@@ -155,17 +176,23 @@ impl Borrow<[u8]> for Record {
 mod tests {
     use super::*;
 
+    fn key(rest: &str) -> String {
+        format!("{}{rest}", keys::PREFIX)
+    }
+
     #[test]
     fn fields_round_trip_and_order_follows_the_key() {
-        let r = Record::new("a/b", b"value\x01", -7, true, false);
-        assert_eq!(r.key(), "a/b");
-        assert_eq!(r.key_after(2), "b");
+        let r = Record::new(&key("a/b"), b"value\x01", -7, true, false).expect("under the prefix");
+        assert_eq!(r.key(), key("a/b"));
+        assert_eq!(r.key_bytes(), b"a/b", "kept without the prefix");
+        assert_eq!(r.key_after(key("a/").len()), "b");
         assert_eq!(r.mod_revision(), -7);
         assert!(r.exported() && !r.stamped());
         assert_eq!(r.value_bytes(), b"value\x01");
         assert_eq!(&r.value()[..], b"value\x01");
         assert_eq!(&r.served()[..], b"value\x01");
-        let s = Record::new("a/c", &[0u8; 20], i64::MAX, false, true);
+        let s =
+            Record::new(&key("a/c"), &[0u8; 20], i64::MAX, false, true).expect("under the prefix");
         assert_eq!(s.mod_revision(), i64::MAX);
         assert!(!s.exported() && s.stamped());
         assert_eq!(
@@ -174,15 +201,15 @@ mod tests {
             "the stamp is cut"
         );
         assert!(r < s);
-        let e = Record::new("", b"", 0, false, false);
-        assert_eq!(e.key(), "");
+        let e = Record::new(keys::PREFIX, b"", 0, false, false).expect("the prefix itself");
+        assert_eq!(e.key(), keys::PREFIX);
         assert!(e.value_bytes().is_empty() && e.served().is_empty());
-        // Lookups by key bytes.
+        assert!(Record::new("elsewhere/x", b"", 0, false, false).is_none());
+        assert!(stored("elsewhere/x").is_none());
+        // Lookups by the stored key.
         let set: imbl::OrdSet<Record> = [r.clone(), s.clone(), e].into_iter().collect();
-        assert_eq!(
-            set.get(b"a/c".as_slice()).map(Record::mod_revision),
-            Some(i64::MAX)
-        );
-        assert!(set.get(b"a/d".as_slice()).is_none());
+        let get = |k: &str| set.get(stored(&key(k)).expect("under the prefix"));
+        assert_eq!(get("a/c").map(Record::mod_revision), Some(i64::MAX));
+        assert!(get("a/d").is_none());
     }
 }

@@ -106,7 +106,7 @@ pub fn local_pods(view: &View, node_name: &str) -> BTreeMap<Ipv4Addr, LocalPod> 
                     identity: e.identity,
                     namespace: e.namespace().to_owned(),
                     pod: e.pod().to_owned(),
-                    named_ports: e.named_ports.to_vec(),
+                    named_ports: e.named_ports().to_vec(),
                 },
             ))
         })
@@ -349,7 +349,7 @@ pub fn policy_part(view: &View, local: &[LocalEndpoint]) -> CompiledPolicy {
         if let Some(ip) = e.ip {
             endpoints.entry(e.identity).or_default().push(PeerEndpoint {
                 ip,
-                named_ports: e.named_ports.to_vec(),
+                named_ports: e.named_ports().to_vec(),
             });
         }
     }

@@ -8,23 +8,33 @@ use std::net::Ipv4Addr;
 
 use clustermesh_proto::v1::{Endpoint, NamedPort};
 
-/// One endpoint as the agent keeps it.
+/// One endpoint as the agent keeps it: 24 bytes inline. What most
+/// endpoints lack (named ports; the details, which only the local
+/// cluster's keep) is behind one optional box.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
     /// None: the record's IP is not an IPv4 address (the endpoint is
     /// counted as invalid, never programmed).
     pub ip: Option<Ipv4Addr>,
     pub identity: u32,
-    /// Empty for almost every endpoint (no allocation then).
-    pub named_ports: Box<[NamedPort]>,
+    /// None: no named ports and no details.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Extra {
+    named_ports: Box<[NamedPort]>,
     /// `node_name`, `node_ip`, `namespace`, `pod`, NUL-separated: one
-    /// allocation instead of four (used for the local cluster's pods).
+    /// allocation instead of four (empty when dropped).
     details: Box<str>,
 }
 
 impl EndpointInfo {
     fn detail(&self, i: usize) -> &str {
-        self.details.split('\0').nth(i).unwrap_or("")
+        self.extra
+            .as_ref()
+            .and_then(|x| x.details.split('\0').nth(i))
+            .unwrap_or("")
     }
     pub fn node_name(&self) -> &str {
         self.detail(0)
@@ -38,13 +48,25 @@ impl EndpointInfo {
     pub fn pod(&self) -> &str {
         self.detail(3)
     }
+    /// Empty for almost every endpoint.
+    pub fn named_ports(&self) -> &[NamedPort] {
+        self.extra.as_ref().map_or(&[], |x| &x.named_ports)
+    }
 
     /// Forgets the details: only the local cluster's endpoints use them
     /// (its pods on this node, its nodes' addresses). A remote endpoint is
     /// an IP and an identity behind its cluster's gateway; its details
     /// were ~33 B per endpoint at 250,000 of them.
     pub fn drop_details(&mut self) {
-        self.details = Box::default();
+        let Some(x) = self.extra.take() else {
+            return;
+        };
+        if !x.named_ports.is_empty() {
+            self.extra = Some(Box::new(Extra {
+                named_ports: x.named_ports,
+                details: Box::default(),
+            }));
+        }
     }
 }
 
@@ -60,11 +82,17 @@ impl From<Endpoint> for EndpointInfo {
             clean(&e.pod),
         ]
         .join("\0");
+        // Three separators and nothing else: no details.
+        let extra = (details.len() > 3 || !e.named_ports.is_empty()).then(|| {
+            Box::new(Extra {
+                named_ports: e.named_ports.into_boxed_slice(),
+                details: details.into_boxed_str(),
+            })
+        });
         EndpointInfo {
             ip: e.ip.parse().ok(),
             identity: e.identity,
-            named_ports: e.named_ports.into_boxed_slice(),
-            details: details.into_boxed_str(),
+            extra,
         }
     }
 }
@@ -97,7 +125,8 @@ mod tests {
             (i.node_name(), i.node_ip(), i.namespace(), i.pod()),
             ("w1", "192.0.2.7", "shop", "web-1")
         );
-        assert_eq!(i.named_ports.len(), 1);
+        assert_eq!(i.named_ports().len(), 1);
+        assert_eq!(std::mem::size_of::<EndpointInfo>(), 24);
         let odd = EndpointInfo::from(Endpoint {
             ip: "fd00::1".into(),
             node_name: "a\0b".into(),
@@ -106,5 +135,31 @@ mod tests {
         });
         assert_eq!(odd.ip, None, "not IPv4: kept as invalid");
         assert_eq!((odd.node_name(), odd.pod()), ("a", "p"));
+    }
+
+    #[test]
+    fn dropping_details_keeps_named_ports() {
+        let port = NamedPort {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+        };
+        let mut i = EndpointInfo::from(Endpoint {
+            ip: "10.0.0.1".into(),
+            pod: "p".into(),
+            named_ports: vec![port.clone()],
+            ..Default::default()
+        });
+        i.drop_details();
+        assert_eq!((i.pod(), i.named_ports()), ("", &[port][..]));
+        let mut bare = EndpointInfo::from(Endpoint {
+            ip: "10.0.0.2".into(),
+            pod: "q".into(),
+            ..Default::default()
+        });
+        bare.drop_details();
+        assert!(bare.extra.is_none(), "nothing left to box");
+        let empty = EndpointInfo::from(Endpoint::default());
+        assert!(empty.extra.is_none() && empty.named_ports().is_empty());
     }
 }

@@ -253,7 +253,7 @@ impl View {
         let has = self
             .endpoints
             .get(&k)
-            .is_some_and(|e| !e.named_ports.is_empty());
+            .is_some_and(|e| !e.named_ports().is_empty());
         let had = if has {
             !self.named_port_endpoints.insert(k)
         } else {
