@@ -1,4 +1,4 @@
-//! The syncer's Watch batch handling (apiserver/src/mesh/cache.rs with the
+//! The syncer's Watch batch handling (apiserver/src/mesh/cache/ with the
 //! ingest rules, the pending gate and the quota): any sequence of batches a
 //! peer may send (snapshots cut anywhere, events, markers, bad records,
 //! fresh snapshots, sweeps) is applied without a panic, and the writes it
