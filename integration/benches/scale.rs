@@ -21,6 +21,9 @@
 //!    the whole mesh: cold start to healthy with every remote endpoint
 //!    programmed, its RSS per remote endpoint, then the churn again with the
 //!    agent's own propagation histogram (mock peer's change → its maps).
+//!    With `BENCH_AGENT_EARLY=1` the agent starts before the peers are
+//!    registered (and runs through the restart and both churns): its figure
+//!    is then from the registration's start to every endpoint programmed.
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p clustermesh-integration --bench scale`
 //! Sizes: `BENCH_PEERS` (250), `BENCH_NODES` (100), `BENCH_ENDPOINTS` (1000),
@@ -199,6 +202,13 @@ async fn run() {
     let mocks = MockPeers::start(2, peers, shape, Churn::default(), &ca)
         .await
         .expect("mock peers");
+    // With BENCH_AGENT_EARLY=1 the agent runs from before the registration.
+    let early = match &setup {
+        Some(setup) if env_or::<u32>("BENCH_AGENT_EARLY", 0) == 1 => {
+            Some(agent::start(setup, &local).await)
+        }
+        _ => None,
+    };
     let pid = local.api().child.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = rss_bytes(pid);
@@ -218,6 +228,18 @@ async fn run() {
         ),
         None => println!("cold start: NOT complete after {cold:.2?}"),
     }
+    let endpoints = u64::from(peers) * u64::from(shape.endpoints);
+    let early = match early {
+        Some(a) => agent::wait_programmed(
+            &a,
+            start,
+            endpoints,
+            "running before the peers were registered: registration",
+        )
+        .await
+        .then_some(a),
+        None => None,
+    };
 
     // 3. Memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -264,10 +286,13 @@ async fn run() {
     let churn_seconds = env_or::<u64>("BENCH_CHURN_SECONDS", 20);
     churn::run(&local, &mocks, churn_seconds).await;
 
-    // 6. The agent.
+    // 6. The agent (the early one, if it ran).
     if let Some(setup) = &setup {
-        let endpoints = u64::from(peers) * u64::from(shape.endpoints);
-        if let Some(mut a) = agent::cold_start(setup, &local, endpoints).await {
+        let running = match early {
+            Some(a) => Some(a),
+            None => agent::cold_start(setup, &local, endpoints).await,
+        };
+        if let Some(mut a) = running {
             println!("== churn again, with the agent running ==");
             agent::churn(&local, &mocks, &a, churn_seconds).await;
             a.stop();

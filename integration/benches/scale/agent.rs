@@ -8,6 +8,9 @@
 //! - **cold start**: from the agent's start to `/status` healthy (first
 //!   snapshot programmed, last reconcile without error) with every mock
 //!   peer's endpoint programmed (`remote_endpoints`);
+//! - with `BENCH_AGENT_EARLY=1`, the agent starts before the peers are
+//!   registered instead, and the figure is from the registration's start
+//!   to the same state: the mesh's cold start as the agent sees it;
 //! - **memory**: its RSS then, per remote endpoint (beside its RSS when its
 //!   health endpoint first answered, before the snapshot);
 //! - **propagation to the map**: churn again with the agent running; the
@@ -62,13 +65,11 @@ fn field(s: &serde_json::Value, k: &str) -> u64 {
     s["datapath"][k].as_u64().unwrap_or(0)
 }
 
-/// Starts the agent and waits until it has programmed `endpoints` remote
-/// endpoints; prints the figures. The running agent is returned.
-pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Option<Agent> {
+/// Starts the agent on the gateway node, connected to `local`.
+pub async fn start(setup: &Setup, local: &Cluster) -> Agent {
     let gw = &setup.topo.gws[0];
     relay_into_netns(&gw.ns, local.api().grpc.clone()).await;
-    let started = Instant::now();
-    let agent = Agent::start(
+    Agent::start(
         &gw.ns,
         &gw.node,
         &local.tls_dir(),
@@ -76,7 +77,23 @@ pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Optio
         &gw.cgroup,
         &[],
         local.dir.path(),
-    );
+    )
+}
+
+/// Starts the agent and waits until it has programmed `endpoints` remote
+/// endpoints; prints the figures. The running agent is returned.
+pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Option<Agent> {
+    let started = Instant::now();
+    let agent = start(setup, local).await;
+    wait_programmed(&agent, started, endpoints, "cold start")
+        .await
+        .then_some(agent)
+}
+
+/// Waits until `agent` is healthy with `endpoints` remote endpoints
+/// programmed; prints the time since `started` (`what` it measures) and
+/// the agent's memory. False if it never got there.
+pub async fn wait_programmed(agent: &Agent, started: Instant, endpoints: u64, what: &str) -> bool {
     let pid = agent.child.as_ref().map(|c| c.pid()).unwrap_or(0);
     let mut rss_early = None;
     let mut last_print = Instant::now();
@@ -94,7 +111,7 @@ pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Optio
                 let rss = rss_bytes(pid);
                 let (rss0, at0) = rss_early.unwrap_or((0, 0));
                 println!(
-                    "agent: cold start → healthy with {programmed} remote endpoints programmed ({} ipcache entries, {} remote clusters, {} tunnel sources) in {took:.2?}",
+                    "agent: {what} → healthy with {programmed} remote endpoints programmed ({} ipcache entries, {} remote clusters, {} tunnel sources) in {took:.2?}",
                     field(&s, "ipcache_entries"),
                     s["datapath"]["remote_clusters"]
                         .as_array()
@@ -109,7 +126,7 @@ pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Optio
                     rss0 as f64 / 1048576.0,
                     rss.saturating_sub(rss0) as f64 / programmed.max(1) as f64,
                 );
-                return Some(agent);
+                return true;
             }
             if last_print.elapsed() >= Duration::from_secs(5) {
                 println!(
@@ -128,7 +145,7 @@ pub async fn cold_start(setup: &Setup, local: &Cluster, endpoints: u64) -> Optio
         "agent: NOT programmed after {limit:?}; last status: {last}\n{}",
         agent.log()
     );
-    None
+    false
 }
 
 /// The agent's propagation histogram, summed over the mock peers.
