@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
+use clustermesh_proto::mirror::worth_repacking;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -82,8 +83,11 @@ impl CounterLog {
 /// or, for stores without sync markers, after `sync_wait`.
 struct Gate {
     snapshot_seen: bool,
-    /// A snapshot ended since the last reconcile: its staging is freed.
+    /// A snapshot ended since the last reconcile (its staging is freed),
+    /// or enough live changes came ([`worth_repacking`]): repack and trim.
     trim: bool,
+    /// Records changed live since the view was last repacked.
+    applied: usize,
     since: Option<tokio::time::Instant>,
     sync_wait: std::time::Duration,
 }
@@ -139,8 +143,11 @@ fn handle(
             while waiting.len() > MAX_WAITING {
                 waiting.pop_front();
             }
+            gate.applied += changes.len();
             if snapshot_done {
                 gate.snapshot_seen = true;
+                gate.trim = true;
+            } else if worth_repacking(gate.applied, rec.view.counts().iter().sum()) {
                 gate.trim = true;
             }
             !changes.is_empty() || snapshot_done
@@ -205,6 +212,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut gate = Gate {
         snapshot_seen: false,
         trim: false,
+        applied: 0,
         since: None,
         sync_wait: cfg.sync_wait,
     };
@@ -249,6 +257,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             }
             rec.reconcile();
             if std::mem::take(&mut gate.trim) {
+                gate.applied = 0;
                 rec.view.repack();
                 let started = std::time::Instant::now();
                 let released = clustermesh_proto::heap::release_freed_memory();

@@ -96,6 +96,10 @@ impl Digests {
 impl Table for Digests {
     type Kept = Digest;
 
+    fn len(&self) -> usize {
+        Digests::len(self)
+    }
+
     fn kept(value: &Bytes) -> Digest {
         attest::value_digest(value)
     }

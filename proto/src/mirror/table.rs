@@ -27,6 +27,11 @@ pub trait Table: Default + Clone + std::fmt::Debug {
     fn tally(&self, cluster: &str, kind: Kind) -> Tally;
     /// Packs the table after a bulk fill (see [`super::Digests::repack`]).
     fn repack(&mut self) {}
+    /// Records kept.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Every record's value, by id.
@@ -53,6 +58,10 @@ impl Table for Values {
 
     fn into_ids(self) -> Vec<RecordId> {
         self.into_keys().collect()
+    }
+
+    fn len(&self) -> usize {
+        BTreeMap::len(self)
     }
 
     fn tally(&self, cluster: &str, kind: Kind) -> Tally {
