@@ -113,10 +113,13 @@ async fn release_freed_memory(mut stop: tokio::sync::watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
+        if !clustermesh_proto::heap::take_wanted() {
+            continue;
+        }
         let started = std::time::Instant::now();
         let released =
-            tokio::task::spawn_blocking(clustermesh_proto::heap::release_if_wanted).await;
-        if let Ok(Some(released)) = released {
+            tokio::task::spawn_blocking(clustermesh_proto::heap::release_freed_memory).await;
+        if let Ok(released) = released {
             tracing::debug!(released, elapsed = ?started.elapsed(), "returned freed heap memory to the kernel");
         }
     }

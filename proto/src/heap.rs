@@ -9,7 +9,7 @@
 //!   load) is staged while it is handled and freed afterwards, but glibc
 //!   keeps the freed pages. [`release_freed_memory`] hands them back; the
 //!   apiserver asks for it after each snapshot ([`want_release`]) and a
-//!   single task does it at most once a second ([`release_if_wanted`]).
+//!   single task does it at most once a second ([`take_wanted`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,18 +44,15 @@ pub fn release_freed_memory() -> bool {
 
 static WANTED: AtomicBool = AtomicBool::new(false);
 
-/// Something large was freed (a snapshot handled): the next
-/// [`release_if_wanted`] releases.
+/// Something large was freed (a snapshot handled): ask for a release.
 pub fn want_release() {
     WANTED.store(true, Ordering::Relaxed);
 }
 
-/// Releases freed memory if [`want_release`] was called since the last
-/// time: `None` if it was not, else whether some was released. Called
-/// from one periodic task, so many snapshots in a burst (a cold start
-/// with 250 peers) cost one release per period.
-pub fn release_if_wanted() -> Option<bool> {
-    WANTED
-        .swap(false, Ordering::Relaxed)
-        .then(release_freed_memory)
+/// Whether [`want_release`] was called since the last time this said yes.
+/// Polled by one periodic task, which then calls [`release_freed_memory`]:
+/// many snapshots in a burst (a cold start with 250 peers) cost one
+/// release per period.
+pub fn take_wanted() -> bool {
+    WANTED.swap(false, Ordering::Relaxed)
 }

@@ -48,8 +48,6 @@ pub struct Entry {
     pub value: Bytes,
     pub mod_revision: i64,
     pub exported: bool,
-    /// `value` ends with a propagation stamp ([`stamp::STAMP_LEN`] bytes).
-    pub stamped: bool,
 }
 
 /// The record the view keeps for `key`, and the propagation stamp its
@@ -75,15 +73,7 @@ impl Entry {
             value: r.value(),
             mod_revision: r.mod_revision(),
             exported: r.exported(),
-            stamped: r.stamped(),
         }
-    }
-
-    /// What Watch serves: the origin's bytes, without a propagation stamp
-    /// (it travels in `Event.origin_unix_micros`).
-    pub fn served(&self) -> Bytes {
-        let stamp = if self.stamped { stamp::STAMP_LEN } else { 0 };
-        self.value.slice(..self.value.len() - stamp)
     }
 }
 
@@ -446,10 +436,12 @@ impl View {
         let entries = st.entries.clone();
         let (epoch, revision) = (st.epoch.clone(), st.revision);
         drop(st);
+        let mut full_key = String::new();
         let events = entries
             .iter()
             .filter_map(|e| {
-                let target = Target::of(&e.key(), &self.local);
+                e.write_key(&mut full_key);
+                let target = Target::of(&full_key, &self.local);
                 // Peers check the attestation; agents (merged) do not, and a
                 // mass reconnect of agents should not hash the cluster each.
                 let value = match (target.class, scope) {
@@ -511,6 +503,13 @@ impl View {
         under(&entries, prefix)
             .map(|r| (r.key(), Entry::of(r)))
             .collect()
+    }
+
+    /// What Watch serves of `key` (its value without a propagation stamp).
+    #[cfg(test)]
+    pub(crate) fn served(&self, key: &str) -> Option<Bytes> {
+        let k = stored(key)?;
+        self.lock().entries.get(k).map(Record::served)
     }
 
     pub fn get(&self, key: &str) -> Option<Entry> {

@@ -81,9 +81,16 @@ impl Record {
     /// The full store key (built from a `&str`, so always UTF-8).
     pub fn key(&self) -> String {
         let mut k = String::with_capacity(keys::PREFIX.len() + self.key_bytes().len());
-        k.push_str(keys::PREFIX);
-        k.push_str(&String::from_utf8_lossy(self.key_bytes()));
+        self.write_key(&mut k);
         k
+    }
+
+    /// The full store key into `buf` (cleared first): for a walk over many
+    /// records, one buffer instead of a string per record.
+    pub fn write_key(&self, buf: &mut String) {
+        buf.clear();
+        buf.push_str(keys::PREFIX);
+        buf.push_str(&String::from_utf8_lossy(self.key_bytes()));
     }
 
     /// The full key with its first `prefix` bytes cut (the length of a

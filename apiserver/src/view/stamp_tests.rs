@@ -144,8 +144,7 @@ fn mirrored_stamps_are_reported_and_served() {
         "served without the stamp: it travels in the event"
     );
     assert_eq!(
-        v.get(&keys::cache(Kind::Node, "a", "n1"))
-            .map(|e| e.served()),
+        v.served(&keys::cache(Kind::Node, "a", "n1")),
         Some(bare.clone())
     );
     // A snapshot carries no stamp.
