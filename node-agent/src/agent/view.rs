@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clustermesh_proto::backends;
-use clustermesh_proto::mirror::Change;
+use clustermesh_proto::mirror::{Change, repack_map};
 use clustermesh_proto::v1::{
     Backend, ClusterInfo, Endpoint, Identity, Kind, Node, Policy, Service, ServiceBackend,
 };
@@ -195,16 +195,13 @@ impl View {
     /// full; built from sorted entries they are full (at 250,000 remote
     /// endpoints, ~75 bytes an endpoint; docs/benchmarks.md). O(records).
     pub fn repack(&mut self) {
-        fn dense<V>(m: &mut BTreeMap<Key, V>) {
-            *m = std::mem::take(m).into_iter().collect();
-        }
-        dense(&mut self.nodes);
-        dense(&mut self.endpoints);
-        dense(&mut self.identities);
-        dense(&mut self.services);
-        dense(&mut self.policies);
-        dense(&mut self.service_records);
-        dense(&mut self.backends);
+        repack_map(&mut self.nodes);
+        repack_map(&mut self.endpoints);
+        repack_map(&mut self.identities);
+        repack_map(&mut self.services);
+        repack_map(&mut self.policies);
+        repack_map(&mut self.service_records);
+        repack_map(&mut self.backends);
     }
 
     /// Notes a change of `kind` in `cluster` in [`View::dirty`].

@@ -69,15 +69,12 @@ impl Digests {
         self.groups.get(&kind)?.get(cluster)
     }
 
-    /// Rebuilds each group's tree from its sorted entries. A `BTreeMap`
-    /// filled in key order (a snapshot, a seed from the store) splits every
-    /// full node in the middle and leaves its nodes a little over half full;
-    /// built from sorted entries, they are full. O(records), after a bulk
-    /// fill only.
+    /// Rebuilds each group's tree from its sorted entries, so its nodes
+    /// are full ([`super::repack_map`]). O(records).
     pub fn repack(&mut self) {
         for clusters in self.groups.values_mut() {
             for keys in clusters.values_mut() {
-                *keys = std::mem::take(keys).into_iter().collect();
+                super::repack_map(keys);
             }
         }
     }

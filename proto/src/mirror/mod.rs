@@ -101,6 +101,15 @@ pub fn worth_repacking(applied: usize, records: usize) -> bool {
     applied >= REPACK_MIN_CHANGES && applied >= records / 2
 }
 
+/// Rebuilds `map` from its sorted entries. A `BTreeMap` filled in key
+/// order (a snapshot, a seed from the store) splits every full node in the
+/// middle and leaves its nodes a little over half full; built from sorted
+/// entries (`collect` bulk-builds them) they are full. O(entries): after a
+/// bulk fill, or when [`worth_repacking`] says so.
+pub fn repack_map<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>) {
+    *map = std::mem::take(map).into_iter().collect();
+}
+
 /// A mirror that keeps a digest per record ([`Digests`]).
 pub type DigestMirror = Mirror<Digests>;
 

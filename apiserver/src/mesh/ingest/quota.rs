@@ -193,7 +193,7 @@ impl Quota {
     /// built from sorted entries fills them. O(n), once per snapshot.
     pub fn repack(&mut self) {
         for sizes in self.sizes.values_mut() {
-            *sizes = std::mem::take(sizes).into_iter().collect();
+            clustermesh_proto::mirror::repack_map(sizes);
         }
     }
 
