@@ -253,7 +253,6 @@ pub async fn run(
         config: cfg.mesh.clone(),
         fence: Some(token.clone()),
         metrics,
-        ingest: Default::default(),
     };
     crate::mesh::spawn(mesh_ctx, leading.clone(), stop.clone());
     let incoming = tls::incoming(listener, shared);

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod app;
+pub mod cidr;
 pub mod export;
 pub mod health;
 pub mod leader;

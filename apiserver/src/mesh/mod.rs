@@ -91,8 +91,6 @@ pub struct MeshContext {
     /// With leader election: the token every write is fenced on.
     pub fence: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// The CIDR indexes every peer's ingest checks share.
-    pub ingest: Arc<ingest_context::SharedIndexes>,
 }
 
 impl MeshContext {

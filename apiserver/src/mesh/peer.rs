@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cache::{PeerCache, withdraw_ops};
-use super::ingest::{Context, PeerRef, Reason, RejectError};
+use super::ingest::{PeerRef, Reason, RejectError};
 use super::ingest_context::ingest_context;
 use super::liveness::{Backoff, Liveness};
 use super::session::{Params, Session, SessionError, SessionEvent};
@@ -37,10 +37,6 @@ use crate::store::{Kv, StoreError, WriteOp};
 
 /// Writes gathered from queued batches before one store write.
 const MAX_OPS_PER_WRITE: usize = 4096;
-/// How long a peer loop reuses its ingest context before asking for it
-/// again (the shared indexes behind it have their own age,
-/// [`super::ingest_context::MAX_AGE`]).
-const CONTEXT_TTL: Duration = Duration::from_millis(500);
 /// Distinct refusals remembered for "log once per key"; beyond, the memory
 /// is cleared (a key may then be logged once more).
 const MAX_LOGGED: usize = 65_536;
@@ -87,7 +83,6 @@ struct PeerLoop {
     store_retry_at: Instant,
     counts_at: Option<Instant>,
     attempts: usize,
-    context: Option<(Instant, Arc<Context>)>,
     /// Digests of the refusals and pendings already logged.
     logged: HashSet<u64>,
     /// Quota limits already logged as reached (until the peer is within its quota).
@@ -133,7 +128,6 @@ pub async fn run(
         store_retry_at: now,
         counts_at: None,
         attempts: 0,
-        context: None,
         logged: HashSet::new(),
         quota_logged: HashSet::new(),
         resnapshot_at: now,
@@ -399,14 +393,8 @@ impl PeerLoop {
             return;
         };
         let grace = self.ctx.config.stale_ttl;
-        let ctx = match &self.context {
-            Some((at, c)) if now < *at + CONTEXT_TTL => c.clone(),
-            _ => {
-                let c = Arc::new(ingest_context(&self.ctx, &self.peer.name));
-                self.context = Some((now, c.clone()));
-                c
-            }
-        };
+        // Current and O(1) to take: the view keeps the CIDR indexes.
+        let ctx = ingest_context(&self.ctx, &self.peer.name);
         let mut ops: Vec<WriteOp> = Vec::new();
         let mut rejected = Vec::new();
         let mut pending = Vec::new();

@@ -7,6 +7,7 @@
 
 mod event;
 pub mod feed;
+mod node_cidrs;
 mod record;
 #[cfg(test)]
 mod stamp_tests;
@@ -29,6 +30,8 @@ use tokio::sync::broadcast;
 
 use crate::store::Kv;
 use record::{Record, stored};
+
+pub use node_cidrs::NodeCidrs;
 
 /// A group of changes that share one etcd watch response, in revision order.
 #[derive(Debug)]
@@ -125,9 +128,8 @@ struct State {
     /// Resume is possible from any revision >= this (all later batches are in `history`).
     resumable_from: i64,
     ready: bool,
-    /// Node records applied (changed or deleted) so far: lets the ingest
-    /// CIDR indexes skip a rebuild when no node changed.
-    node_changes: u64,
+    /// The pod CIDRs of the Node records among `entries`, indexed.
+    node_cidrs: NodeCidrs,
 }
 
 /// How a new subscription starts.
@@ -189,7 +191,7 @@ impl View {
                 counts: BTreeMap::new(),
                 history: VecDeque::new(),
                 history_events: 0,
-                node_changes: 0,
+                node_cidrs: NodeCidrs::default(),
                 resumable_from: i64::MAX,
                 ready: false,
             }),
@@ -217,17 +219,19 @@ impl View {
         if !st.ready || st.epoch != epoch {
             let had_subscribers = st.ready;
             let mut counts = BTreeMap::new();
+            let mut cidrs = NodeCidrs::default();
             st.entries = kvs
                 .into_iter()
                 .filter_map(|kv| {
                     let target = Target::of(&kv.key, &self.local);
                     let (r, _) = record(&target, &kv.key, &kv.value, kv.mod_revision)?;
                     count(&mut counts, &target, 1);
+                    cidrs.change(&target, None, Some(&kv.value));
                     Some(r)
                 })
                 .collect();
             st.counts = counts;
-            st.node_changes += 1;
+            st.node_cidrs = cidrs;
             st.epoch = epoch.to_owned();
             st.revision = revision;
             st.history.clear();
@@ -324,9 +328,11 @@ impl View {
                 continue;
             };
             let target = Target::of(&key, &self.local);
-            if target.kind == Kind::Node {
-                st.node_changes += 1;
-            }
+            // The record this change replaces, for the CIDR index of nodes.
+            let old_node = match target.kind {
+                Kind::Node => st.entries.get(stored_key).cloned(),
+                _ => None,
+            };
             let exported_before = st.entries.get(stored_key).is_some_and(Record::exported);
             let mut origin_micros = None;
             let (value, rev) = match change {
@@ -342,6 +348,13 @@ impl View {
                         stamps.push((target.cluster.clone(), at));
                     }
                     let served = entry.served();
+                    if target.kind == Kind::Node {
+                        st.node_cidrs.change(
+                            &target,
+                            old_node.as_ref().map(Record::value_bytes),
+                            Some(&value[..]),
+                        );
+                    }
                     if st.entries.insert(entry).is_none() {
                         count(&mut st.counts, &target, 1);
                     }
@@ -351,6 +364,8 @@ impl View {
                     if st.entries.remove(stored_key).is_none() {
                         continue;
                     }
+                    st.node_cidrs
+                        .change(&target, old_node.as_ref().map(Record::value_bytes), None);
                     count(&mut st.counts, &target, -1);
                     (None, revision)
                 }
@@ -490,8 +505,10 @@ impl View {
         self.lock().ready
     }
     /// How many node records have changed since start (a change counter).
-    pub fn node_changes(&self) -> u64 {
-        self.lock().node_changes
+    /// The pod CIDRs of the Node records served now (O(1): copies of
+    /// persistent indexes).
+    pub fn node_cidrs(&self) -> NodeCidrs {
+        self.lock().node_cidrs.clone()
     }
 
     /// Every entry under a full-key prefix. The lock is held only for an

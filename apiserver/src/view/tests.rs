@@ -255,3 +255,51 @@ fn kept_counts_equal_a_scan_through_loads_upserts_and_deletes() {
     assert_eq!(kept(&v), scanned(&v));
     assert_eq!(kept(&v), vec![("a".into(), Kind::Node as i32, 1)]);
 }
+
+#[test]
+fn node_cidrs_follow_loads_changes_relists_and_deletes() {
+    let with_cidr = |cidr: &str| -> Bytes {
+        Node {
+            name: "n".into(),
+            pod_cidrs: vec![cidr.into()],
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    };
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let v = View::new("a", ViewConfig::default());
+    let peer_node = keys::cache(Kind::Node, "b", "n1");
+    v.load(
+        "e1",
+        10,
+        vec![
+            kv(keys::state(Kind::Node, "a", "n1"), with_cidr("10.1.0.0/24"), 5),
+            kv(peer_node.clone(), with_cidr("10.2.0.0/24"), 6),
+        ],
+    );
+    let before = v.node_cidrs();
+    assert!(before.own.any_containing(&ip("10.1.0.7")).is_some());
+    assert_eq!(
+        before.peers.containing(&ip("10.2.0.7"), "c").map(|x| x.0),
+        Some("b")
+    );
+    // The peer's node moves: the old range is released at once.
+    v.apply(11, vec![(peer_node.clone(), Some((with_cidr("10.3.0.0/24"), 11)))]);
+    let now = v.node_cidrs();
+    assert!(now.peers.any_containing(&ip("10.2.0.7")).is_none());
+    assert!(now.peers.any_containing(&ip("10.3.0.7")).is_some());
+    assert!(
+        before.peers.any_containing(&ip("10.2.0.7")).is_some(),
+        "a copy taken before is unchanged"
+    );
+    // A relist of the same epoch that lost the node: a delete.
+    v.load(
+        "e1",
+        12,
+        vec![kv(keys::state(Kind::Node, "a", "n1"), with_cidr("10.1.0.0/24"), 5)],
+    );
+    assert!(v.node_cidrs().peers.is_empty());
+    v.apply(13, vec![(keys::state(Kind::Node, "a", "n1"), None)]);
+    assert!(v.node_cidrs().own.is_empty());
+}

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use clustermesh_proto::mirror::RecordId;
 use clustermesh_proto::v1::Kind;
 
+use super::Cidr;
 use super::net::parse_ip;
 use super::records::covered_ips;
-use super::{Cidr, Context};
 
 /// Kinds whose key holds the one IP the rule checks (an endpoint's IP, a
 /// backend record's `<namespace>/<service>/<ip>`), so a written record of
@@ -92,7 +92,7 @@ impl Gate {
         match id.0 {
             Kind::Node => {
                 self.nodes
-                    .insert(id.2.clone(), Context::pod_cidrs([value.as_ref()]));
+                    .insert(id.2.clone(), crate::cidr::node_pod_cidrs(value));
             }
             Kind::Service => {
                 if let Some(ips) = covered_ips(id.0, value) {
@@ -106,7 +106,7 @@ impl Gate {
     /// An upsert the rules passed: written at once, or held pending.
     pub fn upsert(&mut self, id: &RecordId, value: &Bytes) -> Verdict {
         if id.0 == Kind::Node {
-            let cidrs = Context::pod_cidrs([value.as_ref()]);
+            let cidrs = crate::cidr::node_pod_cidrs(value);
             if self.nodes.get(&id.2) != Some(&cidrs) {
                 self.nodes.insert(id.2.clone(), cidrs);
                 self.dirty = true;

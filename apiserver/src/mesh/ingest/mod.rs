@@ -6,7 +6,6 @@
 //! must lie inside a pod CIDR the same peer announces) and holds records that
 //! wait for their node. [`RULES`] is the table docs/mesh.md lists.
 
-mod cidr_index;
 pub mod gate;
 pub mod net;
 pub mod quota;
@@ -16,11 +15,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use clustermesh_proto::ClusterMode;
-use clustermesh_proto::v1::{Event, EventType, Kind, Node};
-use prost::Message;
+use clustermesh_proto::v1::{Event, EventType, Kind};
 use thiserror::Error;
 
-pub use cidr_index::CidrIndex;
+pub use crate::cidr::CidrIndex;
 pub use net::Cidr;
 
 /// The largest record (encoded bytes) accepted from a peer. A quarter of
@@ -301,17 +299,6 @@ impl Context {
             others: Arc::new(o),
             peer: String::new(),
         }
-    }
-
-    /// Pod CIDRs of the Node records among `nodes` (values that do not
-    /// decode, or CIDRs that do not parse, are left out).
-    pub fn pod_cidrs<'a>(nodes: impl IntoIterator<Item = &'a [u8]>) -> Vec<Cidr> {
-        nodes
-            .into_iter()
-            .filter_map(|v| Node::decode(v).ok())
-            .flat_map(|n| n.pod_cidrs)
-            .filter_map(|c| Cidr::parse(&c))
-            .collect()
     }
 
     /// The rule `ip` breaks by lying in a range that is not the peer's.

@@ -2,6 +2,7 @@
 
 use super::*;
 use clustermesh_proto::v1::{Backend, Endpoint, Identity, Node, Policy, Service, ServiceBackend};
+use prost::Message;
 
 fn ev(t: EventType, kind: Kind, cluster: &str, key: &str, value: Vec<u8>) -> Event {
     Event {

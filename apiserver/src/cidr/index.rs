@@ -6,14 +6,24 @@
 //! number ~25,000; the ingest rules check every endpoint against them, so a
 //! scan made a 250,000-endpoint cold start ~6·10⁹ comparisons
 //! (docs/benchmarks.md, "Scale").
+//!
+//! The index is kept with every Node record change ([`CidrIndex::insert`],
+//! [`CidrIndex::remove`]: O(log n) each) and is a persistent map, so a copy
+//! for a reader costs O(1) and a change after it copies one path.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Bound;
+
+use smol_str::SmolStr;
 
 use super::Cidr;
 
 /// Address family and prefix length of one level of the index.
 type Level = (bool, u8);
+
+/// (IPv6?, prefix length, network left-aligned in 128 bits, owner).
+type Key = (bool, u8, u128, SmolStr);
 
 fn bits(ip: &IpAddr) -> (bool, u128, u8) {
     match ip {
@@ -41,12 +51,24 @@ fn cidr_of((v6, prefix): Level, net: u128) -> Cidr {
     Cidr { addr, prefix }
 }
 
+fn key_of(owner: &str, cidr: &Cidr) -> Key {
+    let (v6, b, width) = bits(&cidr.addr);
+    (
+        v6,
+        cidr.prefix,
+        masked(b, width, cidr.prefix),
+        SmolStr::new(owner),
+    )
+}
+
 /// CIDRs, each with the names that announce it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CidrIndex {
-    /// Per level, network (left-aligned in 128 bits) → owners.
-    levels: BTreeMap<Level, BTreeMap<u128, Vec<String>>>,
-    len: usize,
+    /// (network, owner) → how many times the owner announces it (two of a
+    /// peer's nodes may, for a moment, claim the same range).
+    nets: imbl::OrdMap<Key, u32>,
+    /// Keys per level: the levels a lookup visits.
+    levels: BTreeMap<Level, usize>,
 }
 
 impl CidrIndex {
@@ -54,33 +76,56 @@ impl CidrIndex {
         Self::default()
     }
 
-    /// Adds `cidr`, announced by `owner`.
+    /// Adds `cidr`, announced (once more) by `owner`.
     pub fn insert(&mut self, owner: &str, cidr: Cidr) {
-        let (v6, b, width) = bits(&cidr.addr);
-        let net = masked(b, width, cidr.prefix);
-        let owners = self
-            .levels
-            .entry((v6, cidr.prefix))
-            .or_default()
-            .entry(net)
-            .or_default();
-        if !owners.iter().any(|o| o == owner) {
-            owners.push(owner.to_owned());
-            self.len += 1;
+        let key = key_of(owner, &cidr);
+        let level = (key.0, key.1);
+        if let Some(n) = self.nets.get_mut(&key) {
+            *n = n.saturating_add(1);
+            return;
+        }
+        self.nets.insert(key, 1);
+        *self.levels.entry(level).or_default() += 1;
+    }
+
+    /// Takes back one announcement of `cidr` by `owner` (the last one
+    /// removes the pair).
+    pub fn remove(&mut self, owner: &str, cidr: Cidr) {
+        let key = key_of(owner, &cidr);
+        let Some(n) = self.nets.get_mut(&key) else {
+            return;
+        };
+        if *n > 1 {
+            *n -= 1;
+            return;
+        }
+        self.nets.remove(&key);
+        let level = (key.0, key.1);
+        if let Some(count) = self.levels.get_mut(&level) {
+            *count -= 1;
+            if *count == 0 {
+                self.levels.remove(&level);
+            }
         }
     }
 
     /// Number of (owner, CIDR) pairs.
     pub fn len(&self) -> usize {
-        self.len
+        self.nets.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.nets.is_empty()
     }
 
-    fn first_other<'a>(owners: &'a [String], except: &str) -> Option<&'a str> {
-        owners.iter().map(String::as_str).find(|o| *o != except)
+    /// An owner other than `except` of a network of `level` in `from..=to`.
+    fn owned_in(&self, level: Level, from: u128, to: u128, except: &str) -> Option<(&str, Cidr)> {
+        let lo: Key = (level.0, level.1, from, SmolStr::default());
+        self.nets
+            .range((Bound::Included(lo), Bound::Unbounded))
+            .take_while(|((v6, p, net, _), _)| (*v6, *p) == level && *net <= to)
+            .find(|((.., owner), _)| owner != except)
+            .map(|((_, _, net, owner), _)| (owner.as_str(), cidr_of(level, *net)))
     }
 
     /// A CIDR holding `ip`, whoever owns it.
@@ -99,10 +144,9 @@ impl CidrIndex {
         let (v6, b, width) = bits(ip);
         self.levels
             .range((v6, 0)..=(v6, u8::MAX))
-            .find_map(|(&level, nets)| {
+            .find_map(|(&level, _)| {
                 let net = masked(b, width, level.1);
-                let owner = Self::first_other(nets.get(&net)?, except)?;
-                Some((owner, cidr_of(level, net)))
+                self.owned_in(level, net, net, except)
             })
     }
 
@@ -120,17 +164,14 @@ impl CidrIndex {
         let end = start | host;
         self.levels
             .range((v6, 0)..=(v6, u8::MAX))
-            .find_map(|(&level, nets)| {
+            .find_map(|(&level, _)| {
                 if level.1 <= cidr.prefix {
                     // Holds `cidr` (or is it): its network is `cidr`'s, masked.
                     let net = masked(start, 128, level.1);
-                    let owner = Self::first_other(nets.get(&net)?, except)?;
-                    Some((owner, cidr_of(level, net)))
+                    self.owned_in(level, net, net, except)
                 } else {
                     // Inside `cidr`: a network between its first and last address.
-                    nets.range(start..=end).find_map(|(&net, owners)| {
-                        Some((Self::first_other(owners, except)?, cidr_of(level, net)))
-                    })
+                    self.owned_in(level, start, end, except)
                 }
             })
     }
@@ -198,6 +239,17 @@ mod tests {
             Some(("d", c("fd00:4::/64")))
         );
         assert_eq!(i.len(), 3);
+        // Announced twice, taken back once: still held; twice: gone.
+        i.insert("c", c("10.4.1.0/24"));
+        i.remove("c", c("10.4.1.0/24"));
+        assert_eq!(i.containing(&ip("10.4.1.1"), "a").map(|x| x.0), Some("c"));
+        i.remove("c", c("10.4.1.0/24"));
+        assert_eq!(i.containing(&ip("10.4.1.1"), "a"), None);
+        assert_eq!(i.overlapping(&c("10.4.0.0/16"), "a"), None);
+        i.remove("c", c("10.4.1.0/24"));
+        i.remove("nobody", c("10.3.0.0/16"));
+        assert_eq!(i.len(), 2, "removing what is not held changes nothing");
+        assert_eq!(i.levels.len(), 2, "an emptied level is dropped");
     }
 
     #[test]
@@ -223,6 +275,19 @@ mod tests {
                 all.push((owner.to_string(), net));
                 i.insert(owner, net);
             }
+            // Take some back: the index must forget exactly those (an
+            // owner that announced a range twice still holds it once).
+            for _ in 0..(next() % 10) {
+                if all.is_empty() {
+                    break;
+                }
+                let (owner, net) = all.swap_remove((next() % all.len() as u64) as usize);
+                i.remove(&owner, net);
+            }
+            let mut pairs = all.clone();
+            pairs.sort();
+            pairs.dedup();
+            assert_eq!(i.len(), pairs.len(), "one entry per (owner, CIDR)");
             for _ in 0..50 {
                 let a = IpAddr::V4(Ipv4Addr::from((next() as u32) & 0x0a0f_ffff | 0x0a00_0000));
                 let except = ["a", "b", "x"][(next() % 3) as usize];
