@@ -274,7 +274,11 @@ fn node_cidrs_follow_loads_changes_relists_and_deletes() {
         "e1",
         10,
         vec![
-            kv(keys::state(Kind::Node, "a", "n1"), with_cidr("10.1.0.0/24"), 5),
+            kv(
+                keys::state(Kind::Node, "a", "n1"),
+                with_cidr("10.1.0.0/24"),
+                5,
+            ),
             kv(peer_node.clone(), with_cidr("10.2.0.0/24"), 6),
         ],
     );
@@ -285,7 +289,10 @@ fn node_cidrs_follow_loads_changes_relists_and_deletes() {
         Some("b")
     );
     // The peer's node moves: the old range is released at once.
-    v.apply(11, vec![(peer_node.clone(), Some((with_cidr("10.3.0.0/24"), 11)))]);
+    v.apply(
+        11,
+        vec![(peer_node.clone(), Some((with_cidr("10.3.0.0/24"), 11)))],
+    );
     let now = v.node_cidrs();
     assert!(now.peers.any_containing(&ip("10.2.0.7")).is_none());
     assert!(now.peers.any_containing(&ip("10.3.0.7")).is_some());
@@ -297,7 +304,11 @@ fn node_cidrs_follow_loads_changes_relists_and_deletes() {
     v.load(
         "e1",
         12,
-        vec![kv(keys::state(Kind::Node, "a", "n1"), with_cidr("10.1.0.0/24"), 5)],
+        vec![kv(
+            keys::state(Kind::Node, "a", "n1"),
+            with_cidr("10.1.0.0/24"),
+            5,
+        )],
     );
     assert!(v.node_cidrs().peers.is_empty());
     v.apply(13, vec![(keys::state(Kind::Node, "a", "n1"), None)]);
