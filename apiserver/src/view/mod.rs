@@ -348,13 +348,11 @@ impl View {
                         stamps.push((target.cluster.clone(), at));
                     }
                     let served = entry.served();
-                    if target.kind == Kind::Node {
-                        st.node_cidrs.change(
-                            &target,
-                            old_node.as_ref().map(Record::value_bytes),
-                            Some(&value[..]),
-                        );
-                    }
+                    st.node_cidrs.change(
+                        &target,
+                        old_node.as_ref().map(Record::value_bytes),
+                        Some(&value[..]),
+                    );
                     if st.entries.insert(entry).is_none() {
                         count(&mut st.counts, &target, 1);
                     }
