@@ -14,41 +14,33 @@
 //! All state lives in this task; sessions only report. Every store write
 //! goes through the mirror, so whatever happens (reconnect, resume refused,
 //! peer wiped) only real differences are written.
+//!
+//! - [`seed`]: the mirror seeded from the store (or the caught-up view);
+//! - [`apply`]: the peer's batches checked and written, refusals counted;
+//! - here: the loop, its timers, the session's life and the status.
 
 use std::collections::HashSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clustermesh_proto::v1::{Kind, PeerConfig, PeerStatus};
-use clustermesh_proto::{ClusterMode, keys};
+use clustermesh_proto::ClusterMode;
+use clustermesh_proto::v1::{PeerConfig, PeerStatus};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::cache::{PeerCache, withdraw_ops};
-use super::ingest::{PeerRef, Reason, RejectError};
-use super::ingest_context::ingest_context;
+use super::ingest::{PeerRef, Reason};
 use super::liveness::{Backoff, Liveness};
-use super::session::{Params, Session, SessionError, SessionEvent};
+use super::session::{Params, Session, SessionError};
 use super::status::{self, Board};
 use super::{MeshContext, stopped};
-use crate::store::{Kv, StoreError, WriteOp};
 
-/// Writes gathered from queued batches before one store write.
-const MAX_OPS_PER_WRITE: usize = 4096;
-/// Distinct refusals remembered for "log once per key"; beyond, the memory
-/// is cleared (a key may then be logged once more).
-const MAX_LOGGED: usize = 65_536;
+mod apply;
+mod seed;
+
 /// Pause before retrying after a local store failure.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// How long a seed waits for the view to catch up with the store before it
-/// reads the store itself. Just after a restart the view is still loading
-/// (seconds at 300,000 records). With the store to itself (the chart's own
-/// etcd), the store's newest write is always one the view sees; in an etcd
-/// shared with other writers the view may lag the store's revision until
-/// this cluster writes again, and the seed falls back to the store.
-const SEED_FROM_VIEW_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a peer whose stream just ended is still shown connected while
 /// the redial runs: a redial that fails (or takes longer) shows it
@@ -238,82 +230,6 @@ impl PeerLoop {
         self.resnapshot_for_quota(now);
     }
 
-    async fn seed(&self) -> Result<PeerCache, StoreError> {
-        let (mut records, mut synced) = self.seed_listing().await?;
-        let mut dropped = Vec::new();
-        if !self.cfg.import_policies {
-            // Policies mirrored while they were imported go (DESIGN §10:
-            // a peer's policies apply here only while imported).
-            let policies = keys::cache_prefix(Kind::Policy, &self.peer.name);
-            let marker = keys::synced(&self.peer.name, Kind::Policy);
-            let before = records.len() + synced.len();
-            records.retain(|kv| !kv.key.starts_with(&policies));
-            synced.retain(|kv| kv.key != marker);
-            if records.len() + synced.len() < before {
-                dropped = vec![WriteOp::delete_prefix(policies), WriteOp::delete(marker)];
-            }
-        }
-        // What the store holds passes today's rules too (an older version,
-        // or this cluster's ranges, may have let it in).
-        let ctx = ingest_context(&self.ctx, &self.peer.name);
-        let (cache, mut ops, refused) =
-            PeerCache::seeded_checked(self.peer.clone(), records, synced, Some(&ctx));
-        let cache = cache
-            .with_quota(self.limits())
-            .with_import_policies(self.cfg.import_policies);
-        if !dropped.is_empty() {
-            info!(peer = %self.peer.name, "peer's policies are not imported (connect --import-policies): its mirrored policies are deleted");
-            ops.extend(dropped);
-        }
-        for r in &refused {
-            warn!(peer = %self.peer.name, reason = r.reason().label(), error = %r, "stored record fails the ingest rules; deleted");
-        }
-        if !ops.is_empty() {
-            info!(peer = %self.peer.name, deletes = ops.len(), "stored records no longer vouched for are deleted");
-            self.ctx.write(&ops).await?;
-        }
-        Ok(cache.with_view(self.ctx.view.clone()))
-    }
-
-    /// What the store holds of this peer: its cached records and its sync
-    /// markers. Read from the view once it has caught up with the store's
-    /// current revision (every write of an earlier leader is before it, and
-    /// only this replica writes now: writes are fenced on the leader key), so
-    /// that a restart does not read every peer's records from etcd a second
-    /// time beside the view's own load; from the store when the view does
-    /// not catch up within [`SEED_FROM_VIEW_WAIT`].
-    async fn seed_listing(&self) -> Result<(Vec<Kv>, Vec<Kv>), StoreError> {
-        let (prefixes, synced_prefix) = PeerCache::seed_prefixes(&self.peer.name);
-        let revision = self.ctx.store.revision().await?;
-        let mut all: Vec<String> = prefixes.to_vec();
-        all.push(synced_prefix.clone());
-        if let Some(mut lists) = self
-            .ctx
-            .view
-            .listing_at(revision, &all, SEED_FROM_VIEW_WAIT)
-            .await
-        {
-            let synced = lists.pop().unwrap_or_default();
-            debug!(peer = %self.peer.name, revision, "seeded from the view");
-            return Ok((lists.into_iter().flatten().collect(), synced));
-        }
-        info!(peer = %self.peer.name, revision, "the view has not caught up with the store; seeding from the store");
-        let mut records = Vec::new();
-        for p in prefixes {
-            records.extend(self.ctx.store.list(&p).await?.1);
-        }
-        let synced = self.ctx.store.list(&synced_prefix).await?.1;
-        Ok((records, synced))
-    }
-
-    /// The quota in force: the registration's, zero fields from `--peer-quota`.
-    fn limits(&self) -> clustermesh_proto::v1::PeerQuota {
-        clustermesh_proto::quota::or_defaults(
-            &self.cfg.quota.unwrap_or_default(),
-            &self.ctx.config.quota,
-        )
-    }
-
     /// A peer over its quota whose held records went down: ask it for a
     /// fresh snapshot (at most every [`QUOTA_RESNAPSHOT_INTERVAL`]); the
     /// refused records that now fit arrive with it. Only differences are
@@ -333,209 +249,6 @@ impl PeerLoop {
         self.session_up = None;
         self.redial_until = Some(now + REDIAL_GRACE);
         self.retry_at = now;
-    }
-
-    async fn on_event(&mut self, ev: Option<SessionEvent>) {
-        let now = Instant::now();
-        match ev {
-            Some(SessionEvent::Connected { addr, info }) => {
-                self.session_up = Some(now);
-                self.redial_until = None;
-                self.seen(now);
-                info!(peer = %self.peer.name, %addr, id = info.id, resume = self.cache.as_ref().and_then(|c| c.resume_point()).is_some(), "connected to peer; watching its exported records");
-                let records = info
-                    .capabilities
-                    .iter()
-                    .any(|c| c == clustermesh_proto::backends::CAPABILITY);
-                self.backend_records = Some(records);
-                if let Some(cache) = self.cache.as_mut() {
-                    let ops = cache.set_backend_records(records);
-                    if !ops.is_empty() {
-                        self.write(&ops, now).await;
-                    }
-                }
-            }
-            Some(SessionEvent::Batch(b)) => {
-                self.seen(now);
-                let mut batches = vec![b];
-                // Gather what is already queued into one store write.
-                let mut ended = None;
-                if let Some(s) = self.session.as_mut() {
-                    while batches.iter().map(|b| b.events.len()).sum::<usize>() < MAX_OPS_PER_WRITE
-                    {
-                        match s.rx.try_recv() {
-                            Ok(SessionEvent::Batch(b)) => batches.push(b),
-                            Ok(other) => {
-                                ended = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                let events = batches.iter().map(|b| b.events.len()).sum();
-                let queued = self.session.as_ref().map(|s| s.queued.clone());
-                self.apply(batches, now).await;
-                if let Some(q) = queued {
-                    q.done(events);
-                }
-                if let Some(other) = ended {
-                    Box::pin(self.on_event(Some(other))).await;
-                }
-            }
-            Some(SessionEvent::Ended(e)) => self.ended(Some(e)),
-            None => self.ended(None),
-        }
-    }
-
-    async fn apply(&mut self, batches: Vec<clustermesh_proto::v1::WatchBatch>, now: Instant) {
-        let Some(cache) = self.cache.as_mut() else {
-            return;
-        };
-        let grace = self.ctx.config.stale_ttl;
-        // Current and O(1) to take: the view keeps the CIDR indexes.
-        let ctx = ingest_context(&self.ctx, &self.peer.name);
-        let mut ops: Vec<WriteOp> = Vec::new();
-        let mut rejected = Vec::new();
-        let mut pending = Vec::new();
-        let mut unresolved = Vec::new();
-        let mut snapshot_done = false;
-        for b in batches {
-            let a = cache.apply(b, now, grace, &ctx);
-            ops.extend(a.ops);
-            rejected.extend(a.rejected);
-            pending.extend(a.pending);
-            unresolved.extend(a.unresolved);
-            if a.reset {
-                info!(peer = %self.peer.name, "peer sends a full snapshot (its store changed or the resume point was too old); writing only the differences");
-            }
-            snapshot_done |= a.snapshot_done;
-            if let Some(reason) = a.resync {
-                info!(peer = %self.peer.name, %reason, "peer asked for a resync");
-                self.resync = true;
-            }
-        }
-        // Records a node change took back, whose value is in an earlier batch
-        // of this write or only in the store (not deleted yet: the deletes
-        // are in `ops`).
-        for id in unresolved {
-            let key = keys::cache(id.0, &self.peer.name, &id.2);
-            let mut value = ops.iter().rev().find_map(|o| match o {
-                WriteOp::Put { key: k, value } if *k == key => Some(value.clone()),
-                _ => None,
-            });
-            if value.is_none() {
-                value = self
-                    .ctx
-                    .store
-                    .get(&key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|kv| kv.value);
-            }
-            cache.resolve(id, value.as_ref());
-        }
-        for id in pending {
-            if self.first_time(&(id.0 as i32, &id.2)) {
-                info!(peer = %self.peer.name, kind = id.0.segment(), key = %id.2, reason = Reason::OutsidePeerPodCidrs.label(), "record held pending: its IPs are outside every pod CIDR the peer announces (yet); written once a node of the peer covers them");
-            }
-        }
-        for r in &rejected {
-            self.count_rejected(r.reason());
-            let text = r.to_string();
-            let first = match r {
-                // Once per limit while over quota, not once per record.
-                RejectError::Rule {
-                    reason: Reason::QuotaExceeded,
-                    kind,
-                    ..
-                } => self.quota_logged.insert(kind),
-                _ => self.first_time(&text),
-            };
-            if first {
-                warn!(peer = %self.peer.name, reason = r.reason().label(), error = %text, "rejected record from peer; not written");
-            }
-            self.status.last_error = format!("rejected record: {text}");
-        }
-        if self
-            .cache
-            .as_ref()
-            .is_some_and(|c| c.quota().over().is_empty())
-        {
-            self.quota_logged.clear();
-        }
-        if ops.is_empty() && !snapshot_done {
-            return;
-        }
-        let writes = ops.len();
-        if self.write(&ops, now).await && snapshot_done {
-            self.backoff.reset();
-            self.status.withdrawn = false;
-            self.counts_at = None;
-            info!(peer = %self.peer.name, writes, "peer snapshot applied");
-        }
-    }
-
-    /// Writes, or on failure forgets the mirror (it no longer matches the
-    /// store): the next attempt reseeds from the store and resnapshots.
-    async fn write(&mut self, ops: &[WriteOp], now: Instant) -> bool {
-        if ops.is_empty() {
-            return true;
-        }
-        let started = std::time::Instant::now();
-        let res = self.ctx.write(ops).await;
-        self.ctx
-            .metrics
-            .store_write("mesh_write", started.elapsed().as_secs_f64());
-        match res {
-            Ok(applied) => {
-                if let Some(last) = applied.refused.last() {
-                    // Counted like any rejected record; the rest was written.
-                    for _ in &applied.refused {
-                        self.count_rejected(Reason::StoreRefused);
-                    }
-                    self.status.last_error = format!("rejected record: {last}");
-                }
-                true
-            }
-            Err(e) => {
-                self.ctx.metrics.etcd_error("mesh_write");
-                self.error(format!(
-                    "writing peer {}'s records to the local store: {e}",
-                    self.peer.name
-                ));
-                self.status.failures += 1;
-                self.cache = None;
-                self.session = None;
-                self.session_up = None;
-                self.store_retry_at = now + STORE_RETRY;
-                self.retry_at = self.store_retry_at;
-                false
-            }
-        }
-    }
-
-    fn count_rejected(&mut self, reason: Reason) {
-        self.ctx
-            .metrics
-            .rejected(&self.peer.name, reason.label(), 1);
-        self.status.rejected_records += 1;
-        *self
-            .status
-            .rejected_by_reason
-            .entry(reason.label().to_owned())
-            .or_default() += 1;
-    }
-
-    /// Whether `what` is logged for the first time (log once per key).
-    fn first_time(&mut self, what: &impl Hash) -> bool {
-        let mut h = DefaultHasher::new();
-        what.hash(&mut h);
-        if self.logged.len() >= MAX_LOGGED {
-            self.logged.clear();
-        }
-        self.logged.insert(h.finish())
     }
 
     fn seen(&mut self, now: Instant) {
