@@ -70,8 +70,6 @@ impl Churn {
     };
 }
 
-/// Snapshot chunk size (records), as the real server's bound.
-const CHUNK: usize = 512;
 /// How often churn is applied. Endpoints carry their peer's identity 0 at
 /// start; churn flips them to identity 1 and back.
 const CHURN_STEP: Duration = Duration::from_millis(20);
@@ -624,7 +622,10 @@ impl ClusterMesh for PeerService {
             if !send(begin).await {
                 return;
             }
-            for chunk in events.chunks(CHUNK) {
+            let mut rest = &events[..];
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(clustermesh_proto::chunks::chunk_len(rest));
+                rest = tail;
                 if !send(batch(BatchType::Snapshot, &epoch, rev, chunk.to_vec())).await {
                     return;
                 }

@@ -250,3 +250,104 @@ async fn exported_scope_sees_only_exported_records() {
         .await
         .unwrap();
 }
+
+/// A node record of about `pad` bytes (a label carries the padding).
+fn big_node(cluster: &str, name: &str, pad: usize) -> Vec<u8> {
+    let mut n = Node::decode(node(cluster, name, true).as_slice()).unwrap();
+    n.labels.insert("pad".into(), "x".repeat(pad));
+    n.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_large_transaction_arrives_in_bounded_messages_and_resumes_whole() {
+    use clustermesh_proto::chunks::MESSAGE_BYTES;
+    let c = Cluster::start("c1", 1, 1, &[]).await.unwrap();
+    let s = store(&c).await;
+    let ch = c.api().channel(Role::Agent).await.unwrap();
+    let mut w = Watcher::open(ch.clone(), Scope::Merged, &[], None)
+        .await
+        .unwrap();
+    w.until(T, "snapshot end", |m| !m.in_snapshot() && m.snapshots == 1)
+        .await
+        .unwrap();
+    let before = w.mirror.resume_point().unwrap();
+
+    // 100 records of ~1 KiB in one transaction: one revision, ~100 KiB.
+    let ops: Vec<WriteOp> = (0..100)
+        .map(|i| {
+            let name = format!("big{i:03}");
+            WriteOp::put(
+                keys::state(Kind::Node, "c1", &name),
+                big_node("c1", &name, 1000),
+            )
+        })
+        .collect();
+    s.apply(&ops).await.unwrap();
+    w.until(T, "all 100 records", |m| {
+        m.records.keys().filter(|k| k.2.starts_with("big")).count() == 100
+    })
+    .await
+    .unwrap();
+    let parts: Vec<_> = w
+        .batches
+        .iter()
+        .filter(|b| b.r#type == BatchType::Events as i32 && !b.events.is_empty())
+        .collect();
+    let revision = parts[0].events[0].revision;
+    assert!(
+        parts
+            .iter()
+            .flat_map(|b| &b.events)
+            .all(|e| e.revision == revision),
+        "one transaction, one revision"
+    );
+    assert!(
+        parts.len() >= 6,
+        "~100 KiB in messages of ~16 KiB: {} messages",
+        parts.len()
+    );
+    for b in &parts {
+        let bytes: usize = b.events.iter().map(|e| e.key.len() + e.value.len()).sum();
+        let largest = b
+            .events
+            .iter()
+            .map(|e| e.key.len() + e.value.len())
+            .max()
+            .unwrap_or(0);
+        assert!(
+            bytes <= MESSAGE_BYTES + largest,
+            "a message holds {bytes} bytes, over the bound"
+        );
+    }
+    let (last, cut) = parts.split_last().unwrap();
+    assert_eq!(
+        last.revision, revision,
+        "the last message completes the transaction"
+    );
+    assert!(
+        cut.iter().all(|b| b.revision == revision - 1),
+        "a message cut inside the transaction completes only the revision before it: {:?}",
+        cut.iter().map(|b| b.revision).collect::<Vec<_>>()
+    );
+
+    // A consumer that stopped after the first message resumes from its
+    // revision and gets the whole transaction again: nothing is skipped.
+    let resume = ResumePoint {
+        epoch: before.epoch.clone(),
+        revision: cut[0].revision,
+    };
+    let mut w2 = Watcher::open(ch, Scope::Merged, &[], Some(resume))
+        .await
+        .unwrap();
+    w2.until(T, "the transaction replayed", |m| {
+        m.records.keys().filter(|k| k.2.starts_with("big")).count() == 100
+    })
+    .await
+    .unwrap();
+    assert!(
+        w2.batches
+            .iter()
+            .all(|b| b.r#type != BatchType::SnapshotBegin as i32),
+        "a resume within the history, not a snapshot"
+    );
+}

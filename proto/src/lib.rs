@@ -5,6 +5,7 @@
 pub mod attest;
 pub mod backends;
 pub mod backoff;
+pub mod chunks;
 pub mod clock;
 pub mod duration;
 pub mod heap;

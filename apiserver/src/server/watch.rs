@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clustermesh_proto::chunks;
 use clustermesh_proto::v1::{BatchType, ClusterInfo, Kind, Scope, WatchBatch};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
@@ -14,31 +15,13 @@ use tracing::{debug, info};
 use crate::metrics::Metrics;
 use crate::view::{Batch, Start, Subscription, View};
 
-/// Most events merged into one EVENTS message when a subscriber is behind.
+/// Most events gathered at once when a subscriber is behind; they go out in
+/// as few EVENTS messages as [`chunks`] allows.
 const COALESCE_EVENTS: usize = 1024;
 
-/// Events per SNAPSHOT message, at most.
-const SNAPSHOT_CHUNK: usize = 512;
-
-/// Bytes of keys and values per SNAPSHOT message, at most (a single larger
-/// record travels alone): keeps a chunk far under a receiver's gRPC limit
-/// whatever the record sizes.
-const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// A snapshot of at least this many events leaves enough freed memory
 /// behind to be worth handing back ([`clustermesh_proto::heap`]).
 const LARGE_SNAPSHOT: usize = 4096;
-
-/// How many of `events` go into the next SNAPSHOT message.
-fn chunk_len(events: &[clustermesh_proto::v1::Event]) -> usize {
-    let mut bytes = 0;
-    for (i, e) in events.iter().take(SNAPSHOT_CHUNK).enumerate() {
-        bytes += e.key.len() + e.value.len();
-        if i > 0 && bytes > SNAPSHOT_CHUNK_BYTES {
-            return i;
-        }
-    }
-    events.len().min(SNAPSHOT_CHUNK)
-}
 
 /// Checked on every heartbeat tick; `Some(reason)` ends the stream with PERMISSION_DENIED.
 pub type Revalidate = Box<dyn Fn() -> Option<String> + Send + Sync>;
@@ -118,7 +101,7 @@ impl Pump {
                 }
                 let mut rest = &events[..];
                 while !rest.is_empty() {
-                    let (chunk, tail) = rest.split_at(chunk_len(rest));
+                    let (chunk, tail) = rest.split_at(chunks::chunk_len(rest));
                     rest = tail;
                     let mut b = batch(BatchType::Snapshot, &epoch, rev);
                     b.events = chunk.to_vec();
@@ -141,8 +124,11 @@ impl Pump {
                         .iter()
                         .filter_map(|e| e.to_wire(scope, &kinds))
                         .collect();
-                    if !events.is_empty() {
-                        let mut out = batch(BatchType::Events, &epoch, b.revision);
+                    if events.is_empty() {
+                        continue;
+                    }
+                    for (events, upto) in chunks::split_events(events, b.revision) {
+                        let mut out = batch(BatchType::Events, &epoch, upto);
                         out.events = events;
                         if !send(out).await {
                             return;
@@ -232,10 +218,12 @@ impl Pump {
                     if events.is_empty() {
                         continue;
                     }
-                    let mut out = batch(BatchType::Events, &epoch, rev);
-                    out.events = events;
-                    if !send(out).await {
-                        return;
+                    for (events, upto) in chunks::split_events(events, rev) {
+                        let mut out = batch(BatchType::Events, &epoch, upto);
+                        out.events = events;
+                        if !send(out).await {
+                            return;
+                        }
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -250,30 +238,5 @@ impl Pump {
                 Err(RecvError::Closed) => return,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clustermesh_proto::v1::Event;
-
-    fn ev(len: usize) -> Event {
-        Event {
-            key: "k".into(),
-            value: vec![0u8; len].into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn snapshot_chunks_are_bounded_by_count_and_bytes() {
-        let small: Vec<_> = (0..1000).map(|_| ev(10)).collect();
-        assert_eq!(chunk_len(&small), SNAPSHOT_CHUNK);
-        assert_eq!(chunk_len(&small[..7]), 7);
-        let big: Vec<_> = (0..10).map(|_| ev(300 * 1024)).collect();
-        assert_eq!(chunk_len(&big), 3);
-        let huge = vec![ev(3 * 1024 * 1024), ev(1)];
-        assert_eq!(chunk_len(&huge), 1, "a record over the bound travels alone");
     }
 }

@@ -22,9 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use clustermesh_proto::mirror::repack_map;
 use clustermesh_proto::v1::ClusterInfo;
 
-use super::desired::{self, Computed, LocalPart, PodIface, RemotePart};
+use super::desired::{self, Computed, LocalPart, PodIface, RemotePart, changed_keys};
 use super::gateways;
 use super::services::{self, ServiceIds};
 use super::view::{Dirty, View};
@@ -66,6 +67,14 @@ impl Incremental {
 
     pub fn into_computed(self) -> Computed {
         self.out
+    }
+
+    /// Rebuilds the merged ipcache from its sorted entries, after live
+    /// changes left its nodes partly empty (the caller decides when:
+    /// [`clustermesh_proto::mirror::worth_repacking`]). The parts are
+    /// rebuilt whole on every change and need none.
+    pub fn repack(&mut self) {
+        repack_map(&mut self.out.desired.ipcache);
     }
 
     /// Native routes: every remote part's, a later cluster's winning on
@@ -143,7 +152,7 @@ impl Incremental {
             .collect();
         for c in gone {
             if let Some(r) = self.remotes.remove(&c) {
-                touched.extend(r.part.cidrs.keys().chain(r.part.endpoints.keys()));
+                touched.extend(r.part.prefixes());
             }
         }
         for c in clusters {
@@ -155,8 +164,7 @@ impl Incremental {
             if stale {
                 let new = desired::remote_part(view, c, via);
                 let slot = self.remotes.entry(c.to_owned()).or_default();
-                changed_keys(&slot.part.cidrs, &new.cidrs, &mut touched);
-                changed_keys(&slot.part.endpoints, &new.endpoints, &mut touched);
+                new.changed_since(&slot.part, &mut touched);
                 slot.part = new;
                 slot.shadowed = shadowed(&self.local, &slot.part);
             } else if local_dirty && let Some(slot) = self.remotes.get_mut(c) {
@@ -208,14 +216,11 @@ impl Incremental {
         if self.local.is_local(p) {
             return base.copied();
         }
-        let remote = |pick: fn(&RemotePart) -> &BTreeMap<Ipv4Prefix, IpcacheEntry>| {
-            self.remotes
-                .values()
-                .rev()
-                .find_map(|r| pick(&r.part).get(p).copied())
+        let remote = |pick: fn(&RemotePart, &Ipv4Prefix) -> Option<IpcacheEntry>| {
+            self.remotes.values().rev().find_map(|r| pick(&r.part, p))
         };
-        remote(|r| &r.endpoints)
-            .or_else(|| remote(|r| &r.cidrs))
+        remote(RemotePart::endpoint)
+            .or_else(|| remote(RemotePart::cidr))
             .or_else(|| base.copied())
     }
 
@@ -224,18 +229,19 @@ impl Incremental {
         let mut out = Touched::new();
         if touched.len() > self.out.desired.ipcache.len() / REBUILD_DIVISOR {
             let mut m = self.local.ipcache.clone();
-            for pick in [
-                (|r: &RemotePart| &r.cidrs) as fn(&RemotePart) -> &BTreeMap<_, _>,
-                |r: &RemotePart| &r.endpoints,
-            ] {
-                for r in self.remotes.values() {
-                    for (p, e) in pick(&r.part) {
-                        if !self.local.is_local(p) {
-                            m.insert(*p, *e);
-                        }
-                    }
+            let cidrs = self.remotes.values().flat_map(|r| r.part.cidr_entries());
+            let endpoints = self
+                .remotes
+                .values()
+                .flat_map(|r| r.part.endpoint_entries());
+            for (p, e) in cidrs.chain(endpoints) {
+                if !self.local.is_local(&p) {
+                    m.insert(p, e);
                 }
             }
+            // Inserts leave the nodes partly empty; rebuilt from its sorted
+            // entries the map's nodes are full.
+            repack_map(&mut m);
             let old = std::mem::replace(&mut self.out.desired.ipcache, m);
             let mut changed = BTreeSet::new();
             changed_keys(&old, &self.out.desired.ipcache, &mut changed);
@@ -255,24 +261,6 @@ impl Incremental {
             }
         }
         out
-    }
-}
-
-/// Adds to `out` every key whose entry differs between `old` and `new`.
-fn changed_keys(
-    old: &BTreeMap<Ipv4Prefix, IpcacheEntry>,
-    new: &BTreeMap<Ipv4Prefix, IpcacheEntry>,
-    out: &mut BTreeSet<Ipv4Prefix>,
-) {
-    for (p, e) in old {
-        if new.get(p) != Some(e) {
-            out.insert(*p);
-        }
-    }
-    for p in new.keys() {
-        if !old.contains_key(p) {
-            out.insert(*p);
-        }
     }
 }
 

@@ -204,6 +204,13 @@ impl Reconciler {
                     .any(|(name, i)| self.attached.get(name) != Some(i)))
     }
 
+    /// Rebuilds the view's maps and the merged ipcache from their sorted
+    /// entries (after a snapshot, or enough live changes).
+    pub fn repack(&mut self) {
+        self.view.repack();
+        self.desired.repack();
+    }
+
     /// Looks for the local pods' interfaces; true if anything changed.
     pub fn scan(&mut self) -> bool {
         let pods: BTreeSet<Ipv4Addr> = desired::local_pods(&self.view, &self.cfg.node_name)

@@ -258,7 +258,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             rec.reconcile();
             if std::mem::take(&mut gate.trim) {
                 gate.applied = 0;
-                rec.view.repack();
+                rec.repack();
                 let started = std::time::Instant::now();
                 let released = clustermesh_proto::heap::release_freed_memory();
                 tracing::debug!(released, elapsed = ?started.elapsed(), "returned freed heap memory to the kernel");

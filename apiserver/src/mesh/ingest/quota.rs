@@ -20,11 +20,11 @@
 //! (rate-limited there), so that the refused records that now fit arrive.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 
 use clustermesh_proto::mirror::RecordId;
 use clustermesh_proto::quota;
 use clustermesh_proto::v1::{Kind, PeerQuota};
-use smol_str::SmolStr;
 
 use super::{Reason, RejectError};
 
@@ -38,13 +38,18 @@ pub struct Refused {
 #[derive(Debug)]
 pub struct Quota {
     limits: PeerQuota,
-    /// Bytes of every record held, by kind and key (the cluster is the
-    /// peer's: one book per peer). Keys of up to 23 bytes are inline.
-    /// (Each kind's count is its map's length.) Ordered maps, not hash
-    /// maps: rebuilt from their sorted entries after a snapshot
-    /// ([`Quota::repack`]) their nodes are full, ~30 B per record against
-    /// ~60 B for a hash map's slots at its load factor.
-    sizes: BTreeMap<Kind, BTreeMap<SmolStr, u32>>,
+    /// Bytes of every record held, by kind and by a keyed hash of its key
+    /// ([`Quota::slot`]; the cluster is the peer's: one book per peer).
+    /// (Each kind's count is its map's length.) The book never lists its
+    /// keys (the mirror does), so it keeps 12 bytes per record, not the
+    /// key. Ordered maps, not hash maps: rebuilt from their sorted entries
+    /// after a snapshot ([`Quota::repack`]) their nodes are full, ~14 B per
+    /// record (~29 B with the key inline), against ~30 B for a hash map's
+    /// slots at its load factor (docs/benchmarks.md).
+    sizes: BTreeMap<Kind, BTreeMap<u64, u32>>,
+    /// The hash's secret key, random per book: a peer cannot choose keys
+    /// that share a slot (see [`Quota::slot`]).
+    hasher: RandomState,
     bytes: u64,
     /// Refusals per limit name: those of the last full snapshot, plus those
     /// of the events since.
@@ -72,6 +77,7 @@ impl Quota {
         Quota {
             limits,
             sizes: BTreeMap::new(),
+            hasher: RandomState::new(),
             bytes: 0,
             over: BTreeMap::new(),
             round: None,
@@ -93,8 +99,20 @@ impl Quota {
         self.put(id, bytes);
     }
 
+    /// Where `id` is booked within its kind: a 64-bit SipHash of its key
+    /// under this book's random secret. Two keys of one peer and kind share
+    /// a slot with a chance of about n²/2⁶⁵ (10⁻⁹ at 250,000 records), and
+    /// a peer cannot aim for it without the secret; if they did, the pair
+    /// would count as one record (one record over the count limit, its
+    /// bytes as the later one's) and a refused update might delete a key
+    /// that is not in the store: a miscount by one, never a lost record of
+    /// another peer.
+    fn slot(&self, id: &RecordId) -> u64 {
+        self.hasher.hash_one(id.2.as_str())
+    }
+
     fn size(&self, id: &RecordId) -> Option<u64> {
-        let size = self.sizes.get(&id.0)?.get(id.2.as_str())?;
+        let size = self.sizes.get(&id.0)?.get(&self.slot(id))?;
         Some(u64::from(*size))
     }
 
@@ -102,8 +120,9 @@ impl Quota {
         // A record is bounded by the write limit (docs/store.md), far below 4 GiB.
         let kept = u32::try_from(bytes).unwrap_or(u32::MAX);
         let bytes = u64::from(kept);
+        let slot = self.slot(id);
         let sizes = self.sizes.entry(id.0).or_default();
-        match sizes.insert(SmolStr::new(&id.2), kept) {
+        match sizes.insert(slot, kept) {
             Some(old) => self.bytes = self.bytes - u64::from(old) + bytes,
             None => self.bytes += bytes,
         }
@@ -163,10 +182,11 @@ impl Quota {
 
     /// `id` is no longer held (deleted from the store, or no longer pending).
     pub fn remove(&mut self, id: &RecordId) {
+        let slot = self.slot(id);
         let Some(sizes) = self.sizes.get_mut(&id.0) else {
             return;
         };
-        if let Some(old) = sizes.remove(id.2.as_str()) {
+        if let Some(old) = sizes.remove(&slot) {
             self.bytes -= u64::from(old);
             if !self.over.is_empty() {
                 self.room_freed = true;
@@ -224,7 +244,11 @@ impl Quota {
 
     /// Forgets every record (the peer was withdrawn); the limits stay.
     pub fn clear(&mut self) {
-        *self = Quota::new(self.limits);
+        self.sizes.clear();
+        self.bytes = 0;
+        self.over.clear();
+        self.round = None;
+        self.room_freed = false;
     }
 }
 
@@ -295,6 +319,49 @@ mod tests {
         assert_eq!(q.held(Kind::Identity), 1, "the held version is gone");
         assert_eq!(q.held_bytes(), 40);
         assert_eq!(q.over().get("bytes"), Some(&2));
+    }
+
+    #[test]
+    fn every_key_is_booked_apart_and_found_again() {
+        // The book keeps a hash per key, not the key: 20,000 keys (long and
+        // short, two kinds sharing keys) count one each, updates find their
+        // own slot, and removing them all leaves nothing.
+        let mut q = Quota::new(PeerQuota {
+            endpoints: 100_000,
+            identities: 100_000,
+            bytes: u64::MAX,
+            ..quota::DEFAULT
+        });
+        let key = |i: u32| {
+            if i.is_multiple_of(2) {
+                format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255)
+            } else {
+                format!("default/a-pod-name-longer-than-twenty-three-bytes-{i}")
+            }
+        };
+        for i in 0..10_000 {
+            q.admit(&id(Kind::Endpoint, &key(i)), 10).unwrap();
+            q.admit(&id(Kind::Identity, &key(i)), 5).unwrap();
+        }
+        assert_eq!(q.held(Kind::Endpoint), 10_000);
+        assert_eq!(q.held(Kind::Identity), 10_000);
+        assert_eq!(q.held_bytes(), 150_000);
+        q.repack();
+        for i in 0..10_000 {
+            assert!(q.holds(&id(Kind::Endpoint, &key(i))));
+            q.admit(&id(Kind::Endpoint, &key(i)), 20).unwrap();
+        }
+        assert_eq!(q.held(Kind::Endpoint), 10_000, "updates, not new records");
+        assert_eq!(q.held_bytes(), 250_000);
+        assert!(!q.holds(&id(Kind::Endpoint, "10.255.255.255")));
+        for i in 0..10_000 {
+            q.remove(&id(Kind::Endpoint, &key(i)));
+        }
+        assert_eq!(q.held(Kind::Endpoint), 0);
+        assert_eq!(q.held_bytes(), 50_000, "the identities stay");
+        q.clear();
+        assert_eq!(q.held_bytes(), 0);
+        assert_eq!(q.limits().endpoints, 100_000, "limits survive a clear");
     }
 
     #[test]
