@@ -94,11 +94,12 @@ pub struct Computed {
 
 /// The endpoints of the local cluster that live on `node_name`.
 pub fn local_pods(view: &View, node_name: &str) -> BTreeMap<Ipv4Addr, LocalPod> {
-    View::of_cluster(&view.endpoints, view.local_cluster())
+    view.endpoints
+        .of_cluster(view.local_cluster())
         .map(|(_, e)| e)
         .filter(|e| e.node_name() == node_name)
         .filter_map(|e| {
-            let ip = e.ip?;
+            let ip = e.ip()?;
             Some((
                 ip,
                 LocalPod {
@@ -221,11 +222,11 @@ pub fn local_part(
             );
         }
     }
-    for (_, e) in View::of_cluster(&view.endpoints, local_cluster) {
+    for (_, e) in view.endpoints.of_cluster(local_cluster) {
         if e.node_name() == node_name {
             continue;
         }
-        let (Some(ip), true) = (e.ip, valid_identity(e.identity)) else {
+        let (Some(ip), true) = (e.ip(), valid_identity(e.identity)) else {
             continue;
         };
         let prefix = Ipv4Prefix::host(ip);
@@ -284,8 +285,8 @@ pub fn remote_part(view: &View, cluster: &str, via: Option<Ipv4Addr>) -> RemoteP
             .collect();
     }
     let mut endpoints = Vec::new();
-    for (_, e) in View::of_cluster(&view.endpoints, cluster) {
-        let (Some(ip), true) = (e.ip, valid_identity(e.identity)) else {
+    for (_, e) in view.endpoints.of_cluster(cluster) {
+        let (Some(ip), true) = (e.ip(), valid_identity(e.identity)) else {
             r.invalid_endpoints += 1;
             continue;
         };
@@ -407,7 +408,7 @@ pub fn policy_part(view: &View, local: &[LocalEndpoint]) -> CompiledPolicy {
         .iter()
         .filter_map(|k| view.endpoints.get(k))
     {
-        if let Some(ip) = e.ip {
+        if let Some(ip) = e.ip() {
             endpoints.entry(e.identity).or_default().push(PeerEndpoint {
                 ip,
                 named_ports: e.named_ports().to_vec(),

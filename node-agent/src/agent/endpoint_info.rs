@@ -8,16 +8,16 @@ use std::net::Ipv4Addr;
 
 use clustermesh_proto::v1::{Endpoint, NamedPort};
 
-/// One endpoint as the agent keeps it: 24 bytes inline. What most
-/// endpoints lack (named ports; the details, which only the local
-/// cluster's keep) is behind one optional box.
+/// One endpoint as the agent keeps it: 16 bytes inline (the IPv4 address,
+/// the identity, one pointer). What most endpoints lack (named ports; the
+/// details, which only the local cluster's keep; the mark of an IP that is
+/// not IPv4) is behind one optional box.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
-    /// None: the record's IP is not an IPv4 address (the endpoint is
-    /// counted as invalid, never programmed).
-    pub ip: Option<Ipv4Addr>,
+    /// The address's octets; meaningful unless `extra` says `no_ipv4`.
+    ip: [u8; 4],
     pub identity: u32,
-    /// None: no named ports and no details.
+    /// None: an IPv4 address, no named ports and no details.
     extra: Option<Box<Extra>>,
 }
 
@@ -27,9 +27,20 @@ struct Extra {
     /// `node_name`, `node_ip`, `namespace`, `pod`, NUL-separated: one
     /// allocation instead of four (empty when dropped).
     details: Box<str>,
+    /// The record's IP is not an IPv4 address.
+    no_ipv4: bool,
 }
 
 impl EndpointInfo {
+    /// None: the record's IP is not an IPv4 address (the endpoint is
+    /// counted as invalid, never programmed).
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        match &self.extra {
+            Some(x) if x.no_ipv4 => None,
+            _ => Some(Ipv4Addr::from(self.ip)),
+        }
+    }
+
     fn detail(&self, i: usize) -> &str {
         self.extra
             .as_ref()
@@ -61,10 +72,11 @@ impl EndpointInfo {
         let Some(x) = self.extra.take() else {
             return;
         };
-        if !x.named_ports.is_empty() {
+        if !x.named_ports.is_empty() || x.no_ipv4 {
             self.extra = Some(Box::new(Extra {
                 named_ports: x.named_ports,
                 details: Box::default(),
+                no_ipv4: x.no_ipv4,
             }));
         }
     }
@@ -82,15 +94,17 @@ impl From<Endpoint> for EndpointInfo {
             clean(&e.pod),
         ]
         .join("\0");
+        let ip: Option<Ipv4Addr> = e.ip.parse().ok();
         // Three separators and nothing else: no details.
-        let extra = (details.len() > 3 || !e.named_ports.is_empty()).then(|| {
+        let extra = (details.len() > 3 || !e.named_ports.is_empty() || ip.is_none()).then(|| {
             Box::new(Extra {
                 named_ports: e.named_ports.into_boxed_slice(),
                 details: details.into_boxed_str(),
+                no_ipv4: ip.is_none(),
             })
         });
         EndpointInfo {
-            ip: e.ip.parse().ok(),
+            ip: ip.map_or([0; 4], |a| a.octets()),
             identity: e.identity,
             extra,
         }
@@ -119,21 +133,21 @@ mod tests {
             exported: true,
         };
         let i = EndpointInfo::from(e);
-        assert_eq!(i.ip, Some(Ipv4Addr::new(10, 2, 0, 5)));
+        assert_eq!(i.ip(), Some(Ipv4Addr::new(10, 2, 0, 5)));
         assert_eq!(i.identity, 0x02_0100);
         assert_eq!(
             (i.node_name(), i.node_ip(), i.namespace(), i.pod()),
             ("w1", "192.0.2.7", "shop", "web-1")
         );
         assert_eq!(i.named_ports().len(), 1);
-        assert_eq!(std::mem::size_of::<EndpointInfo>(), 24);
+        assert_eq!(std::mem::size_of::<EndpointInfo>(), 16);
         let odd = EndpointInfo::from(Endpoint {
             ip: "fd00::1".into(),
             node_name: "a\0b".into(),
             pod: "p".into(),
             ..Default::default()
         });
-        assert_eq!(odd.ip, None, "not IPv4: kept as invalid");
+        assert_eq!(odd.ip(), None, "not IPv4: kept as invalid");
         assert_eq!((odd.node_name(), odd.pod()), ("a", "p"));
     }
 
@@ -159,7 +173,10 @@ mod tests {
         });
         bare.drop_details();
         assert!(bare.extra.is_none(), "nothing left to box");
-        let empty = EndpointInfo::from(Endpoint::default());
-        assert!(empty.extra.is_none() && empty.named_ports().is_empty());
+        let mut empty = EndpointInfo::from(Endpoint::default());
+        assert!(empty.named_ports().is_empty() && empty.pod().is_empty());
+        assert_eq!(empty.ip(), None, "no IP: not IPv4");
+        empty.drop_details();
+        assert_eq!(empty.ip(), None, "the mark outlives the details");
     }
 }

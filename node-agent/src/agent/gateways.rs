@@ -122,7 +122,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     }
     let remote_clusters: std::collections::BTreeSet<&str> = View::clusters_of(&view.nodes)
         .into_iter()
-        .chain(View::clusters_of(&view.endpoints))
+        .chain(view.endpoints.clusters())
         .filter(|c| *c != local)
         .collect();
     let pick = |cluster: &str, key: &str| -> Option<&Node> {

@@ -2,7 +2,8 @@
 //! apiserver's merged view, the desired datapath state computed from it, and
 //! the loop that applies only the difference to the pinned maps.
 //!
-//! - [`view`]: the typed merged view, updated from mirror changes.
+//! - [`view`]: the typed merged view, updated from mirror changes ([`by_cluster`]:
+//!   its endpoints grouped by cluster).
 //! - [`labels`], [`policy`], [`services`], [`desired`]: the pure desired-state
 //!   computation (unit-tested without a kernel).
 //! - [`watch`]: the Watch client (reconnect with jittered backoff, resume).
@@ -11,6 +12,7 @@
 //! - [`reconciler`], [`run`]: bringing the datapath up and keeping it equal
 //!   to the desired state; [`health`] and [`status`]: what it shows.
 
+pub mod by_cluster;
 pub mod config;
 pub mod desired;
 pub mod endpoint_info;

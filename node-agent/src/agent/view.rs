@@ -24,6 +24,7 @@ use prost::Message;
 use smol_str::SmolStr;
 use tracing::warn;
 
+use super::by_cluster::ByCluster;
 use super::endpoint_info::EndpointInfo;
 use super::identity_info::IdentityInfo;
 
@@ -44,8 +45,9 @@ pub struct View {
     /// The local cluster (from the snapshot header of the Watch stream).
     pub cluster: Option<ClusterInfo>,
     pub nodes: BTreeMap<Key, Node>,
-    /// What the agent uses of each endpoint ([`EndpointInfo`]).
-    pub endpoints: BTreeMap<Key, EndpointInfo>,
+    /// What the agent uses of each endpoint ([`EndpointInfo`]), grouped
+    /// by cluster (the name once per cluster: [`ByCluster`]).
+    pub endpoints: ByCluster<EndpointInfo>,
     /// What the agent uses of each identity ([`IdentityInfo`]).
     pub identities: BTreeMap<Key, IdentityInfo>,
     /// Whole services (with every backend), by (cluster, "ns/name").
@@ -92,14 +94,29 @@ fn put_as<M: Message + Default, T: From<M>>(
     value: &[u8],
     errors: &mut u64,
 ) {
-    match M::decode(value) {
-        Ok(v) => {
-            map.insert(key, v.into());
+    match decoded::<M, T>(&key, value, errors) {
+        Some(v) => {
+            map.insert(key, v);
         }
+        None => {
+            map.remove(&key);
+        }
+    }
+}
+
+/// A record's value decoded as `M` and kept as `T`; `None` (counted in
+/// `errors`, logged) when it does not decode: the caller forgets the key.
+fn decoded<M: Message + Default, T: From<M>>(
+    key: &Key,
+    value: &[u8],
+    errors: &mut u64,
+) -> Option<T> {
+    match M::decode(value) {
+        Ok(v) => Some(v.into()),
         Err(e) => {
             *errors += 1;
             warn!(cluster = %key.0, key = %key.1, error = %e, "skipping a record that does not decode");
-            map.remove(&key);
+            None
         }
     }
 }
@@ -128,9 +145,16 @@ impl View {
                         self.index_gateway(k);
                     }
                     Kind::Endpoint => {
-                        put_as::<Endpoint, _>(&mut self.endpoints, k.clone(), value, e);
-                        if remote && let Some(ep) = self.endpoints.get_mut(&k) {
-                            ep.drop_details();
+                        match decoded::<Endpoint, EndpointInfo>(&k, value, e) {
+                            Some(mut ep) => {
+                                if remote {
+                                    ep.drop_details();
+                                }
+                                self.endpoints.insert(k.clone(), ep);
+                            }
+                            None => {
+                                self.endpoints.remove(&k);
+                            }
                         }
                         self.index_named_ports(k);
                     }
@@ -196,7 +220,7 @@ impl View {
     /// endpoints, ~75 bytes an endpoint; docs/benchmarks.md). O(records).
     pub fn repack(&mut self) {
         repack_map(&mut self.nodes);
-        repack_map(&mut self.endpoints);
+        self.endpoints.repack();
         repack_map(&mut self.identities);
         repack_map(&mut self.services);
         repack_map(&mut self.policies);
@@ -502,7 +526,7 @@ mod tests {
         assert_eq!((local.node_name(), local.pod()), ("w1", "p"));
         let remote = &v.endpoints[&key("c2", "ns/p")];
         assert_eq!(
-            (remote.ip, remote.identity),
+            (remote.ip(), remote.identity),
             (Some([10, 0, 0, 1].into()), 7)
         );
         assert_eq!(
@@ -532,7 +556,7 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(v.endpoints.len(), 1_001);
-        assert_eq!(View::of_cluster(&v.endpoints, "c1").count(), 334);
+        assert_eq!(v.endpoints.of_cluster("c1").count(), 334);
     }
 
     /// The view of a service stays whole: its record and its backend

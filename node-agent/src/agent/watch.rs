@@ -83,7 +83,7 @@ enum End {
 pub async fn run(cfg: WatchConfig, tx: mpsc::Sender<WatchMsg>, status: Arc<Mutex<Status>>) {
     // Digests, not values: the view keeps the decoded records, and a kept
     // value would pin the whole message buffer it was decoded from.
-    let mut mirror = DigestMirror::compact();
+    let mut mirror = DigestMirror::compact().streaming_into_empty();
     let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     loop {
         let res = session(&cfg, &mut mirror, &tx, &status, &mut backoff).await;

@@ -3,6 +3,11 @@
 //! consumer (the mesh syncer, the node agent) can act on exactly the
 //! differences. A re-snapshot of unchanged data yields no change at all.
 //!
+//! A snapshot is staged to its end, then marked and swept; a consumer may
+//! ask for a snapshot into an empty table (its first) to be applied batch by
+//! batch instead ([`Mirror::streaming_into_empty`]): then every record is an
+//! upsert and nothing can be swept, so nothing needs staging.
+//!
 //! What the copy keeps per record is the mirror's [`Table`]: every value
 //! ([`Values`], [`Mirror::new`]) or a digest ([`Digests`],
 //! [`DigestMirror::compact`]).
@@ -24,8 +29,19 @@ use crate::v1::{BatchType, Event, EventType, Kind, ResumePoint, SyncedMarker, Wa
 /// (kind, cluster, key) of one record.
 pub type RecordId = (Kind, String, String);
 
-/// Records and sync markers staged while a snapshot arrives.
-type Staging = (BTreeMap<RecordId, Bytes>, BTreeSet<(String, Kind)>);
+/// What is staged while a snapshot arrives.
+#[derive(Debug, Default, Clone)]
+struct Staging {
+    /// The records of a snapshot that replaces a table holding something,
+    /// kept to its end (mark and sweep then). `None`: the table was empty
+    /// when the snapshot began, so each record is an upsert and nothing can
+    /// be swept; every batch's records go in and are reported at once, and
+    /// no copy of the whole snapshot is held (at an agent's first snapshot
+    /// of 250,000 endpoints that copy, with the receive buffers its values
+    /// pinned, was the process's peak; docs/benchmarks.md).
+    records: Option<BTreeMap<RecordId, Bytes>>,
+    synced: BTreeSet<(String, Kind)>,
+}
 
 /// A synced marker that attests its kind's content (it has a digest), and
 /// what the mirror held of that kind and cluster when the marker arrived
@@ -61,7 +77,8 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
     pub changes: Vec<Change>,
-    /// A snapshot completed (its mark-and-sweep is in `changes`).
+    /// A snapshot completed (its mark-and-sweep is in `changes`; one
+    /// streamed into an empty table reported its upserts batch by batch).
     pub snapshot_done: bool,
     /// The server asked for a resync (the stream ends after this).
     pub resync: Option<String>,
@@ -85,6 +102,9 @@ pub struct Mirror<T: Table = Values> {
     pub resets: u64,
     /// Live events applied since the table was last repacked.
     live_events: usize,
+    /// A snapshot into an empty table is applied batch by batch
+    /// ([`Mirror::streaming_into_empty`]).
+    stream_into_empty: bool,
 }
 
 /// Fewest live changes worth a repack ([`worth_repacking`]).
@@ -138,6 +158,18 @@ impl Mirror<Digests> {
 }
 
 impl<T: Table> Mirror<T> {
+    /// Applies a snapshot that arrives into an empty table (the first one,
+    /// or the first after the table was emptied) batch by batch: each
+    /// batch's upserts are reported with it, and no copy of the snapshot
+    /// is staged. A consumer that acts on each outcome as it comes (the
+    /// node agent, which programs nothing before `snapshot_done`) holds
+    /// one message at a time instead of the whole snapshot. A snapshot
+    /// into a table that holds records is staged and swept either way.
+    pub fn streaming_into_empty(mut self) -> Self {
+        self.stream_into_empty = true;
+        self
+    }
+
     /// Seeds one record (e.g. from a store) as if a snapshot had delivered it.
     pub fn seed(&mut self, id: RecordId, value: &Bytes) {
         self.records.put(id, T::kept(value));
@@ -176,7 +208,13 @@ impl<T: Table> Mirror<T> {
         let mut out = Outcome::default();
         match BatchType::try_from(b.r#type).unwrap_or(BatchType::Unspecified) {
             BatchType::SnapshotBegin => {
-                self.staging = Some((BTreeMap::new(), BTreeSet::new()));
+                // A snapshot that follows an unfinished one (the stream broke)
+                // finds the records that one streamed in: it stages.
+                let stream = self.stream_into_empty && self.records.is_empty();
+                self.staging = Some(Staging {
+                    records: (!stream).then(BTreeMap::new),
+                    synced: BTreeSet::new(),
+                });
                 self.staged_markers.clear();
                 self.snapshots += 1;
                 if b.reset {
@@ -185,12 +223,25 @@ impl<T: Table> Mirror<T> {
                 self.epoch = b.epoch.clone();
             }
             BatchType::Snapshot => {
-                if let Some((recs, synced)) = self.staging.as_mut() {
+                if let Some(Staging { records, synced }) = self.staging.as_mut() {
                     for e in &b.events {
                         match EventType::try_from(e.r#type) {
-                            Ok(EventType::Upsert) => {
-                                recs.insert(id_of(e), e.value.clone());
-                            }
+                            Ok(EventType::Upsert) => match records.as_mut() {
+                                Some(recs) => {
+                                    recs.insert(id_of(e), e.value.clone());
+                                }
+                                None => {
+                                    let id = id_of(e);
+                                    let kept = T::kept(&e.value);
+                                    if self.records.get_kept(&id) != Some(&kept) {
+                                        self.records.put(id.clone(), kept);
+                                        out.changes.push(Change::Upsert {
+                                            id,
+                                            value: e.value.clone(),
+                                        });
+                                    }
+                                }
+                            },
                             Ok(EventType::Synced) => {
                                 let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unspecified);
                                 synced.insert((e.cluster.clone(), kind));
@@ -204,22 +255,25 @@ impl<T: Table> Mirror<T> {
                 }
             }
             BatchType::SnapshotEnd => {
-                if let Some((recs, synced)) = self.staging.take() {
+                if let Some(Staging { records, synced }) = self.staging.take() {
                     // Mark and sweep: what the snapshot brought is taken
                     // out of the old table; what is left there is gone.
-                    let mut old = std::mem::take(&mut self.records);
-                    for (id, v) in recs {
-                        let kept = T::kept(&v);
-                        if old.take(&id).as_ref() != Some(&kept) {
-                            out.changes.push(Change::Upsert {
-                                id: id.clone(),
-                                value: v,
-                            });
+                    // (Streamed into an empty table: already in.)
+                    if let Some(recs) = records {
+                        let mut old = std::mem::take(&mut self.records);
+                        for (id, v) in recs {
+                            let kept = T::kept(&v);
+                            if old.take(&id).as_ref() != Some(&kept) {
+                                out.changes.push(Change::Upsert {
+                                    id: id.clone(),
+                                    value: v,
+                                });
+                            }
+                            self.records.put(id, kept);
                         }
-                        self.records.put(id, kept);
-                    }
-                    for id in old.into_ids() {
-                        out.changes.push(Change::Delete { id });
+                        for id in old.into_ids() {
+                            out.changes.push(Change::Delete { id });
+                        }
                     }
                     self.records.repack();
                     self.live_events = 0;
@@ -371,6 +425,7 @@ mod tests {
     fn snapshot_mark_and_sweep() {
         mark_and_sweep(Mirror::new());
         mark_and_sweep(DigestMirror::compact());
+        mark_and_sweep(DigestMirror::compact().streaming_into_empty());
     }
 
     #[test]
@@ -411,18 +466,28 @@ mod tests {
     }
 
     fn mark_and_sweep<T: Table>(mut m: Mirror<T>) {
+        let streams = m.stream_into_empty;
         m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
-        m.apply(&b(
+        let o = m.apply(&b(
             BatchType::Snapshot,
             5,
             vec![
                 ev(EventType::Upsert, "x", "1"),
                 ev(EventType::Upsert, "y", "1"),
+                ev(EventType::Upsert, "y", "1"),
             ],
         ));
+        // Streamed into an empty table: each batch's upserts come with it.
+        assert_eq!(o.changes.len(), if streams { 2 } else { 0 });
+        assert!(!o.snapshot_done);
         assert!(m.resume_point().is_none(), "no resume mid-snapshot");
         let o = m.apply(&b(BatchType::SnapshotEnd, 5, vec![]));
-        assert_eq!(o.changes.len(), 2);
+        assert!(o.snapshot_done);
+        assert_eq!(
+            o.changes.len(),
+            if streams { 0 } else { 2 },
+            "a repeated record is one upsert"
+        );
         assert_eq!(
             m.resume_point(),
             Some(ResumePoint {
@@ -460,5 +525,49 @@ mod tests {
             m.apply(&b(BatchType::Resync, 10, vec![])).resync,
             Some(String::new())
         );
+    }
+
+    #[test]
+    fn a_snapshot_after_a_broken_first_one_sweeps_what_that_one_streamed() {
+        let mut m = DigestMirror::compact().streaming_into_empty();
+        m.apply(&b(BatchType::SnapshotBegin, 5, vec![]));
+        let o = m.apply(&b(
+            BatchType::Snapshot,
+            5,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Upsert, "y", "1"),
+            ],
+        ));
+        assert_eq!(o.changes.len(), 2);
+        // The stream breaks here; the next one starts over (no resume point).
+        assert!(m.resume_point().is_none());
+        m.apply(&b(BatchType::SnapshotBegin, 7, vec![]));
+        let o = m.apply(&b(
+            BatchType::Snapshot,
+            7,
+            vec![
+                ev(EventType::Upsert, "x", "1"),
+                ev(EventType::Upsert, "z", "1"),
+            ],
+        ));
+        assert!(o.changes.is_empty(), "staged: the table was not empty");
+        let o = m.apply(&b(BatchType::SnapshotEnd, 7, vec![]));
+        assert!(o.snapshot_done);
+        let mut changes = o.changes;
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            changes,
+            [
+                Change::Delete {
+                    id: (Kind::Node, "a".into(), "y".into())
+                },
+                Change::Upsert {
+                    id: (Kind::Node, "a".into(), "z".into()),
+                    value: Bytes::from("1")
+                },
+            ]
+        );
+        assert_eq!(m.records.len(), 2);
     }
 }

@@ -573,7 +573,7 @@ impl PeerCache {
     /// Withdraws everything of this peer: the range deletes, and an empty
     /// mirror (the next Watch starts with a fresh snapshot).
     pub fn withdraw(&mut self) -> Vec<WriteOp> {
-        self.mirror = DigestMirror::compact();
+        self.mirror = DigestMirror::compact().streaming_into_empty();
         self.deferred.clear();
         self.gate.clear();
         self.attest = Attestations::default();

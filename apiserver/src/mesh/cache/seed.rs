@@ -22,7 +22,7 @@ impl PeerCache {
         synced: Vec<Kv>,
         ctx: Option<&Context>,
     ) -> (PeerCache, Vec<WriteOp>, Vec<RejectError>) {
-        let mut mirror = DigestMirror::compact();
+        let mut mirror = DigestMirror::compact().streaming_into_empty();
         let mut gate = Gate::default();
         let mut held = Quota::default();
         let mut ops = Vec::new();

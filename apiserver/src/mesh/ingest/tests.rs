@@ -419,12 +419,21 @@ mod through_the_cache {
             ep("10.1.0.5", 0x01_0100, "shop"),
         )
     }
+    /// The writes of a whole snapshot: at its end when it replaces records
+    /// (staged, then swept), batch by batch when it fills an empty mirror.
     fn snapshot(c: &mut PeerCache, chunks: Vec<Vec<Event>>) -> Vec<WriteOp> {
-        apply(c, BatchType::SnapshotBegin, vec![]);
+        let streams = c.is_empty();
+        let mut ops = apply(c, BatchType::SnapshotBegin, vec![]);
         for ch in chunks {
-            assert!(apply(c, BatchType::Snapshot, ch).is_empty());
+            let w = apply(c, BatchType::Snapshot, ch);
+            assert!(
+                streams || w.is_empty(),
+                "a staged snapshot writes at its end"
+            );
+            ops.extend(w);
         }
-        apply(c, BatchType::SnapshotEnd, vec![])
+        ops.extend(apply(c, BatchType::SnapshotEnd, vec![]));
+        ops
     }
 
     #[test]
@@ -621,19 +630,21 @@ mod through_the_cache {
             e("10.1.0.3", "shop"),
         ];
         apply(&mut c, BatchType::SnapshotBegin, vec![]);
-        let r = c.apply(
+        // Into an empty cache: applied (and refused) batch by batch.
+        let mut a = c.apply(
             batch(BatchType::Snapshot, all.clone()),
             Instant::now(),
             Duration::from_secs(5),
             &ctx(),
         );
-        assert!(r.rejected.is_empty(), "the rules pass all of them");
-        let a = c.apply(
+        let end = c.apply(
             batch(BatchType::SnapshotEnd, vec![]),
             Instant::now(),
             Duration::from_secs(5),
             &ctx(),
         );
+        assert!(end.snapshot_done && end.ops.is_empty() && end.rejected.is_empty());
+        a.ops.extend(end.ops);
         let reasons: Vec<&str> = a.rejected.iter().map(|r| r.reason().label()).collect();
         assert_eq!(reasons, ["quota_exceeded"]);
         assert_eq!(

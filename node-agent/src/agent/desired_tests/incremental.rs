@@ -131,9 +131,7 @@ fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) 
                     id: (Kind::Node, c.into(), node_name(c, n)),
                 });
             }
-            let keys: Vec<_> = View::of_cluster(&v.endpoints, c)
-                .map(|((_, k), _)| k.clone())
-                .collect();
+            let keys: Vec<_> = v.endpoints.of_cluster(c).map(|(k, _)| k.clone()).collect();
             for k in keys {
                 v.apply(&Change::Delete {
                     id: (Kind::Endpoint, c.into(), k.to_string()),
