@@ -133,6 +133,19 @@ pub fn repack_map<K: Ord, V>(map: &mut std::collections::BTreeMap<K, V>) {
 /// A mirror that keeps a digest per record ([`Digests`]).
 pub type DigestMirror = Mirror<Digests>;
 
+/// Puts `e` into `records` and reports it, unless the same value is held.
+fn upsert<T: Table>(records: &mut T, e: &Event, changes: &mut Vec<Change>) {
+    let id = id_of(e);
+    let kept = T::kept(&e.value);
+    if records.get_kept(&id) != Some(&kept) {
+        records.put(id.clone(), kept);
+        changes.push(Change::Upsert {
+            id,
+            value: e.value.clone(),
+        });
+    }
+}
+
 fn id_of(e: &Event) -> RecordId {
     (
         Kind::try_from(e.kind).unwrap_or(Kind::Unspecified),
@@ -230,17 +243,7 @@ impl<T: Table> Mirror<T> {
                                 Some(recs) => {
                                     recs.insert(id_of(e), e.value.clone());
                                 }
-                                None => {
-                                    let id = id_of(e);
-                                    let kept = T::kept(&e.value);
-                                    if self.records.get_kept(&id) != Some(&kept) {
-                                        self.records.put(id.clone(), kept);
-                                        out.changes.push(Change::Upsert {
-                                            id,
-                                            value: e.value.clone(),
-                                        });
-                                    }
-                                }
+                                None => upsert(&mut self.records, e, &mut out.changes),
                             },
                             Ok(EventType::Synced) => {
                                 let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unspecified);
@@ -301,17 +304,7 @@ impl<T: Table> Mirror<T> {
                 for e in &b.events {
                     let kind = Kind::try_from(e.kind).unwrap_or(Kind::Unspecified);
                     match EventType::try_from(e.r#type) {
-                        Ok(EventType::Upsert) => {
-                            let id = id_of(e);
-                            let kept = T::kept(&e.value);
-                            if self.records.get_kept(&id) != Some(&kept) {
-                                self.records.put(id.clone(), kept);
-                                out.changes.push(Change::Upsert {
-                                    id,
-                                    value: e.value.clone(),
-                                });
-                            }
-                        }
+                        Ok(EventType::Upsert) => upsert(&mut self.records, e, &mut out.changes),
                         Ok(EventType::Delete) => {
                             let id = id_of(e);
                             if self.records.take(&id).is_some() {
