@@ -622,10 +622,7 @@ impl ClusterMesh for PeerService {
             if !send(begin).await {
                 return;
             }
-            let mut rest = &events[..];
-            while !rest.is_empty() {
-                let (chunk, tail) = rest.split_at(clustermesh_proto::chunks::chunk_len(rest));
-                rest = tail;
+            for chunk in clustermesh_proto::chunks::slices(&events) {
                 if !send(batch(BatchType::Snapshot, &epoch, rev, chunk.to_vec())).await {
                     return;
                 }

@@ -32,6 +32,19 @@ pub fn chunk_len(events: &[Event]) -> usize {
     events.len().min(MESSAGE_EVENTS)
 }
 
+/// `events` cut into consecutive messages' worth ([`chunk_len`]), in order.
+pub fn slices(events: &[Event]) -> impl Iterator<Item = &[Event]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (chunk, tail) = rest.split_at(chunk_len(rest));
+        rest = tail;
+        Some(chunk)
+    })
+}
+
 /// `events` (in revision order, every one up to `revision`) cut into
 /// messages, each with the revision up to which it completes the stream:
 /// the last one `revision`; an earlier one, the revision just before the
@@ -77,6 +90,9 @@ mod tests {
         assert_eq!(chunk_len(&big), 2, "2 × 7 KiB fit, 3 do not");
         let huge = vec![ev(3 * 1024 * 1024, 1), ev(1, 1)];
         assert_eq!(chunk_len(&huge), 1, "a record over the bound travels alone");
+        let lens: Vec<usize> = slices(&big).map(<[Event]>::len).collect();
+        assert_eq!(lens, [2, 2, 2, 2, 2], "every event, in bounded slices");
+        assert_eq!(slices(&[]).count(), 0);
     }
 
     #[test]

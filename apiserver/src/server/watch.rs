@@ -99,10 +99,7 @@ impl Pump {
                 if !send(begin).await {
                     return;
                 }
-                let mut rest = &events[..];
-                while !rest.is_empty() {
-                    let (chunk, tail) = rest.split_at(chunks::chunk_len(rest));
-                    rest = tail;
+                for chunk in chunks::slices(&events) {
                     let mut b = batch(BatchType::Snapshot, &epoch, rev);
                     b.events = chunk.to_vec();
                     if !send(b).await {

@@ -244,11 +244,7 @@ impl Quota {
 
     /// Forgets every record (the peer was withdrawn); the limits stay.
     pub fn clear(&mut self) {
-        self.sizes.clear();
-        self.bytes = 0;
-        self.over.clear();
-        self.round = None;
-        self.room_freed = false;
+        *self = Quota::new(self.limits);
     }
 }
 
