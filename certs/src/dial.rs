@@ -1,12 +1,22 @@
 //! Dialing an apiserver over mTLS with a role certificate, and turning
 //! transport failures into messages that say what to do.
 
+use std::future::Future;
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::{CA_CERT_FILE, Role, cert_file, key_file};
+use crate::{ALPN_H2, CA_CERT_FILE, Role, cert_file, key_file};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use thiserror::Error;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Debug, Error)]
 pub enum DialError {
@@ -19,6 +29,8 @@ pub enum DialError {
     },
     #[error("bad server address {addr:?}: {reason}")]
     Address { addr: String, reason: String },
+    #[error("TLS set-up for {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     #[error("cannot connect to {addr}: {detail}")]
     Connect { addr: String, detail: String },
 }
@@ -46,34 +58,101 @@ pub async fn connect(addr: &str, tls_dir: &Path, role: Role) -> Result<Channel, 
 }
 
 /// Connects trusting `ca_pems` for the server, presenting `cert_pem`/`key_pem`.
+///
+/// The TLS is ours ([`crate::client_config_from_pem`], through
+/// [`MtlsConnector`]), not tonic's `ClientTlsConfig`: tonic builds a rustls
+/// config per channel with rustls' default cache of 256 resumable sessions,
+/// ~14 KB allocated up front, which an apiserver holding one channel per
+/// peer paid 250 times (docs/benchmarks.md, "Per-peer connection memory").
 pub async fn connect_pem(
     addr: &str,
     ca_pems: &[String],
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Channel, DialError> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificates(ca_pems.iter().map(Certificate::from_pem))
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .timeout(Duration::from_secs(5));
-    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+    let config =
+        crate::client_config_from_pem(ca_pems, cert_pem, key_pem).map_err(|e| DialError::Tls {
+            addr: addr.to_owned(),
+            reason: e.to_string(),
+        })?;
+    server_name(addr).map_err(|reason| DialError::Address {
+        addr: addr.to_owned(),
+        reason,
+    })?;
+    // The scheme only tells tonic how to speak on the connection it gets:
+    // the connector has done TLS already.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| DialError::Address {
             addr: addr.to_owned(),
             reason: e.to_string(),
         })?
-        .tls_config(tls)
-        .map_err(|e| DialError::Address {
-            addr: addr.to_owned(),
-            reason: error_chain(&e),
-        })?
+        // Bounds the whole connector call: TCP connect and TLS handshake.
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| DialError::Connect {
-        addr: addr.to_owned(),
-        detail: explain_chain(&error_chain(&e)),
-    })
+    let connector = MtlsConnector {
+        addr: addr.into(),
+        config,
+    };
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| DialError::Connect {
+            addr: addr.to_owned(),
+            detail: explain_chain(&error_chain(&e)),
+        })
+}
+
+/// The TLS server name of `addr` (`host:port`, an IPv6 host in brackets):
+/// what the server's certificate must name.
+fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(addr);
+    ServerName::try_from(host.to_owned()).map_err(|e| format!("bad server name {host:?}: {e}"))
+}
+
+/// TCP connect to `addr` and the TLS handshake (the client certificate is
+/// judged by the server only after this returns, with TLS 1.3).
+async fn tls_connect(addr: &str, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
+    let name = server_name(addr).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// Dials one address with one rustls config, every time the channel
+/// (re)connects; the URI tonic passes is the same address.
+#[derive(Clone)]
+struct MtlsConnector {
+    addr: Arc<str>,
+    config: Arc<ClientConfig>,
+}
+
+impl tower_service::Service<Uri> for MtlsConnector {
+    type Response = TokioIo<TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (addr, config) = (self.addr.clone(), self.config.clone());
+        Box::pin(async move {
+            let tls = tls_connect(&addr, config).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+                return Err(io::Error::other(format!(
+                    "{addr} did not agree to HTTP/2 (ALPN h2): not a clustermesh apiserver?"
+                )));
+            }
+            Ok(TokioIo::new(tls))
+        })
+    }
 }
 
 /// The whole `source()` chain of an error, joined.
@@ -138,18 +217,9 @@ pub async fn probe(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg =
         crate::client_config_from_pem(ca_pems, cert_pem, key_pem).map_err(|e| e.to_string())?;
-    let host = addr
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(addr);
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("bad server name {host:?}: {e}"))?;
+    server_name(addr)?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| explain_chain(&e.to_string()))?;
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
+        let mut tls = tls_connect(addr, cfg)
             .await
             .map_err(|e| explain_chain(&error_chain(&e)))?;
         // The HTTP/2 preface and an empty SETTINGS frame, as a real client sends.
@@ -182,4 +252,21 @@ pub fn is_transport_failure(status: &tonic::Status) -> bool {
     ) && (status.message().contains("transport")
         || status.message().contains("canceled")
         || status.message().contains("connection"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_is_the_host_of_the_address() {
+        let name = |a: &str| server_name(a).map(|n| n.to_str().into_owned());
+        assert_eq!(name("127.0.0.1:7443").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(name("[::1]:7443").as_deref(), Ok("::1"));
+        assert_eq!(
+            name("apiserver.east.example:443").as_deref(),
+            Ok("apiserver.east.example")
+        );
+        assert!(name("not a host:1").is_err());
+    }
 }

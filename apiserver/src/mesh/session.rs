@@ -192,7 +192,16 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> Ses
     let mut errors = Vec::new();
     for i in 0..n {
         let addr = &p.peer.addresses[(p.first_address + i) % n];
-        match dial::connect_pem(addr, std::slice::from_ref(&p.peer.ca_pem), &cert, &key).await {
+        // The dial and the calls are boxed: their futures are kilobytes and
+        // would otherwise size this task for the whole session.
+        match Box::pin(dial::connect_pem(
+            addr,
+            std::slice::from_ref(&p.peer.ca_pem),
+            &cert,
+            &key,
+        ))
+        .await
+        {
             Ok(ch) => {
                 channel = Some((addr.clone(), ch));
                 break;
@@ -208,33 +217,42 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> Ses
     };
     let mut client = ClusterMeshClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let status_text = |s: &tonic::Status| hint(&name, dial::explain(s));
-    let info =
-        match tokio::time::timeout(CALL_TIMEOUT, client.get_cluster(GetClusterRequest {})).await {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(s)) => {
-                // A refused TLS session shows up as "connection closed" here;
-                // ask the server ourselves for the exact reason.
-                let mut detail = status_text(&s);
-                if dial::is_transport_failure(&s)
-                    && let Err(why) =
-                        dial::probe(&addr, std::slice::from_ref(&p.peer.ca_pem), &cert, &key).await
-                {
-                    detail = hint(&name, format!("the peer refused our TLS session: {why}"));
-                }
-                return SessionError::GetCluster {
-                    detail,
-                    peer: name,
-                    addr,
-                };
+    let info = match tokio::time::timeout(
+        CALL_TIMEOUT,
+        Box::pin(client.get_cluster(GetClusterRequest {})),
+    )
+    .await
+    {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => {
+            // A refused TLS session shows up as "connection closed" here;
+            // ask the server ourselves for the exact reason.
+            let mut detail = status_text(&s);
+            if dial::is_transport_failure(&s)
+                && let Err(why) = Box::pin(dial::probe(
+                    &addr,
+                    std::slice::from_ref(&p.peer.ca_pem),
+                    &cert,
+                    &key,
+                ))
+                .await
+            {
+                detail = hint(&name, format!("the peer refused our TLS session: {why}"));
             }
-            Err(_) => {
-                return SessionError::GetCluster {
-                    detail: format!("no answer within {CALL_TIMEOUT:?}"),
-                    peer: name,
-                    addr,
-                };
-            }
-        };
+            return SessionError::GetCluster {
+                detail,
+                peer: name,
+                addr,
+            };
+        }
+        Err(_) => {
+            return SessionError::GetCluster {
+                detail: format!("no answer within {CALL_TIMEOUT:?}"),
+                peer: name,
+                addr,
+            };
+        }
+    };
     // The other peers' IDs are read again at each check, not held for the
     // session: held, every session kept every registration decoded (at 250
     // peers, 30 MB; docs/benchmarks.md).
@@ -263,7 +281,7 @@ async fn run(p: Params, tx: &mpsc::Sender<SessionEvent>, queued: &Queued) -> Ses
         scope: Scope::Exported as i32,
         resume: p.resume,
     };
-    let mut stream = match tokio::time::timeout(CALL_TIMEOUT, client.watch(req)).await {
+    let mut stream = match tokio::time::timeout(CALL_TIMEOUT, Box::pin(client.watch(req))).await {
         Ok(Ok(r)) => r.into_inner(),
         Ok(Err(s)) => {
             return SessionError::Watch {

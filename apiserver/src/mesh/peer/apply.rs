@@ -112,10 +112,7 @@ impl PeerLoop {
                 _ => None,
             });
             if value.is_none() {
-                value = self
-                    .ctx
-                    .store
-                    .get(&key)
+                value = Box::pin(self.ctx.store.get(&key))
                     .await
                     .ok()
                     .flatten()
@@ -171,7 +168,10 @@ impl PeerLoop {
             return true;
         }
         let started = std::time::Instant::now();
-        let res = self.ctx.write(ops).await;
+        // Boxed here and at the loop's other store calls: an etcd call's
+        // future is kilobytes, and inline it would size every idle peer
+        // loop's task (docs/benchmarks.md, "Per-peer connection memory").
+        let res = Box::pin(self.ctx.write(ops)).await;
         self.ctx
             .metrics
             .store_write("mesh_write", started.elapsed().as_secs_f64());

@@ -155,7 +155,7 @@ impl PeerLoop {
     async fn step(&mut self) {
         let now = Instant::now();
         if self.cache.is_none() && now >= self.store_retry_at {
-            match self.seed().await {
+            match Box::pin(self.seed()).await {
                 Ok(mut c) => {
                     if self.status.withdrawn && !c.is_empty() {
                         self.status.withdrawn = false;
