@@ -198,16 +198,12 @@ pub fn local_part(
     }
     let mut node_ips: BTreeMap<&str, Ipv4Addr> = BTreeMap::new();
     for ((_, name), node) in View::of_cluster(&view.nodes, local_cluster) {
-        let ip = clustermesh_proto::node_address::internal(node);
+        let ip = node.internal();
         if let Some(ip) = ip {
             node_ips.insert(name.as_str(), ip);
         }
         let own = name == node_name;
-        for prefix in node
-            .pod_cidrs
-            .iter()
-            .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
-        {
+        for &prefix in node.pod_cidrs.iter() {
             if c.is_local(&prefix) {
                 continue;
             }
@@ -280,8 +276,7 @@ pub fn remote_part(view: &View, cluster: &str, via: Option<Ipv4Addr>) -> RemoteP
     };
     if via.is_some() {
         r.cidrs = View::of_cluster(&view.nodes, cluster)
-            .flat_map(|(_, node)| node.pod_cidrs.iter())
-            .filter_map(|s| s.parse::<Ipv4Prefix>().ok())
+            .flat_map(|(_, node)| node.pod_cidrs.iter().copied())
             .collect();
     }
     let mut endpoints = Vec::new();

@@ -19,10 +19,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use clustermesh_proto::node_address;
-use clustermesh_proto::v1::Node;
 use sha2::{Digest, Sha256};
 
+use super::node_info::NodeInfo;
 use super::view::View;
 use crate::datapath::TunnelSender;
 
@@ -42,15 +41,6 @@ pub struct GatewayPlan {
     pub tunnel_sources: BTreeMap<Ipv4Addr, TunnelSender>,
     /// Cluster name -> cluster ID, as the identities of each cluster say.
     pub cluster_ids: BTreeMap<String, u32>,
-}
-
-fn ipv4s(list: &[String]) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    list.iter().filter_map(|s| s.parse::<Ipv4Addr>().ok())
-}
-
-/// A gateway node that may carry traffic.
-pub fn usable(n: &Node) -> bool {
-    n.gateway && n.gateway_live != Some(false)
 }
 
 /// The key both ends of a cluster pair hash with.
@@ -109,12 +99,15 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
     };
     // Usable gateways per cluster, by name (BTreeMap order); all gateway
     // nodes of a cluster where none is live.
-    let mut usable_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
-    let mut all_by_cluster: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
-    for ((cluster, _), n) in view.gateways() {
-        all_by_cluster.entry(cluster).or_default().push(n);
-        if usable(n) {
-            usable_by_cluster.entry(cluster).or_default().push(n);
+    let mut usable_by_cluster: BTreeMap<&str, Vec<(&str, &NodeInfo)>> = BTreeMap::new();
+    let mut all_by_cluster: BTreeMap<&str, Vec<(&str, &NodeInfo)>> = BTreeMap::new();
+    for ((cluster, name), n) in view.gateways() {
+        all_by_cluster.entry(cluster).or_default().push((name, n));
+        if n.usable_gateway() {
+            usable_by_cluster
+                .entry(cluster)
+                .or_default()
+                .push((name, n));
         }
     }
     for (cluster, all) in all_by_cluster {
@@ -125,17 +118,17 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
         .chain(view.endpoints.clusters())
         .filter(|c| *c != local)
         .collect();
-    let pick = |cluster: &str, key: &str| -> Option<&Node> {
+    let pick = |cluster: &str, key: &str| -> Option<&NodeInfo> {
         let list = usable_by_cluster.get(cluster)?;
-        let name = choose(key, list.iter().map(|n| n.name.as_str()))?;
-        list.iter().find(|n| n.name == name).copied()
+        let name = choose(key, list.iter().map(|(name, _)| *name))?;
+        list.iter().find(|(n, _)| *n == name).map(|(_, n)| *n)
     };
     for remote in remote_clusters {
         let key = pair_key(&local, remote);
         let addr = if p.is_gateway {
-            pick(remote, &key).and_then(node_address::peer_facing)
+            pick(remote, &key).and_then(NodeInfo::peer_facing)
         } else {
-            pick(&local, &key).and_then(node_address::internal)
+            pick(&local, &key).and_then(NodeInfo::internal)
         };
         match addr {
             // An ordinary node also needs the peer to have a usable gateway.
@@ -154,12 +147,12 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
         let Some(cluster_id) = p.cluster_ids.get(cluster.as_str()).copied() else {
             continue;
         };
-        let addrs: Vec<Ipv4Addr> = if n.external_ips.is_empty() {
-            ipv4s(&n.internal_ips).collect()
+        let addrs = if n.external_ips.is_empty() {
+            &n.internal_ips
         } else {
-            ipv4s(&n.external_ips).collect()
+            &n.external_ips
         };
-        for a in addrs {
+        for &a in addrs.iter() {
             p.tunnel_sources
                 .insert(a, TunnelSender::PeerGateway { cluster_id });
         }
@@ -170,7 +163,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
         } else {
             TunnelSender::LocalNode
         };
-        for a in ipv4s(&n.internal_ips).chain(ipv4s(&n.external_ips)) {
+        for &a in n.internal_ips.iter().chain(n.external_ips.iter()) {
             p.tunnel_sources.insert(a, sender);
         }
     }

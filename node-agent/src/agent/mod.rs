@@ -3,7 +3,8 @@
 //! the loop that applies only the difference to the pinned maps.
 //!
 //! - [`view`]: the typed merged view, updated from mirror changes ([`by_cluster`]:
-//!   its endpoints grouped by cluster).
+//!   its endpoints grouped by cluster; [`endpoint_info`], [`identity_info`],
+//!   [`node_info`]: what it keeps of each record).
 //! - [`labels`], [`policy`], [`services`], [`desired`]: the pure desired-state
 //!   computation (unit-tested without a kernel).
 //! - [`watch`]: the Watch client (reconnect with jittered backoff, resume).
@@ -23,6 +24,7 @@ pub mod identity_info;
 pub mod incremental;
 pub mod labels;
 pub mod mtu;
+pub mod node_info;
 pub mod policy;
 pub mod policy_cidr;
 pub mod policy_report;

@@ -27,6 +27,7 @@ use tracing::warn;
 use super::by_cluster::ByCluster;
 use super::endpoint_info::EndpointInfo;
 use super::identity_info::IdentityInfo;
+use super::node_info::NodeInfo;
 
 /// (cluster, key) of one record within its kind. Names and keys of up to 23
 /// bytes (cluster names, IPs, pod and node names) are kept inline, without
@@ -44,7 +45,8 @@ pub fn key(cluster: &str, key: &str) -> Key {
 pub struct View {
     /// The local cluster (from the snapshot header of the Watch stream).
     pub cluster: Option<ClusterInfo>,
-    pub nodes: BTreeMap<Key, Node>,
+    /// What the agent uses of each node ([`NodeInfo`]).
+    pub nodes: BTreeMap<Key, NodeInfo>,
     /// What the agent uses of each endpoint ([`EndpointInfo`]), grouped
     /// by cluster (the name once per cluster: [`ByCluster`]).
     pub endpoints: ByCluster<EndpointInfo>,
@@ -140,8 +142,7 @@ impl View {
                 let e = &mut self.decode_errors;
                 match kind {
                     Kind::Node => {
-                        put(&mut self.nodes, k.clone(), value, e);
-                        self.strip_node_labels(&k);
+                        put_as::<Node, NodeInfo>(&mut self.nodes, k.clone(), value, e);
                         self.index_gateway(k);
                     }
                     Kind::Endpoint => {
@@ -244,14 +245,6 @@ impl View {
         }
     }
 
-    /// The agent does not use node labels: they are not kept (a label map
-    /// costs its ~540-byte first node even for one label).
-    fn strip_node_labels(&mut self, k: &Key) {
-        if let Some(n) = self.nodes.get_mut(k) {
-            n.labels.clear();
-        }
-    }
-
     /// Keeps [`View::gateway_nodes`] right for node `k` (after it changed).
     fn index_gateway(&mut self, k: Key) {
         if self.nodes.get(&k).is_some_and(|n| n.gateway) {
@@ -262,7 +255,7 @@ impl View {
     }
 
     /// The gateway nodes, in key order.
-    pub fn gateways(&self) -> impl Iterator<Item = (&Key, &Node)> {
+    pub fn gateways(&self) -> impl Iterator<Item = (&Key, &NodeInfo)> {
         self.gateway_nodes
             .iter()
             .filter_map(|k| Some((k, self.nodes.get(k)?)))
@@ -430,8 +423,7 @@ impl View {
     pub fn insert_node(&mut self, n: Node) {
         self.mark(Kind::Node, &n.cluster);
         let k = key(&n.cluster, &n.name);
-        self.nodes.insert(k.clone(), n);
-        self.strip_node_labels(&k);
+        self.nodes.insert(k.clone(), n.into());
         self.index_gateway(k);
     }
 
@@ -481,7 +473,7 @@ mod tests {
             id: id.clone(),
             value: Bytes::from(n.encode_to_vec()),
         });
-        assert_eq!(v.nodes[&("c2".into(), "gw".into())], n);
+        assert_eq!(v.nodes[&("c2".into(), "gw".into())], n.into());
         v.apply(&Change::Upsert {
             id: (Kind::Endpoint, "c2".into(), "10.0.0.1".into()),
             value: Bytes::from_static(&[0xff, 0xff, 0xff]),

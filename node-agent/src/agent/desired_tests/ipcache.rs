@@ -154,7 +154,7 @@ fn an_ordinary_node_sends_remote_traffic_to_its_own_gateway() {
     let mut v2 = v.clone();
     let gw2 = ip("172.31.255.3");
     v2.insert_node(node("c1", "c1-gw2", "172.31.255.3", "10.1.2.0/24", true));
-    let mut gw = v2.nodes[&crate::agent::view::key("c1", "c1-gw")].clone();
+    let mut gw = node("c1", "c1-gw", "172.31.255.1", "10.1.0.0/24", true);
     gw.gateway_live = Some(false);
     v2.insert_node(gw);
     let none = || BTreeMap::new();
@@ -162,7 +162,7 @@ fn an_ordinary_node_sends_remote_traffic_to_its_own_gateway() {
     assert_eq!(c.plan.via, [("c2".to_string(), gw2)].into());
     // With none live, the gateway nodes are used anyway (a restarting agent's
     // pinned datapath still forwards).
-    let mut gw2n = v2.nodes[&crate::agent::view::key("c1", "c1-gw2")].clone();
+    let mut gw2n = node("c1", "c1-gw2", "172.31.255.3", "10.1.2.0/24", true);
     gw2n.gateway_live = Some(false);
     v2.insert_node(gw2n);
     let c = compute(&v2, "c1-worker", &none(), &mut ServiceIds::new(), &[]);
@@ -170,7 +170,7 @@ fn an_ordinary_node_sends_remote_traffic_to_its_own_gateway() {
     assert_eq!(c.remote_endpoints, 3);
     // A cluster without any gateway node is unreachable.
     let mut v3 = v.clone();
-    let mut c2gw = v3.nodes[&crate::agent::view::key("c2", "c2-gw")].clone();
+    let mut c2gw = node("c2", "c2-gw", "172.31.255.2", "10.2.0.0/24", true);
     c2gw.gateway = false;
     v3.insert_node(c2gw);
     let c = compute(&v3, "c1-worker", &none(), &mut ServiceIds::new(), &[]);
