@@ -75,7 +75,7 @@ pub async fn connect_pem(
             addr: addr.to_owned(),
             reason: e.to_string(),
         })?;
-    server_name(addr).map_err(|reason| DialError::Address {
+    let name = server_name(addr).map_err(|reason| DialError::Address {
         addr: addr.to_owned(),
         reason,
     })?;
@@ -92,6 +92,7 @@ pub async fn connect_pem(
         .keep_alive_timeout(Duration::from_secs(5));
     let connector = MtlsConnector {
         addr: addr.into(),
+        name,
         config,
     };
     endpoint
@@ -115,8 +116,11 @@ fn server_name(addr: &str) -> Result<ServerName<'static>, String> {
 
 /// TCP connect to `addr` and the TLS handshake (the client certificate is
 /// judged by the server only after this returns, with TLS 1.3).
-async fn tls_connect(addr: &str, config: Arc<ClientConfig>) -> io::Result<TlsStream<TcpStream>> {
-    let name = server_name(addr).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+async fn tls_connect(
+    addr: &str,
+    name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     tokio_rustls::TlsConnector::from(config)
@@ -129,6 +133,7 @@ async fn tls_connect(addr: &str, config: Arc<ClientConfig>) -> io::Result<TlsStr
 #[derive(Clone)]
 struct MtlsConnector {
     addr: Arc<str>,
+    name: ServerName<'static>,
     config: Arc<ClientConfig>,
 }
 
@@ -142,9 +147,9 @@ impl tower_service::Service<Uri> for MtlsConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let (addr, config) = (self.addr.clone(), self.config.clone());
+        let (addr, name, config) = (self.addr.clone(), self.name.clone(), self.config.clone());
         Box::pin(async move {
-            let tls = tls_connect(&addr, config).await?;
+            let tls = tls_connect(&addr, name, config).await?;
             if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
                 return Err(io::Error::other(format!(
                     "{addr} did not agree to HTTP/2 (ALPN h2): not a clustermesh apiserver?"
@@ -217,9 +222,9 @@ pub async fn probe(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg =
         crate::client_config_from_pem(ca_pems, cert_pem, key_pem).map_err(|e| e.to_string())?;
-    server_name(addr)?;
+    let name = server_name(addr)?;
     let work = async {
-        let mut tls = tls_connect(addr, cfg)
+        let mut tls = tls_connect(addr, name, cfg)
             .await
             .map_err(|e| explain_chain(&error_chain(&e)))?;
         // The HTTP/2 preface and an empty SETTINGS frame, as a real client sends.
