@@ -147,12 +147,7 @@ pub fn plan(view: &View, node_name: &str, shift: u32) -> GatewayPlan {
         let Some(cluster_id) = p.cluster_ids.get(cluster.as_str()).copied() else {
             continue;
         };
-        let addrs = if n.external_ips.is_empty() {
-            &n.internal_ips
-        } else {
-            &n.external_ips
-        };
-        for &a in addrs.iter() {
+        for &a in n.peer_facing_ips() {
             p.tunnel_sources
                 .insert(a, TunnelSender::PeerGateway { cluster_id });
         }

@@ -34,13 +34,21 @@ impl NodeInfo {
         self.internal_ips.first().copied()
     }
 
-    /// How peers reach it as a gateway: its first IPv4 ExternalIP, else its
-    /// InternalIP (`clustermesh_proto::node_address::peer_facing`).
+    /// The addresses peers see it at: its IPv4 ExternalIPs when it has
+    /// any, else its InternalIPs.
+    pub fn peer_facing_ips(&self) -> &[Ipv4Addr] {
+        if self.external_ips.is_empty() {
+            &self.internal_ips
+        } else {
+            &self.external_ips
+        }
+    }
+
+    /// How peers reach it as a gateway: the first of
+    /// [`NodeInfo::peer_facing_ips`]
+    /// (`clustermesh_proto::node_address::peer_facing`).
     pub fn peer_facing(&self) -> Option<Ipv4Addr> {
-        self.external_ips
-            .first()
-            .copied()
-            .or_else(|| self.internal())
+        self.peer_facing_ips().first().copied()
     }
 
     /// A gateway that may carry traffic.
