@@ -10,6 +10,7 @@ pub mod clock;
 pub mod duration;
 pub mod heap;
 pub mod identity;
+pub mod key_map;
 pub mod keys;
 pub mod mirror;
 pub mod node_address;

@@ -1,11 +1,13 @@
 //! Records of one kind grouped by cluster ([`ByCluster`]): each cluster's
 //! name is kept once, not once per record. For the view's endpoints (the
 //! agent's largest map: 250,000 remote endpoints at Cilium's scale shape)
-//! that is a 48-byte entry instead of 72 (docs/benchmarks.md).
+//! that is a 48-byte entry instead of 72 (docs/benchmarks.md); an
+//! endpoint's key, its IPv4 address, is kept as 4 octets ([`KeyMap`]), so
+//! the entry is 20 bytes.
 
 use std::collections::BTreeMap;
 
-use clustermesh_proto::mirror::repack_map;
+use clustermesh_proto::key_map::{KeyMap, KeyRef};
 use smol_str::SmolStr;
 
 use super::view::Key;
@@ -13,7 +15,7 @@ use super::view::Key;
 /// Values by (cluster, key), ordered by cluster, then key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ByCluster<V> {
-    groups: BTreeMap<SmolStr, BTreeMap<SmolStr, V>>,
+    groups: BTreeMap<SmolStr, KeyMap<V>>,
     len: usize,
 }
 
@@ -60,8 +62,8 @@ impl<V> ByCluster<V> {
     }
 
     /// The records of `cluster`, by key.
-    pub fn of_cluster<'a>(&'a self, cluster: &str) -> impl Iterator<Item = (&'a SmolStr, &'a V)> {
-        self.groups.get(cluster).into_iter().flatten()
+    pub fn of_cluster<'a>(&'a self, cluster: &str) -> impl Iterator<Item = (KeyRef<'a>, &'a V)> {
+        self.groups.get(cluster).into_iter().flat_map(KeyMap::iter)
     }
 
     /// The clusters that have records, in order.
@@ -70,10 +72,10 @@ impl<V> ByCluster<V> {
     }
 
     /// Rebuilds each cluster's map from its sorted entries (full nodes;
-    /// see [`repack_map`]). O(records).
+    /// see [`KeyMap::repack`]). O(records).
     pub fn repack(&mut self) {
         for group in self.groups.values_mut() {
-            repack_map(group);
+            group.repack();
         }
     }
 }
@@ -112,9 +114,9 @@ mod tests {
         assert_eq!(m.clusters().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(
             m.of_cluster("b")
-                .map(|(k, v)| (k.as_str(), *v))
+                .map(|(k, v)| (k.to_string(), *v))
                 .collect::<Vec<_>>(),
-            [("1", 4), ("2", 1)]
+            [("1".to_owned(), 4), ("2".to_owned(), 1)]
         );
         assert_eq!(m.of_cluster("zz").count(), 0);
         assert_eq!(m.remove(&key("a", "1")), Some(2));

@@ -1,14 +1,16 @@
 //! The compact record table: a 16-byte digest per record
 //! ([`crate::attest::value_digest`]), grouped by kind and cluster and keyed
 //! by the record's key alone, so a record costs its key and its digest and
-//! nothing more. Keys and cluster names of up to 23 bytes (IPs, node and
-//! pod names, identities) are kept inline, without an allocation.
+//! nothing more. An IPv4 address's key (an endpoint's) is kept as its 4
+//! octets ([`KeyMap`]); other keys and cluster names of up to 23 bytes
+//! (node and pod names, identities) are kept inline, without an allocation.
 //!
 //! At 250,000 mirrored records this replaced a `BTreeMap<RecordId, Bytes>`
 //! whose every entry held two heap strings and a heap digest
 //! (docs/benchmarks.md).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use bytes::Bytes;
 use smol_str::SmolStr;
@@ -16,6 +18,7 @@ use smol_str::SmolStr;
 use super::RecordId;
 use super::table::Table;
 use crate::attest::{self, Tally};
+use crate::key_map::{KeyMap, KeyRef};
 use crate::v1::Kind;
 
 /// A record's 16-byte digest.
@@ -24,7 +27,7 @@ pub type Digest = [u8; 16];
 /// Digests by kind, then cluster, then key.
 #[derive(Debug, Default, Clone)]
 pub struct Digests {
-    groups: BTreeMap<Kind, BTreeMap<SmolStr, BTreeMap<SmolStr, Digest>>>,
+    groups: BTreeMap<Kind, BTreeMap<SmolStr, KeyMap<Digest>>>,
     len: usize,
 }
 
@@ -49,7 +52,7 @@ impl Digests {
     pub fn remove(&mut self, id: &RecordId) -> Option<Digest> {
         let clusters = self.groups.get_mut(&id.0)?;
         let keys = clusters.get_mut(id.1.as_str())?;
-        let d = keys.remove(id.2.as_str())?;
+        let d = keys.remove(&id.2)?;
         if keys.is_empty() {
             clusters.remove(id.1.as_str());
             if clusters.is_empty() {
@@ -62,29 +65,29 @@ impl Digests {
 
     /// How many records of `kind` from `cluster` are kept.
     pub fn count(&self, cluster: &str, kind: Kind) -> usize {
-        self.group(cluster, kind).map_or(0, BTreeMap::len)
+        self.group(cluster, kind).map_or(0, KeyMap::len)
     }
 
-    fn group(&self, cluster: &str, kind: Kind) -> Option<&BTreeMap<SmolStr, Digest>> {
+    fn group(&self, cluster: &str, kind: Kind) -> Option<&KeyMap<Digest>> {
         self.groups.get(&kind)?.get(cluster)
     }
 
-    /// Rebuilds each group's tree from its sorted entries, so its nodes
-    /// are full ([`super::repack_map`]). O(records).
+    /// Rebuilds each group's trees from their sorted entries, so their
+    /// nodes are full ([`KeyMap::repack`]). O(records).
     pub fn repack(&mut self) {
         for clusters in self.groups.values_mut() {
             for keys in clusters.values_mut() {
-                super::repack_map(keys);
+                keys.repack();
             }
         }
     }
 
-    /// Every record as (kind, cluster, key), in that order.
-    pub fn ids(&self) -> impl Iterator<Item = (Kind, &str, &str)> {
+    /// Every record as (kind, cluster, key), by kind, then cluster (the
+    /// keys of a group in [`KeyMap`]'s order).
+    pub fn ids(&self) -> impl Iterator<Item = (Kind, &str, KeyRef<'_>)> {
         self.groups.iter().flat_map(|(kind, clusters)| {
             clusters.iter().flat_map(move |(cluster, keys)| {
-                keys.keys()
-                    .map(move |key| (*kind, cluster.as_str(), key.as_str()))
+                keys.keys().map(move |key| (*kind, cluster.as_str(), key))
             })
         })
     }
@@ -113,7 +116,7 @@ impl Table for Digests {
             .or_default()
             .entry(SmolStr::new(cluster))
             .or_default();
-        if keys.insert(SmolStr::new(key), kept).is_none() {
+        if keys.insert(key, kept).is_none() {
             self.len += 1;
         }
     }
@@ -124,7 +127,7 @@ impl Table for Digests {
 
     fn into_ids(self) -> Vec<RecordId> {
         self.ids()
-            .map(|(k, c, key)| (k, c.to_owned(), key.to_owned()))
+            .map(|(k, c, key)| (k, c.to_owned(), key.to_string()))
             .collect()
     }
 
@@ -134,7 +137,17 @@ impl Table for Digests {
 
     fn tally(&self, cluster: &str, kind: Kind) -> Tally {
         let mut t = Tally::default();
-        for (key, d) in self.group(cluster, kind).into_iter().flatten() {
+        let mut text = String::new();
+        for (key, d) in self.group(cluster, kind).into_iter().flat_map(KeyMap::iter) {
+            let key = match key {
+                KeyRef::Text(s) => s,
+                KeyRef::Ipv4(ip) => {
+                    text.clear();
+                    // Writing to a String cannot fail.
+                    let _ = write!(text, "{ip}");
+                    &text
+                }
+            };
             t.add(attest::record_hash_of_digest(key, d));
         }
         t
@@ -163,17 +176,33 @@ mod tests {
         assert_eq!(d.get(Kind::Node, "a", "n1"), Some(&[2; 16]));
         assert_eq!(d.count("a", Kind::Node), 1);
         assert_eq!(
-            d.ids().collect::<Vec<_>>(),
+            d.ids()
+                .map(|(k, c, key)| (k, c, key.to_string()))
+                .collect::<Vec<_>>(),
             [
-                (Kind::Node, "a", "n1"),
-                (Kind::Node, "b", "n1"),
-                (Kind::Endpoint, "a", "a-key-longer-than-twenty-three-bytes"),
+                (Kind::Node, "a", "n1".to_owned()),
+                (Kind::Node, "b", "n1".to_owned()),
+                (
+                    Kind::Endpoint,
+                    "a",
+                    "a-key-longer-than-twenty-three-bytes".to_owned()
+                ),
             ],
             "ordered as (kind, cluster, key)"
         );
         let mut t = Tally::default();
         t.add(attest::record_hash_of_digest("n1", &[2; 16]));
         assert_eq!(d.tally("a", Kind::Node), t);
+        // An address key is kept as octets, and attested as its text.
+        d.put(id(Kind::Endpoint, "b", "10.0.0.1"), [5; 16]);
+        let mut t = Tally::default();
+        t.add(attest::record_hash_of_digest("10.0.0.1", &[5; 16]));
+        assert_eq!(d.tally("b", Kind::Endpoint), t);
+        assert_eq!(d.get(Kind::Endpoint, "b", "10.0.0.1"), Some(&[5; 16]));
+        assert_eq!(
+            d.remove(&id(Kind::Endpoint, "b", "10.0.0.1")),
+            Some([5; 16])
+        );
         assert_eq!(d.remove(&id(Kind::Node, "b", "n1")), Some([3; 16]));
         assert_eq!(d.remove(&id(Kind::Node, "b", "n1")), None);
         assert_eq!(d.count("b", Kind::Node), 0);

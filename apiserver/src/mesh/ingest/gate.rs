@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use clustermesh_proto::key_map::KeyRef;
 use clustermesh_proto::mirror::RecordId;
 use clustermesh_proto::v1::Kind;
 
@@ -38,11 +39,16 @@ fn keyed_by_ip(kind: Kind) -> bool {
     matches!(kind, Kind::Endpoint | Kind::ServiceBackend)
 }
 
-/// The IP in the key of a [`keyed_by_ip`] record.
-fn key_ip(kind: Kind, key: &str) -> Option<IpAddr> {
-    match kind {
-        Kind::ServiceBackend => parse_ip(clustermesh_proto::backends::split_key(key)?.2),
-        _ => parse_ip(key),
+/// The IP in the key of a [`keyed_by_ip`] record (an endpoint's key is
+/// its IP; a backend's ends with it).
+fn key_ip(kind: Kind, key: KeyRef<'_>) -> Option<IpAddr> {
+    match (kind, key) {
+        (Kind::ServiceBackend, KeyRef::Text(k)) => {
+            parse_ip(clustermesh_proto::backends::split_key(k)?.2)
+        }
+        (Kind::ServiceBackend, KeyRef::Ipv4(_)) => None,
+        (_, KeyRef::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+        (_, KeyRef::Text(k)) => parse_ip(k),
     }
 }
 
@@ -175,7 +181,7 @@ impl Gate {
     pub fn recheck<'a>(
         &mut self,
         cluster: &str,
-        records: impl Iterator<Item = (Kind, &'a str)>,
+        records: impl Iterator<Item = (Kind, KeyRef<'a>)>,
     ) -> Vec<GateOp> {
         if !std::mem::take(&mut self.dirty) {
             return Vec::new();
@@ -183,7 +189,7 @@ impl Gate {
         let mut ops = Vec::new();
         for (kind, key) in records {
             if keyed_by_ip(kind) && !key_ip(kind, key).is_some_and(|ip| self.covered(&[ip])) {
-                let id = (kind, cluster.to_owned(), key.to_owned());
+                let id = (kind, cluster.to_owned(), key.to_string());
                 if !self.pending.contains_key(&id) {
                     ops.push(GateOp::Withdraw(id));
                 }
@@ -270,7 +276,11 @@ mod tests {
         );
         assert!(g.is_pending(&e));
         assert_eq!(g.upsert(&n, &node("10.1.0.0/16")), Verdict::Admit);
-        let mirror = [(n.0, n.2.as_str()), (e.0, e.2.as_str())];
+        // As a digest mirror gives them back: an endpoint's key as its address.
+        let mirror = [
+            (n.0, KeyRef::Text(&n.2)),
+            (e.0, KeyRef::Ipv4([10, 1, 0, 5].into())),
+        ];
         assert_eq!(
             g.recheck("a", mirror.into_iter()),
             vec![GateOp::Put(e.clone(), ep("10.1.0.5"))]

@@ -131,7 +131,11 @@ fn step(rng: &mut StdRng, v: &mut View, ifs: &mut BTreeMap<Ipv4Addr, PodIface>) 
                     id: (Kind::Node, c.into(), node_name(c, n)),
                 });
             }
-            let keys: Vec<_> = v.endpoints.of_cluster(c).map(|(k, _)| k.clone()).collect();
+            let keys: Vec<_> = v
+                .endpoints
+                .of_cluster(c)
+                .map(|(k, _)| k.to_string())
+                .collect();
             for k in keys {
                 v.apply(&Change::Delete {
                     id: (Kind::Endpoint, c.into(), k.to_string()),
